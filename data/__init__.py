@@ -1,0 +1,1 @@
+"""Input pipelines: grain over tfds sources, local folders, the bundled digits; tokenizers."""

@@ -1,0 +1,1 @@
+"""absl entry points: train, sample, evaluate, bench."""

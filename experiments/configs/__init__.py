@@ -1,0 +1,1 @@
+"""Named configs: small Python files returning an ml_collections.ConfigDict."""

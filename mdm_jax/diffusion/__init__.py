@@ -1,0 +1,1 @@
+"""Diffusion math: noise schedules, losses and samplers; knows nothing about the network."""

@@ -1,0 +1,2 @@
+"""State-space model cores."""
+from mdm_jax.ssm.ssd import ssd  # noqa: F401

@@ -1,0 +1,1 @@
+"""Training utilities that need no data pipeline: sharding, checkpointing, optimisation."""
