@@ -1,0 +1,330 @@
+"""Device mesh, logical-axis rules and sharded initialisation (MaxText style).
+
+Model code names array dimensions with *logical* axes only, e.g.
+
+  kernel = self.param("kernel", nn.with_logical_partitioning(init, ("embed", "mlp")),
+                      (d_model, d_inner))
+  x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+and this module owns the single table (`LOGICAL_AXIS_RULES`) that maps logical axes
+onto the mesh axes ("data", "fsdp", "tensor"):
+
+  * "data"   - pure data parallelism: the batch is split, parameters replicated.
+  * "fsdp"   - fully-sharded data parallelism (ZeRO-3): the batch is split *and*
+               parameters / optimiser state are split along their "embed" dim.
+  * "tensor" - tensor (model) parallelism over the mlp / heads / vocab dims.
+
+A dimension that the mesh axes do not divide (or a parameter too small to split) is
+replicated along that dimension instead of failing, so tiny configurations run on any
+mesh unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+from flax.core import meta
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+try:  # jax >= 0.5: mesh axes carry a type; older versions have no AxisType.
+  from jax.sharding import AxisType
+except ImportError:  # pragma: no cover - depends on the installed jax.
+  AxisType = None
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# The one logical -> mesh axis table. Order matters: flax assigns rules top-down
+# and never uses a mesh axis twice in one array, so e.g. an activation
+# ("batch", "length", "embed") takes ("data", "fsdp") for "batch" and leaves
+# "embed" unsharded, while a weight ("embed", "mlp") gets ("fsdp", "tensor").
+LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("vocab", "tensor"),
+    ("kv", None),
+    ("head_dim", None),
+    ("state", None),
+    ("conv", None),
+    ("length", None),
+    ("layers", None),
+    ("latent", None),
+    ("patch", None),
+)
+
+PyTree = Any
+
+
+def make_mesh(
+    data: int = -1,
+    fsdp: int = 1,
+    tensor: int = 1,
+    devices: Sequence[jax.Device] | None = None,
+) -> Mesh:
+  """Builds a ("data", "fsdp", "tensor") mesh with Auto (GSPMD) axis types.
+
+  Args:
+    data: size of the data-parallel axis; -1 fills it with the remaining devices.
+    fsdp: size of the FSDP axis (-1 allowed if `data` is not -1).
+    tensor: size of the tensor-parallel axis (-1 allowed likewise).
+    devices: devices to use; defaults to `jax.devices()` (all hosts).
+
+  Returns:
+    A `jax.sharding.Mesh` of shape (data, fsdp, tensor).
+
+  Raises:
+    ValueError: if the sizes are invalid or their product differs from the number
+      of devices.
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  n = len(devices)
+  sizes = {"data": data, "fsdp": fsdp, "tensor": tensor}
+  for name, size in sizes.items():
+    if not isinstance(size, (int, np.integer)) or (size < 1 and size != -1):
+      raise ValueError(
+          f"make_mesh: {name}={size!r} must be a positive int or -1 (fill).")
+  fill = [name for name, size in sizes.items() if size == -1]
+  if len(fill) > 1:
+    raise ValueError(
+        f"make_mesh: only one axis may be -1, got {fill}; give explicit sizes.")
+  if fill:
+    known = math.prod(s for s in sizes.values() if s != -1)
+    if n % known:
+      raise ValueError(
+          f"make_mesh: cannot fill axis {fill[0]!r}: {n} devices are not divisible"
+          f" by the other axes' product {known} ({sizes}).")
+    sizes[fill[0]] = n // known
+  shape = tuple(int(sizes[a]) for a in MESH_AXES)
+  if math.prod(shape) != n:
+    raise ValueError(
+        f"make_mesh: data={shape[0]} x fsdp={shape[1]} x tensor={shape[2]} ="
+        f" {math.prod(shape)} devices, but {n} are available; choose sizes whose"
+        " product is the device count (or set one of them to -1).")
+  kwargs = {}
+  if AxisType is not None:
+    # jax.make_mesh defaults to Explicit axes, under which an FSDP step fails with
+    # ShardingTypeError; Auto keeps GSPMD propagation (see DESIGN.md section 4).
+    kwargs["axis_types"] = (AxisType.Auto,) * len(MESH_AXES)
+  return jax.make_mesh(shape, MESH_AXES, devices=devices, **kwargs)
+
+
+@contextlib.contextmanager
+def mesh_context(
+    mesh: Mesh, rules: Sequence[tuple[str, Any]] = LOGICAL_AXIS_RULES
+) -> Iterator[Mesh]:
+  """Makes `mesh` and the logical rules current (for `nn.with_logical_constraint`).
+
+  Uses `jax.set_mesh` (the successor of the deprecated `with mesh:`), falling back
+  to `jax.sharding.use_mesh` or the legacy form on older jax.
+  """
+  if hasattr(jax, "set_mesh"):
+    mesh_cm = jax.set_mesh(mesh)
+  elif hasattr(jax.sharding, "use_mesh"):  # pragma: no cover - older jax.
+    mesh_cm = jax.sharding.use_mesh(mesh)
+  else:  # pragma: no cover - older jax.
+    mesh_cm = mesh
+  with mesh_cm, nn.logical_axis_rules(tuple(rules)):
+    yield mesh
+
+
+def _check_names(names: Sequence[str | None], rules) -> None:
+  known = {name for name, _ in rules}
+  unknown = [n for n in names if isinstance(n, str) and n not in known]
+  if unknown:
+    raise ValueError(
+        f"Unknown logical axis name(s) {unknown} in {tuple(names)}; known names are"
+        f" {sorted(known)}. Fix the name or add a rule to LOGICAL_AXIS_RULES in"
+        " mdm_jax/training/sharding.py.")
+
+
+def _fit_spec(spec: Sequence[Any], shape: Sequence[int], mesh: Mesh) -> P:
+  """Drops mesh axes that are absent from `mesh` or do not divide their dimension.
+
+  For a dimension mapped to several mesh axes, the longest prefix of them whose
+  size product divides the dimension is kept (("data", "fsdp") may become ("data",)).
+  """
+  fitted = []
+  for dim, axes in zip(shape, spec):
+    if axes is None:
+      fitted.append(None)
+      continue
+    axes = (axes,) if isinstance(axes, str) else tuple(axes)
+    axes = tuple(a for a in axes if a in mesh.shape)
+    while axes and dim % math.prod(mesh.shape[a] for a in axes):
+      axes = axes[:-1]
+    if not axes:
+      fitted.append(None)
+    else:
+      fitted.append(axes[0] if len(axes) == 1 else axes)
+  return P(*fitted)
+
+
+def logical_sharding(
+    names: Sequence[str | None],
+    shape: Sequence[int],
+    mesh: Mesh,
+    rules: Sequence[tuple[str, Any]] = LOGICAL_AXIS_RULES,
+) -> NamedSharding:
+  """NamedSharding for an array of `shape` whose dims have logical `names`.
+
+  Dims that the mapped mesh axes do not divide are replicated.
+  """
+  if len(names) != len(shape):
+    raise ValueError(
+        f"Logical names {tuple(names)} have {len(names)} entries but the array has"
+        f" shape {tuple(shape)}; give one name (or None) per dimension.")
+  _check_names(names, rules)
+  spec = nn.logical_to_mesh_axes(tuple(names), tuple(rules))
+  return NamedSharding(mesh, _fit_spec(tuple(spec), shape, mesh))
+
+
+def unbox(tree: PyTree) -> PyTree:
+  """Strips flax partitioning boxes (`nn.LogicallyPartitioned`) from a pytree."""
+  return meta.unbox(tree)
+
+
+def param_shardings(
+    abstract_variables: PyTree,
+    mesh: Mesh,
+    rules: Sequence[tuple[str, Any]] = LOGICAL_AXIS_RULES,
+) -> PyTree:
+  """NamedShardings for a (boxed) variable or train-state pytree.
+
+  Args:
+    abstract_variables: pytree whose leaves are arrays / ShapeDtypeStructs, possibly
+      wrapped in `nn.LogicallyPartitioned` (from `nn.with_logical_partitioning`) or
+      `nn.Partitioned` boxes, e.g. `jax.eval_shape(model.init, ...)`. Optimiser
+      states built from boxed params (`tx.init(boxed_params)`) carry the boxes too.
+    mesh: the device mesh.
+    rules: logical -> mesh axis rules.
+
+  Returns:
+    A pytree with the structure of `unbox(abstract_variables)` holding a
+    NamedSharding per leaf: logical boxes map through `rules`, `nn.Partitioned`
+    names are used as mesh axes directly, unboxed leaves are replicated.
+  """
+  replicated = NamedSharding(mesh, P())
+
+  def leaf_sharding(leaf):
+    if isinstance(leaf, nn.LogicallyPartitioned):
+      return logical_sharding(leaf.names, np.shape(leaf.value), mesh, rules)
+    if isinstance(leaf, nn.Partitioned):
+      shape = np.shape(leaf.value)
+      if len(leaf.names) != len(shape):
+        raise ValueError(
+            f"Partitioned names {leaf.names} do not match shape {shape}.")
+      return NamedSharding(mesh, _fit_spec(leaf.names, shape, mesh))
+    return replicated
+
+  return jax.tree.map(
+      leaf_sharding, abstract_variables,
+      is_leaf=lambda x: isinstance(x, meta.AxisMetadata))
+
+
+def batch_sharding(
+    mesh: Mesh, rules: Sequence[tuple[str, Any]] = LOGICAL_AXIS_RULES
+) -> NamedSharding:
+  """Sharding of a batch: leading dim split over the "batch" rule's mesh axes."""
+  spec = nn.logical_to_mesh_axes(("batch",), tuple(rules))
+  return NamedSharding(mesh, spec)
+
+
+def shard_batch(
+    batch: Mapping[str, Any] | PyTree,
+    mesh: Mesh,
+    rules: Sequence[tuple[str, Any]] = LOGICAL_AXIS_RULES,
+) -> PyTree:
+  """Turns this host's numpy batch into global, batch-sharded jax.Arrays.
+
+  Each process passes its own slice (leading dim = per-host batch); the global
+  batch is the concatenation over processes in process order
+  (`jax.make_array_from_process_local_data`), so this works on one host and on a pod.
+
+  Args:
+    batch: pytree of numpy arrays, each of shape (local_batch, ...).
+    mesh: the device mesh.
+    rules: logical rules (for the "batch" axis).
+
+  Returns:
+    The same pytree of jax.Arrays of shape (local_batch * process_count, ...).
+  """
+  sharding = batch_sharding(mesh, rules)
+  batch_axes = sharding.spec[0]
+  batch_axes = (batch_axes,) if isinstance(batch_axes, str) else (batch_axes or ())
+  n_shards = math.prod(mesh.shape[a] for a in batch_axes)
+
+  def put(path, x):
+    x = np.asarray(x)
+    if x.ndim == 0:
+      raise ValueError(
+          f"shard_batch: leaf {jax.tree_util.keystr(path)} is a scalar; every"
+          " batch leaf needs a leading batch dimension.")
+    global_batch = x.shape[0] * jax.process_count()
+    if global_batch % n_shards:
+      raise ValueError(
+          f"shard_batch: leaf {jax.tree_util.keystr(path)} has global batch"
+          f" {global_batch} ({x.shape[0]} per host x {jax.process_count()} hosts),"
+          f" not divisible by the {n_shards} batch shards of mesh axes"
+          f" {batch_axes}; use a batch size that is a multiple of {n_shards}.")
+    return jax.make_array_from_process_local_data(sharding, x)
+
+  return jax.tree_util.tree_map_with_path(put, batch)
+
+
+def abstract_sharded(
+    init_fn: Callable[..., PyTree],
+    rng: jax.Array,
+    mesh: Mesh,
+    *args: Any,
+    rules: Sequence[tuple[str, Any]] = LOGICAL_AXIS_RULES,
+) -> PyTree:
+  """Shapes, dtypes and shardings of `unbox(init_fn(rng, *args))`, computing nothing.
+
+  The result (ShapeDtypeStructs with `.sharding`) is the restore target for a
+  checkpoint and gives the train step's in/out shardings.
+  """
+  with mesh_context(mesh, rules):
+    boxed = jax.eval_shape(init_fn, rng, *args)
+  shardings = param_shardings(boxed, mesh, rules)
+  return jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      unbox(boxed), shardings)
+
+
+def init_sharded(
+    init_fn: Callable[..., PyTree],
+    rng: jax.Array,
+    mesh: Mesh,
+    *args: Any,
+    rules: Sequence[tuple[str, Any]] = LOGICAL_AXIS_RULES,
+) -> PyTree:
+  """Runs `init_fn(rng, *args)` under jit so every leaf is created already sharded.
+
+  Nothing is materialised on a single device first, so models larger than one
+  device's memory can be initialised.
+
+  Args:
+    init_fn: returns a pytree (params, or a whole train state built from boxed
+      params, e.g. {"params": p, "opt_state": tx.init(p), ...}) whose leaves may be
+      `nn.LogicallyPartitioned` boxes.
+    rng: PRNG key passed as the first argument.
+    mesh: the device mesh.
+    *args: further (array) arguments to `init_fn`, e.g. dummy inputs.
+    rules: logical -> mesh axis rules.
+
+  Returns:
+    `unbox(init_fn(rng, *args))` with leaves sharded per `param_shardings`; read
+    the shardings back with `jax.tree.map(lambda a: a.sharding, result)`.
+  """
+  abstract = abstract_sharded(init_fn, rng, mesh, *args, rules=rules)
+  shardings = jax.tree.map(lambda x: x.sharding, abstract)
+  with mesh_context(mesh, rules):
+    return jax.jit(lambda *a: unbox(init_fn(*a)), out_shardings=shardings)(
+        rng, *args)

@@ -1,0 +1,211 @@
+"""Tests for mdm_jax.training.checkpoint (orbax + grain iterator state)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+
+import chex
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from mdm_jax.training import checkpoint as ckpt_lib
+from mdm_jax.training import optimizer as optimizer_lib
+from mdm_jax.training import sharding
+
+
+def make_state(step: int, *, width: int = 4):
+  """A train state whose values encode `step` (so restored steps are checkable)."""
+  params = {"dense": {"kernel": jnp.full((8, width), float(step)),
+                      "bias": jnp.arange(width, dtype=jnp.float32) + step},
+            "A_log": jnp.full((2,), -float(step))}
+  tx, _ = optimizer_lib.make_optimizer(
+      lr=1e-3, warmup_steps=1, total_steps=10, weight_decay=0.1,
+      grad_accum_steps=2)
+  return {"params": params, "opt_state": tx.init(params),
+          "ema": jax.tree.map(lambda x: x * 0.5, params),
+          "step": jnp.asarray(step, jnp.int32), "rng": jax.random.key(step)}
+
+
+def abstract_of(state):
+  return jax.eval_shape(lambda: state)
+
+
+def assert_state_equal(a, b):
+  unkey = lambda t: jax.tree.map(
+      lambda x: jax.random.key_data(x)
+      if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x, t)
+  chex.assert_trees_all_equal(unkey(a), unkey(b))
+
+
+def make_iter():
+  return iter(grain.MapDataset.range(100).shuffle(seed=0).batch(4)
+              .to_iter_dataset())
+
+
+def test_round_trip_state_step_rng_config(tmp_path):
+  state = make_state(7)
+  config = {"lr": 1e-3, "model": {"width": 4, "blocks": [1, 2]}, "name": "digits"}
+  with ckpt_lib.Checkpointer(tmp_path) as ckpt:
+    assert ckpt.restore_latest(abstract_of(state)) is None  # fresh workdir.
+    assert ckpt.save(7, state, config_dict=config)
+  ckpt = ckpt_lib.Checkpointer(tmp_path)  # as after a restart.
+  restored, step = ckpt.restore_latest(abstract_of(make_state(0)))
+  assert step == 7
+  assert_state_equal(restored, state)
+  assert restored["rng"].dtype == state["rng"].dtype
+  np.testing.assert_array_equal(
+      jax.random.key_data(restored["rng"]), jax.random.key_data(jax.random.key(7)))
+  assert ckpt.restore_config() == config
+  ckpt.close()
+
+
+def test_restore_into_sharded_abstract_state(tmp_path):
+  state = make_state(3)
+  with ckpt_lib.Checkpointer(tmp_path) as ckpt:
+    ckpt.save(3, state)
+  mesh = sharding.make_mesh(data=2, fsdp=4)
+  fsdp = sharding.logical_sharding(("embed", "mlp"), (8, 4), mesh)
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(
+          x.shape, x.dtype, sharding=jax.sharding.NamedSharding(mesh, P())),
+      abstract_of(state))
+  abstract["params"]["dense"]["kernel"] = jax.ShapeDtypeStruct(
+      (8, 4), jnp.float32, sharding=fsdp)
+  with ckpt_lib.Checkpointer(tmp_path) as ckpt:
+    restored, _ = ckpt.restore_latest(abstract)
+  kernel = restored["params"]["dense"]["kernel"]
+  assert kernel.sharding.spec == P("fsdp", "tensor")
+  assert {s.data.shape for s in kernel.addressable_shards} == {(2, 4)}
+  assert_state_equal(restored, state)
+
+
+def test_grain_iterator_resumes_exactly(tmp_path):
+  everything = [np.asarray(b) for b in make_iter()]  # independent full pass.
+  it = make_iter()
+  for _ in range(3):
+    next(it)
+  state = make_state(3)
+  with ckpt_lib.Checkpointer(tmp_path) as ckpt:
+    ckpt.save(3, state, data_iter=it)
+    expected = [np.asarray(next(it)) for _ in range(5)]  # original advances on.
+  for want, got in zip(everything[3:8], expected):
+    np.testing.assert_array_equal(want, got)
+  it2 = make_iter()
+  next(it2)  # a fresh iterator, somewhere else.
+  with ckpt_lib.Checkpointer(tmp_path) as ckpt:
+    _, step = ckpt.restore_latest(abstract_of(state), data_iter=it2)
+  assert step == 3
+  for want in expected:
+    np.testing.assert_array_equal(np.asarray(next(it2)), want)
+
+
+def _truncate_state_data(step_dir):
+  data_files = [os.path.join(root, f)
+                for root, _, files in os.walk(step_dir / "state" / "d")
+                for f in files]
+  assert data_files
+  for f in data_files:
+    with open(f, "r+b") as fh:
+      fh.truncate(os.path.getsize(f) // 2)
+
+
+def _garble_metadata(step_dir):
+  (step_dir / "state" / "_METADATA").write_bytes(b"\x00not json")
+
+
+def _delete_iterator_item(step_dir):
+  shutil.rmtree(step_dir / "data_iter")
+
+
+@pytest.mark.parametrize("corrupt", [
+    _truncate_state_data, _garble_metadata, _delete_iterator_item])
+def test_corrupt_latest_falls_back_to_previous(tmp_path, caplog, corrupt):
+  it = make_iter()
+  with ckpt_lib.Checkpointer(tmp_path, max_to_keep=3) as ckpt:
+    for step in (1, 2, 3):
+      next(it)
+      ckpt.save(step, make_state(step), data_iter=it)
+  after_step_2 = [np.asarray(b) for b in make_iter()][2:4]
+  corrupt(tmp_path / "checkpoints" / "3")
+  it2 = make_iter()
+  ckpt = ckpt_lib.Checkpointer(tmp_path, max_to_keep=3)
+  with caplog.at_level(logging.WARNING):
+    restored, step = ckpt.restore_latest(abstract_of(make_state(0)), data_iter=it2)
+  assert step == 2
+  assert_state_equal(restored, make_state(2))
+  for want in after_step_2:
+    np.testing.assert_array_equal(np.asarray(next(it2)), want)
+  assert "Refusing checkpoint at step 3" in caplog.text
+  # The refused step is set aside, so step 3 can be written again.
+  assert ckpt.all_steps() == [1, 2]
+  assert (tmp_path / "refused_checkpoints" / "3").exists()
+  assert ckpt.save(3, make_state(30), data_iter=it2)
+  ckpt.wait()
+  assert ckpt.all_steps() == [1, 2, 3]
+  ckpt.close()
+
+
+@pytest.mark.parametrize("change", ["extra_leaf", "shape"])
+def test_structure_mismatch_is_refused_clearly(tmp_path, caplog, change):
+  with ckpt_lib.Checkpointer(tmp_path) as ckpt:
+    ckpt.save(1, make_state(1))
+    ckpt.save(2, make_state(2))
+  if change == "extra_leaf":
+    expected = make_state(0)
+    expected["params"]["new_layer"] = jnp.zeros((3,))
+  else:
+    expected = make_state(0, width=5)
+  ckpt = ckpt_lib.Checkpointer(tmp_path)
+  with caplog.at_level(logging.WARNING):
+    with pytest.raises(ckpt_lib.NoUsableCheckpointError,
+                       match=r"(?s)step 2: .*step 1: .*new --workdir"):
+      ckpt.restore_latest(abstract_of(expected))
+  assert "Refusing checkpoint at step 2" in caplog.text
+  assert ckpt.all_steps() == [1, 2]  # nothing moved when no good one exists.
+  ckpt.close()
+
+
+def test_partial_write_is_never_picked_up(tmp_path):
+  with ckpt_lib.Checkpointer(tmp_path) as ckpt:
+    ckpt.save(1, make_state(1))
+  # What a crash during an async write leaves: an unfinalised tmp directory.
+  partial = tmp_path / "checkpoints" / "2.orbax-checkpoint-tmp-1700000000"
+  (partial / "state").mkdir(parents=True)
+  (partial / "state" / "_METADATA").write_text("{")
+  with ckpt_lib.Checkpointer(tmp_path) as ckpt:
+    assert ckpt.all_steps() == [1]
+    _, step = ckpt.restore_latest(abstract_of(make_state(0)))
+  assert step == 1
+
+
+def test_max_to_keep(tmp_path):
+  with ckpt_lib.Checkpointer(tmp_path, max_to_keep=2) as ckpt:
+    for step in range(1, 5):
+      ckpt.save(step, make_state(step))
+    ckpt.wait()
+    assert ckpt.all_steps() == [3, 4]
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3", "4"]
+
+
+def test_check_finite_names_every_bad_term():
+  ckpt_lib.check_finite(5, {"loss": jnp.float32(1.0), "n": 3})
+  with pytest.raises(FloatingPointError) as info:
+    ckpt_lib.check_finite(12, {
+        "loss": jnp.float32(jnp.nan), "kl": 0.5,
+        "rec": np.array([1.0, np.inf, 2.0]), "count": np.int32(4)})
+  msg = str(info.value)
+  assert "step 12" in msg and "loss=nan" in msg
+  assert "rec (1 of 3 entries non-finite)" in msg
+  assert "kl" not in msg and "count" not in msg
+
+
+def test_bad_config_is_a_clear_error(tmp_path):
+  with ckpt_lib.Checkpointer(tmp_path) as ckpt:
+    with pytest.raises(ValueError, match="not JSON-serialisable"):
+      ckpt.save(1, make_state(1), config_dict={"f": object()})
