@@ -107,3 +107,26 @@ def test_bf16_compute_keeps_float32_params_and_runs():
   chex.assert_tree_all_finite(y)
   for leaf in jax.tree_util.tree_leaves(nn.meta.unbox(params)):
     assert leaf.dtype == jnp.float32
+
+
+def test_block_on_8_devices_equals_one_device():
+  """Batch sharded over (data, fsdp), parameters FSDP-sharded: same output as 1 device."""
+  from mdm_jax.training import sharding
+
+  assert jax.device_count() == 8
+  block = make_block(d_model=64, headdim=16)
+  u = jax.random.normal(jax.random.PRNGKey(0), (8, 24, 64))
+  variables = block.init(jax.random.PRNGKey(1), u)
+  y_one = jax.jit(block.apply)(variables, u)
+
+  mesh = sharding.make_mesh(data=2, fsdp=4)
+  shardings = sharding.param_shardings(variables, mesh)
+  params = jax.device_put(nn.meta.unbox(variables), shardings)
+  kernel = params["params"]["in_proj"]["kernel"]
+  assert kernel.sharding.spec[0] == "fsdp"  # (embed, mlp): embed split 4 ways
+  assert kernel.addressable_shards[0].data.shape[0] == 64 // 4
+  u_sharded = jax.device_put(u, sharding.batch_sharding(mesh))
+  with sharding.mesh_context(mesh):
+    y_many = jax.jit(block.apply)(params, u_sharded)
+  assert len(y_many.sharding.device_set) == 8
+  np.testing.assert_allclose(np.asarray(y_many), np.asarray(y_one), rtol=1e-5, atol=1e-5)

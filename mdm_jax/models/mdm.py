@@ -1,0 +1,386 @@
+"""Multi-Modal Diffusion Mamba: the unified VAE plus one Mamba-2 denoiser for images and text.
+
+The denoiser's sequence is ``[prefix | image latents | text latents]``:
+
+  * prefix (never permuted, always scanned first): a token for the image time t_img, one for the
+    text time t_txt, the class (``num_classes`` is the null class used for guidance), the task,
+    and ``n_pad_tokens`` learnable pad tokens;
+  * image latents: the VAE latents of the patches, noised by VP diffusion at t_img, on the
+    (gh, gw) patch grid (optionally with DiM's learnable row-end tokens);
+  * text latents: the VAE latents of the text ids after absorbing (SEDD) diffusion at t_txt,
+    i.e. some ids replaced by [MASK] == vocab_size.
+
+Each modality has its own time (t = 0 is clean), which gives every task from one network:
+class-to-image and text-to-image (text clean or absent), captioning (image clean), VQA (image
+and question clean), joint generation (both noised), text only (image absent). A modality that
+is absent is fed fully noised (t = 1: Gaussian noise / all [MASK]) and gets no loss, so every
+task shares one sequence layout and one compiled step.
+
+The backbone is a stack of ``n_layers`` residual blocks run with ``nn.scan`` (and ``nn.remat``)
+so compile time does not grow with depth. Layer ``l`` permutes image tokens into scan order
+``l mod 4`` and text tokens into ``l mod 2`` (``scan_order``), runs its Mamba-2 mixer, and
+permutes back. ``backbone="transformer"`` swaps the mixer for bidirectional softmax attention
+(a DiT-style baseline with the same interface; no permutation needed).
+
+Heads: ``eps`` (the image latents' noise) and text log-scores over vocab + [MASK] in SEDD's
+absorbing parameterisation: raw outputs minus log(e^sigma - 1) + log V (so an untrained network
+starts near the true ratio scale) and the entry of the current token fixed to log-score 0.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mdm_jax.models import scan_order
+from mdm_jax.models.mamba2 import Mamba2
+from mdm_jax.models.vae import UnifiedVAE, patchify, unpatchify
+
+TASKS = ("class2img", "t2i", "caption", "vqa", "joint", "text")
+TASK_IDS = {name: i for i, name in enumerate(TASKS)}
+N_FIXED_PREFIX = 4  # t_img, t_txt, class, task
+
+
+@dataclasses.dataclass(frozen=True)
+class MDMConfig:
+  """Everything that fixes the network's shapes and behaviour (see module docstring)."""
+  # Data.
+  image_size: int = 8
+  channels: int = 1
+  patch_size: int = 2
+  max_text_len: int = 16
+  vocab_size: int = 256
+  num_classes: int = 10
+  # Unified VAE.
+  vae_width: int = 128
+  vae_depth: int = 2
+  latent_dim: int = 8
+  # Denoiser.
+  backbone: str = "mamba2"          # "mamba2" | "transformer"
+  d_model: int = 128
+  n_layers: int = 4
+  mlp_ratio: float = 0.0            # > 0 adds a SwiGLU MLP of mlp_ratio * d_model per block
+  n_pad_tokens: int = 2
+  row_end_tokens: bool = False      # DiM's learnable tokens at the end of each grid row
+  directions: int = 4               # 4 (paper) or 1 ("1 scan direction" ablation)
+  # Mamba-2 mixer.
+  d_state: int = 64
+  d_conv: int = 4
+  expand: int = 2
+  headdim: int = 32
+  ngroups: int = 1
+  selective: bool = True            # False: "w/o selection" ablation (LTI SSM)
+  chunk_size: int = 64
+  ssd_impl: str = "auto"
+  # Transformer baseline.
+  attn_heads: int = 4
+  # Numerics.
+  dtype: str = "float32"            # compute dtype; parameters are always float32
+  remat: bool = True
+  scan_layers: bool = True
+
+  def __post_init__(self):
+    if self.backbone not in ("mamba2", "transformer"):
+      raise ValueError(f"model.backbone must be 'mamba2' or 'transformer', got {self.backbone!r}")
+    if self.directions not in (1, 4):
+      raise ValueError(f"model.directions must be 4 or 1, got {self.directions}")
+    if self.image_size % self.patch_size:
+      raise ValueError(f"model.image_size {self.image_size} must be a multiple of "
+                       f"model.patch_size {self.patch_size}")
+
+  @property
+  def grid(self) -> tuple[int, int]:
+    g = self.image_size // self.patch_size
+    return (g, g)
+
+  @property
+  def n_image_tokens(self) -> int:
+    return self.grid[0] * self.grid[1]
+
+  @property
+  def patch_dim(self) -> int:
+    return self.patch_size**2 * self.channels
+
+  @property
+  def mask_id(self) -> int:
+    return self.vocab_size
+
+  @property
+  def compute_dtype(self):
+    return jnp.dtype(self.dtype)
+
+  def layout(self) -> scan_order.SequenceLayout:
+    gh, gw = self.grid
+    grid = (gh, gw + 1) if self.row_end_tokens else (gh, gw)
+    return scan_order.SequenceLayout(N_FIXED_PREFIX + self.n_pad_tokens, grid, self.max_text_len)
+
+
+def timestep_features(t: jax.Array, dim: int, max_period: float = 10_000.0) -> jax.Array:
+  """Sinusoidal features of t in [0, 1] (scaled by 1000, as DDPM/DiT): (b,) -> (b, dim)."""
+  half = dim // 2
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+  args = 1000.0 * t.astype(jnp.float32)[:, None] * freqs[None]
+  return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+
+
+def _lp_dense(features, names, name, dtype, zero=False, use_bias=True):
+  lp = nn.with_logical_partitioning
+  init = nn.initializers.zeros if zero else nn.initializers.lecun_normal()
+  return nn.Dense(features, dtype=dtype, name=name, use_bias=use_bias,
+                  kernel_init=lp(init, names), bias_init=lp(nn.initializers.zeros, (names[1],)))
+
+
+def _rms_norm(dtype, name):
+  return nn.RMSNorm(dtype=dtype, name=name,
+                    scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)))
+
+
+class TimeEmbedding(nn.Module):
+  """t (b,) -> (b, width): sinusoidal features and a 2-layer MLP (DiT's TimestepEmbedder)."""
+  width: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, t):
+    h = timestep_features(t, self.width).astype(self.dtype)
+    h = nn.silu(_lp_dense(self.width, (None, "embed"), "in", self.dtype)(h))
+    return _lp_dense(self.width, ("mlp", "embed"), "out", self.dtype)(h)
+
+
+class SwiGLU(nn.Module):
+  hidden: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    d = x.shape[-1]
+    gate = _lp_dense(self.hidden, ("embed", "mlp"), "gate", self.dtype, use_bias=False)(x)
+    up = _lp_dense(self.hidden, ("embed", "mlp"), "up", self.dtype, use_bias=False)(x)
+    return _lp_dense(d, ("mlp", "embed"), "down", self.dtype, use_bias=False)(nn.silu(gate) * up)
+
+
+class SelfAttention(nn.Module):
+  """Bidirectional multi-head softmax attention (the Transformer baseline's mixer)."""
+  heads: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    b, l, d = x.shape
+    if d % self.heads:
+      raise ValueError(f"attention: d_model {d} must be a multiple of attn_heads {self.heads}")
+    qkv = _lp_dense(3 * d, ("embed", "mlp"), "qkv", self.dtype, use_bias=False)(x)
+    q, k, v = jnp.split(qkv.reshape(b, l, 3, self.heads, d // self.heads), 3, axis=2)
+    y = jax.nn.dot_product_attention(q[:, :, 0], k[:, :, 0], v[:, :, 0])
+    return _lp_dense(d, ("mlp", "embed"), "out", self.dtype, use_bias=False)(y.reshape(b, l, d))
+
+
+class DenoiserLayer(nn.Module):
+  """One residual block: x + mixer(norm(x)) [+ SwiGLU(norm(x))]. Scanned over layers.
+
+  ``orders`` (2, L) int32 holds this layer's permutation and its inverse: the Mamba-2 mixer
+  scans tokens in that order; the residual stream stays in canonical order.
+  """
+  cfg: MDMConfig
+
+  @nn.compact
+  def __call__(self, x, orders):
+    cfg = self.cfg
+    dtype = cfg.compute_dtype
+    h = _rms_norm(dtype, "mixer_norm")(x)
+    if cfg.backbone == "mamba2":
+      h = scan_order.permute(h, orders[0])
+      h = Mamba2(d_model=cfg.d_model, d_state=cfg.d_state, d_conv=cfg.d_conv, expand=cfg.expand,
+                 headdim=cfg.headdim, ngroups=cfg.ngroups, selective=cfg.selective,
+                 chunk_size=cfg.chunk_size, ssd_impl=cfg.ssd_impl, dtype=dtype, name="mixer")(h)
+      h = scan_order.permute(h, orders[1])
+    else:
+      h = SelfAttention(cfg.attn_heads, dtype=dtype, name="mixer")(h)
+    x = x + h.astype(x.dtype)
+    if cfg.mlp_ratio > 0:
+      h = SwiGLU(int(cfg.mlp_ratio * cfg.d_model), dtype=dtype, name="mlp")(
+          _rms_norm(dtype, "mlp_norm")(x))
+      x = x + h.astype(x.dtype)
+    return x, None
+
+
+class Denoiser(nn.Module):
+  """The multi-step selective diffusion network (see module docstring)."""
+  cfg: MDMConfig
+
+  def setup(self):
+    cfg = self.cfg
+    dtype = cfg.compute_dtype
+    lp = nn.with_logical_partitioning
+    d = cfg.d_model
+    self.latent_in = _lp_dense(d, ("latent", "embed"), "latent_in", dtype)
+    self.time_embed_img = TimeEmbedding(d, dtype=dtype, name="time_embed_img")
+    self.time_embed_txt = TimeEmbedding(d, dtype=dtype, name="time_embed_txt")
+    emb = lambda n, name: nn.Embed(n, d, dtype=dtype, name=name,
+                                   embedding_init=lp(nn.initializers.normal(0.02),
+                                                     (None, "embed")))
+    self.class_embed = emb(cfg.num_classes + 1, "class_embed")  # last row: null class
+    self.task_embed = emb(len(TASKS), "task_embed")
+    init = lp(nn.initializers.normal(0.02), (None, "embed"))
+    self.pad_tokens = self.param("pad_tokens", init, (cfg.n_pad_tokens, d), jnp.float32)
+    self.image_pos = self.param("image_pos", init, (cfg.n_image_tokens, d), jnp.float32)
+    self.text_pos = self.param("text_pos", init, (cfg.max_text_len, d), jnp.float32)
+    self.modality = self.param("modality_embed", init, (2, d), jnp.float32)
+    if cfg.row_end_tokens:
+      self.row_end = self.param("row_end_token", lp(nn.initializers.normal(0.02), ("embed",)),
+                                (d,), jnp.float32)
+    layer = DenoiserLayer
+    if cfg.remat:
+      layer = nn.remat(layer, prevent_cse=not cfg.scan_layers)
+    if cfg.scan_layers:
+      self.layers = nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True},
+                            in_axes=0, length=cfg.n_layers,
+                            metadata_params={nn.PARTITION_NAME: "layers"})(cfg, name="layers")
+    else:
+      self.layer_list = [layer(cfg, name=f"layers_{i}") for i in range(cfg.n_layers)]
+    self.final_norm = _rms_norm(dtype, "final_norm")
+    self.eps_head = _lp_dense(cfg.latent_dim, ("embed", "latent"), "eps_head", dtype, zero=True)
+    self.score_head = _lp_dense(cfg.vocab_size + 1, ("embed", "vocab"), "score_head", dtype,
+                                zero=True)
+
+  def layer_orders(self) -> np.ndarray:
+    """(n_layers, 2, L) int32: per-layer permutation and inverse (static)."""
+    perms, invs = self.cfg.layout().schedule(self.cfg.directions)
+    period = perms.shape[0]
+    idx = np.arange(self.cfg.n_layers) % period
+    return np.stack([perms[idx], invs[idx]], axis=1).astype(np.int32)
+
+  def __call__(self, z_img, t_img, z_txt, t_txt, sigma_txt, ids_t, class_id, task_id):
+    """Predict image noise and text log-scores.
+
+    Args:
+      z_img: (b, N, latent_dim) noised, unit-variance image latents.
+      t_img: (b,) image time in [0, 1].
+      z_txt: (b, T, latent_dim) unit-variance latents of the noised ids ``ids_t``.
+      t_txt: (b,) text time in [0, 1].
+      sigma_txt: (b,) total text noise sigma(t_txt) (for the log-score scaling).
+      ids_t: (b, T) noised ids ([MASK] == vocab_size).
+      class_id: (b,) int, ``num_classes`` = null class.
+      task_id: (b,) int index into ``TASKS``.
+    Returns:
+      eps (b, N, latent_dim) float32, log_score (b, T, vocab_size + 1) float32.
+    """
+    cfg = self.cfg
+    dtype = cfg.compute_dtype
+    b = z_img.shape[0]
+    d = cfg.d_model
+    prefix = jnp.concatenate([
+        self.time_embed_img(t_img)[:, None],
+        self.time_embed_txt(t_txt)[:, None],
+        self.class_embed(class_id)[:, None],
+        self.task_embed(task_id)[:, None],
+        jnp.broadcast_to(self.pad_tokens.astype(dtype), (b, cfg.n_pad_tokens, d)),
+    ], axis=1)
+    img = (self.latent_in(z_img.astype(dtype)) + self.image_pos.astype(dtype)
+           + self.modality[0].astype(dtype))
+    if cfg.row_end_tokens:
+      img = scan_order.insert_row_end_tokens(img, self.row_end, *cfg.grid)
+    txt = (self.latent_in(z_txt.astype(dtype)) + self.text_pos.astype(dtype)
+           + self.modality[1].astype(dtype))
+    x = jnp.concatenate([prefix.astype(dtype), img, txt], axis=1)
+
+    orders = jnp.asarray(self.layer_orders())
+    if cfg.scan_layers:
+      x, _ = self.layers(x, orders)
+    else:
+      for i, layer in enumerate(self.layer_list):
+        x, _ = layer(x, orders[i])
+    x = self.final_norm(x)
+
+    n_pre = cfg.layout().n_prefix
+    n_img = cfg.layout().n_image
+    h_img = x[:, n_pre:n_pre + n_img]
+    if cfg.row_end_tokens:
+      h_img = scan_order.remove_row_end_tokens(h_img, *cfg.grid)
+    eps = self.eps_head(h_img).astype(jnp.float32)
+    raw = self.score_head(x[:, n_pre + n_img:]).astype(jnp.float32)
+    return eps, absorbing_log_score(raw, sigma_txt, ids_t, cfg.vocab_size)
+
+
+def absorbing_log_score(raw, sigma, ids_t, vocab_size):
+  """SEDD's absorbing parameterisation of the network output (b, T, V+1) -> log-scores.
+
+  Subtracts log(e^sigma - 1) + log V (the log-ratio of an uninformed model) and fixes the
+  current token's own entry to 0.
+  """
+  sigma = sigma.astype(jnp.float32)[:, None, None]
+  esigm1 = jnp.where(sigma < 0.5, jnp.expm1(sigma), jnp.exp(sigma) - 1.0)
+  raw = raw - jnp.log(jnp.maximum(esigm1, 1e-12)) - math.log(vocab_size)
+  current = jax.nn.one_hot(ids_t, vocab_size + 1, dtype=bool)
+  return jnp.where(current, 0.0, raw)
+
+
+class MDM(nn.Module):
+  """VAE + denoiser. Methods are the pieces the losses and samplers compose."""
+  cfg: MDMConfig
+
+  def setup(self):
+    cfg = self.cfg
+    self.vae = UnifiedVAE(patch_dim=cfg.patch_dim, vocab_size=cfg.vocab_size,
+                          width=cfg.vae_width, depth=cfg.vae_depth, latent_dim=cfg.latent_dim,
+                          dtype=cfg.compute_dtype, name="vae")
+    self.denoiser = Denoiser(cfg, name="denoiser")
+
+  # --- VAE -----------------------------------------------------------------------------
+  def encode_image(self, images):
+    """images (b, H, W, C) in [-1, 1] -> mu, log_sigma (b, N, latent_dim)."""
+    cfg = self.cfg
+    expected = (cfg.image_size, cfg.image_size, cfg.channels)
+    if tuple(images.shape[1:]) != expected:
+      raise ValueError(f"MDM: images must be (batch, {expected[0]}, {expected[1]}, "
+                       f"{expected[2]}), got {tuple(images.shape)}; check data.image_size and "
+                       "data.channels against model.image_size and model.channels")
+    return self.vae.encode_image(patchify(images, cfg.patch_size))
+
+  def decode_image(self, z):
+    """z (b, N, latent_dim) (VAE scale, not unit-variance) -> images (b, H, W, C)."""
+    cfg = self.cfg
+    return unpatchify(self.vae.decode_image(z), cfg.grid, cfg.patch_size, cfg.channels)
+
+  def encode_text(self, ids):
+    return self.vae.encode_text(ids)
+
+  def decode_text(self, z):
+    return self.vae.decode_text(z)
+
+  def latent_scale(self):
+    return self.vae.latent_scale()
+
+  def update_latent_std(self, z_image=None, z_text=None, text_mask=None):
+    self.vae.update_latent_std(z_image, z_text, text_mask)
+
+  # --- Denoiser ------------------------------------------------------------------------
+  def denoise(self, z_img, t_img, ids_t, t_txt, sigma_txt, class_id, task_id,
+              text_latents: Optional[jax.Array] = None):
+    """Noised unit-variance image latents + noised ids -> (eps, log_score).
+
+    The text input is the (unit-variance) VAE mean of ``ids_t``; pass ``text_latents`` to
+    supply it directly (e.g. with gradients to the encoder).
+    """
+    if text_latents is None:
+      mu, _ = self.vae.encode_text(ids_t)
+      text_latents = jax.lax.stop_gradient(mu * self.vae.latent_scale()[1])
+    return self.denoiser(z_img, t_img, text_latents, t_txt, sigma_txt, ids_t, class_id, task_id)
+
+  def __call__(self, images, ids):
+    """Touches every parameter (for ``init``)."""
+    b = images.shape[0]
+    mu_i, _ = self.encode_image(images)
+    mu_t, _ = self.encode_text(ids)
+    recon_img = self.decode_image(mu_i)
+    logits = self.decode_text(mu_t)
+    zeros = jnp.zeros((b,), jnp.float32)
+    ints = jnp.zeros((b,), jnp.int32)
+    eps, log_score = self.denoise(mu_i, zeros, ids, zeros, zeros + 1.0, ints, ints,
+                                  text_latents=mu_t)
+    return recon_img, logits, eps, log_score
