@@ -1,0 +1,275 @@
+"""A local folder of images, converted once to array_record and read by grain.
+
+Accepted layouts of the source folder:
+
+  class sub-folders   SRC/<class name>/**/<image>; label = index of the class
+                      name in sorted order; captions come from the class names.
+  captions.jsonl      SRC/captions.jsonl, one JSON object a line:
+                      {"file": "relative/path.png", "caption": "...",
+                       "label": 3 or "cat" (optional)}; a file on several
+                      lines gets several captions.
+  flat                images directly in SRC: unlabelled, no text.
+
+`prepare(src, out, ...)` (also `python -m data.prepare`) writes
+OUT/<split>.array_record (one record per image) and OUT/metadata.json. A record
+is `uint32 little-endian header length | JSON header | PNG bytes`, the header
+holding {"label": int, "captions": [str, ...], "file": str}: PNG keeps the
+images lossless and the format needs neither TensorFlow nor pickle.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import json
+import os
+import struct
+from typing import Any
+import zlib
+
+from absl import logging
+from PIL import Image
+
+from data import images as images_lib
+from data import source as source_lib
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif",
+                    ".tiff")
+CAPTIONS_FILE = "captions.jsonl"
+METADATA_FILE = "metadata.json"
+FORMAT = "mdm_jax.folder.v1"
+_HEADER = struct.Struct("<I")
+
+
+def _is_image(name: str) -> bool:
+  return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _images_under(root: str) -> list[str]:
+  """Image paths under `root` (recursive), sorted, relative to `root`."""
+  found = []
+  for dirpath, dirnames, filenames in os.walk(root):
+    dirnames.sort()
+    for f in filenames:
+      if _is_image(f):
+        found.append(os.path.relpath(os.path.join(dirpath, f), root))
+  return sorted(found)
+
+
+def _no_images(src: str) -> ValueError:
+  return ValueError(
+      f"No images found in {src}. Accepted extensions: "
+      f"{', '.join(IMAGE_EXTENSIONS)} (any case). Put images in class "
+      f"sub-folders (SRC/<class>/<image>), or list them in SRC/{CAPTIONS_FILE} "
+      '({"file": ..., "caption": ..., "label": optional}).')
+
+
+def scan(src: str) -> tuple[list[dict[str, Any]], tuple[str, ...] | None, str]:
+  """Lists the examples of a source folder.
+
+  Returns:
+    entries: [{"file": relative path, "label": int, "captions": [str]}],
+      sorted by file.
+    class_names: label names, or None (unlabelled, or integer labels).
+    layout: 'captions', 'classes' or 'flat'.
+  """
+  if not os.path.isdir(src):
+    raise ValueError(f"Image folder {src} does not exist (or is not a "
+                     "directory); pass an existing folder as --src.")
+  captions_path = os.path.join(src, CAPTIONS_FILE)
+  if os.path.exists(captions_path):
+    return (*_scan_captions(src, captions_path), "captions")
+  classes = sorted(d for d in os.listdir(src)
+                   if os.path.isdir(os.path.join(src, d)))
+  entries = []
+  for label, name in enumerate(classes):
+    for rel in _images_under(os.path.join(src, name)):
+      entries.append({"file": os.path.join(name, rel), "label": label,
+                      "captions": []})
+  if entries:
+    return entries, tuple(classes), "classes"
+  flat = [f for f in sorted(os.listdir(src)) if _is_image(f)]
+  if not flat:
+    raise _no_images(src)
+  logging.warning("%s has neither class sub-folders nor %s: %d unlabelled "
+                  "images without text.", src, CAPTIONS_FILE, len(flat))
+  return [{"file": f, "label": -1, "captions": []} for f in flat], None, "flat"
+
+
+def _scan_captions(src: str, path: str):
+  by_file: dict[str, dict[str, Any]] = {}
+  with open(path, encoding="utf-8") as f:
+    for lineno, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+        file, caption = row["file"], row["caption"]
+      except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(
+            f"{path}:{lineno}: expected a JSON object with 'file' and "
+            f"'caption' (and optionally 'label'), got {line.strip()[:200]!r} "
+            f"({e}).") from e
+      if not isinstance(caption, str) or not caption.strip():
+        raise ValueError(f"{path}:{lineno}: 'caption' must be a non-empty "
+                         "string.")
+      entry = by_file.setdefault(
+          file, {"file": file, "label": row.get("label"), "captions": []})
+      entry["captions"].append(caption.strip())
+  if not by_file:
+    raise _no_images(src)
+  entries = [by_file[k] for k in sorted(by_file)]
+  labels = [e["label"] for e in entries if e["label"] is not None]
+  class_names = None
+  if labels and all(isinstance(l, str) for l in labels):
+    class_names = tuple(sorted(set(labels)))
+    index = {n: i for i, n in enumerate(class_names)}
+    for e in entries:
+      e["label"] = -1 if e["label"] is None else index[e["label"]]
+  elif all(isinstance(l, int) and l >= 0 for l in labels):
+    for e in entries:
+      e["label"] = -1 if e["label"] is None else e["label"]
+  else:
+    raise ValueError(f"{path}: 'label' must be all non-negative integers or "
+                     "all strings (class names).")
+  return entries, class_names
+
+
+def encode_record(png: bytes, label: int, captions: list[str],
+                  file: str) -> bytes:
+  header = json.dumps({"label": int(label), "captions": list(captions),
+                       "file": file}).encode("utf-8")
+  return _HEADER.pack(len(header)) + header + png
+
+
+def decode_record(record: bytes) -> source_lib.Example:
+  (n,) = _HEADER.unpack_from(record)
+  header = json.loads(record[_HEADER.size:_HEADER.size + n])
+  # Opened lazily: pixels are decoded only when the image is used.
+  image = Image.open(io.BytesIO(record[_HEADER.size + n:]))
+  return {"image": image, "label": header["label"],
+          "captions": tuple(header["captions"])}
+
+
+def _split_of(file: str, test_fraction: float) -> str:
+  # A hash of the path, not a random draw: adding images keeps old ones' split.
+  in_test = zlib.crc32(file.encode()) / 2**32 < test_fraction
+  return "test" if in_test else "train"
+
+
+def prepare(src: str, out: str, *, image_size: int | None = None,
+            channels: int = 3, test_fraction: float = 0.0) -> dict[str, Any]:
+  """Converts an image folder to array_record files plus metadata.json.
+
+  Args:
+    src: the image folder (see the module docstring for layouts).
+    out: output folder (created).
+    image_size: if set, images are centre-cropped to a square and resized to
+      image_size x image_size here, once; else kept as they are.
+    channels: 1 (grey) or 3 (RGB); other modes (RGBA, grey, palette) are
+      converted and counted.
+    test_fraction: share of images (by a hash of the path) in a 'test' split.
+
+  Returns:
+    stats: {'images': written, 'converted': images whose channels changed,
+    'converted_from': {mode: count}, 'unreadable': [(file, reason)],
+    'splits': {split: count}, 'layout': ..., 'num_classes': ...}; also
+    written to OUT/metadata.json.
+  """
+  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+  images_lib.check_channels(channels)
+  if not 0.0 <= test_fraction < 1.0:
+    raise ValueError(f"test_fraction={test_fraction} must be in [0, 1).")
+  entries, class_names, layout = scan(src)
+  os.makedirs(out, exist_ok=True)
+  writers, counts = {}, collections.Counter()
+  converted_from, unreadable = collections.Counter(), []
+  try:
+    for e in entries:
+      path = os.path.join(src, e["file"])
+      try:
+        with Image.open(path) as img:
+          img.load()
+          mode = img.mode
+          img, changed = images_lib.convert_mode(img, channels)
+      except (OSError, ValueError, Image.DecompressionBombError) as err:
+        unreadable.append((e["file"], f"{type(err).__name__}: {err}"))
+        logging.warning("Skipping unreadable image %s: %s", path, err)
+        continue
+      if changed:
+        converted_from[mode] += 1
+      if image_size:
+        img = images_lib.center_square(img).resize(
+            (image_size, image_size), Image.Resampling.BICUBIC)
+      png = io.BytesIO()
+      img.save(png, format="PNG")
+      split = _split_of(e["file"], test_fraction)
+      if split not in writers:
+        writers[split] = array_record_module.ArrayRecordWriter(
+            os.path.join(out, f"{split}.array_record"), "group_size:1")
+      writers[split].write(
+          encode_record(png.getvalue(), e["label"], e["captions"], e["file"]))
+      counts[split] += 1
+  finally:
+    for w in writers.values():
+      w.close()
+  if not counts:
+    raise ValueError(f"None of the {len(entries)} images in {src} could be "
+                     f"read: {unreadable[:5]}...")
+  labels = [e["label"] for e in entries]
+  stats = {
+      "images": sum(counts.values()),
+      "converted": sum(converted_from.values()),
+      "converted_from": dict(converted_from),
+      "unreadable": unreadable,
+      "splits": dict(counts),
+      "layout": layout,
+      "num_classes": (len(class_names) if class_names else
+                      max(labels) + 1 if max(labels) >= 0 else 0),
+  }
+  if stats["converted"]:
+    logging.warning("Converted %d images to %d channels (from %s).",
+                    stats["converted"], channels, dict(converted_from))
+  metadata = {"format": FORMAT, "class_names": class_names,
+              "has_captions": layout == "captions", "channels": channels,
+              "image_size": image_size, "source": os.path.abspath(src),
+              **stats}
+  with open(os.path.join(out, METADATA_FILE), "w", encoding="utf-8") as f:
+    json.dump(metadata, f, indent=2)
+  logging.info("Prepared %s -> %s: %s", src, out, stats)
+  return stats
+
+
+def read_metadata(data_dir: str) -> dict[str, Any]:
+  path = os.path.join(data_dir or "", METADATA_FILE)
+  if not data_dir or not os.path.exists(path):
+    raise ValueError(
+        f"No prepared image folder at {data_dir!r} ({METADATA_FILE} missing). "
+        "Convert the folder first: python -m data.prepare --src=IMAGES "
+        "--out=DIR, then pass data_dir=DIR.")
+  with open(path, encoding="utf-8") as f:
+    metadata = json.load(f)
+  if metadata.get("format") != FORMAT:
+    raise ValueError(f"{path} is not a {FORMAT} metadata file.")
+  return metadata
+
+
+def open_folder(data_dir: str, *, split: str) -> source_lib.ExampleSource:
+  """An `ExampleSource` over a folder written by `prepare`."""
+  import grain  # pylint: disable=g-import-not-at-top
+  metadata = read_metadata(data_dir)
+  if split not in metadata["splits"]:
+    raise ValueError(f"Prepared folder {data_dir} has no split {split!r}; it "
+                     f"has {sorted(metadata['splits'])}.")
+  records = grain.sources.ArrayRecordDataSource(
+      [os.path.join(data_dir, f"{split}.array_record")])
+  class_names = metadata["class_names"]
+  # Class names become captions only when the examples have none of their own.
+  label_text = ("class_name" if class_names and not metadata["has_captions"]
+                else None)
+  return source_lib.ExampleSource(
+      name=f"folder:{data_dir}", records=records, decode=decode_record,
+      num_classes=metadata["num_classes"],
+      class_names=tuple(class_names) if class_names else None,
+      label_text=label_text, has_captions=metadata["has_captions"])
+

@@ -1,0 +1,429 @@
+"""grain input pipelines: one batch format for every dataset and task.
+
+`make_dataset(name, ...)` returns a `DataIterator` (a grain `DatasetIterator`,
+so orbax's grain handler checkpoints it) yielding dicts of numpy arrays:
+
+  image           float32 (B, S, S, C) in [-1, 1]; centre-cropped, resized.
+  label           int32 (B,); -1 where the dataset has no labels.
+  caption         int32 (B, T): caption ids, eos, then pad (0). Present when
+                  the dataset has text: its own captions (coco_captions, a
+                  folder with captions.jsonl; one picked per example and epoch
+                  from the seed) or captions made from the label by templates
+                  (digits, mnist, cifar10, class sub-folders).
+  vqa             int32 (B, T): question ids, <sep>, answer ids, eos, pad.
+  vqa_prompt_len  int32 (B,): leading vqa tokens given to the model (question
+                  and <sep>); the rest is generated. Both vqa keys are present
+                  only for digit datasets (digits, mnist), whose label
+                  determines the answers; other datasets omit them.
+
+B is the per-host batch, S = image_size, C = channels, T = max_text_len.
+Text longer than T is truncated (eos always kept); truncations are counted in
+`DataIterator.stats()` and logged (the first one, then every 1000th).
+
+Order: the split is sharded by host (`records[shard_index::shard_count]`, so
+shards are disjoint and cover the split), shuffled by `seed`, reshuffled each
+epoch, with random choices (which caption, which question) drawn from the
+seed and the position, so a seed fixes the whole stream and `get_state()` /
+`set_state()` resume exactly.
+
+Datasets: 'digits' (bundled, default), 'mnist', 'cifar10', 'imagenet2012',
+'coco_captions' (tfds, prepared as array_record in data_dir), 'folder' (a
+folder converted by `python -m data.prepare`, data_dir = its output).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import sys
+from typing import Any
+
+from absl import logging
+import grain
+import numpy as np
+
+from data import digits
+from data import folder
+from data import images as images_lib
+from data import source as source_lib
+from data import tfds_sources
+from data import tokenizer as tokenizer_lib
+
+DATASETS = ("digits", "folder", *tfds_sources.SUPPORTED)
+_LOG_TRUNCATION_EVERY = 1000
+
+
+def open_source(name: str, *, split: str, data_dir: str | None = None,
+                skip_images: bool = False) -> source_lib.ExampleSource:
+  """The `ExampleSource` of a dataset split (see the module docstring).
+
+  skip_images=True may leave tfds images undecoded (for reading text only).
+  """
+  if name == "digits":
+    return digits.open_digits(split)
+  if name == "folder":
+    return folder.open_folder(data_dir, split=split)
+  if name in tfds_sources.SUPPORTED:
+    return tfds_sources.open_tfds(name, split=split, data_dir=data_dir,
+                                  skip_images=skip_images)
+  raise ValueError(f"Unknown dataset {name!r}; use one of {DATASETS}.")
+
+
+def describe(name: str, *, split: str = "train",
+             data_dir: str | None = None) -> dict[str, Any]:
+  """What a dataset split offers: sizes, classes, which batch keys it has."""
+  src = open_source(name, split=split, data_dir=data_dir)
+  return {"num_examples": len(src), "num_classes": src.num_classes,
+          "class_names": src.class_names, "has_caption": src.has_caption_text,
+          "has_vqa": src.has_vqa}
+
+
+def text_corpus(name: str, *, data_dir: str | None = None,
+                split: str = "train", max_examples: int = 20_000) -> list[str]:
+  """Text to train the tokenizer on: every caption, question and answer.
+
+  Label-made text is listed in full; a dataset's own captions are read from
+  up to `max_examples` evenly spaced examples of `split`.
+  """
+  src = open_source(name, split=split, data_dir=data_dir, skip_images=True)
+  texts = []
+  for label in range(src.num_classes if src.label_text else 0):
+    texts += src.label_captions(label)
+    for q, a in src.label_qa(label):
+      texts += [q, a]
+  if src.has_captions:
+    n = len(src)
+    for i in np.unique(np.linspace(0, n - 1, min(n, max_examples)).astype(int)):
+      texts += list(src.decode(src.records[int(i)])["captions"])
+  if not texts:
+    raise ValueError(f"Dataset {name!r} has no text (no captions, no text "
+                     "from labels); it can only train class-to-image.")
+  return texts
+
+
+# --------------------------------------------------------------------------
+# Text made from labels, tokenised once.
+
+
+@dataclasses.dataclass(frozen=True)
+class _LabelTextTables:
+  """Token ids of every label-made text (L labels, V captions, Q questions)."""
+  caption_ids: np.ndarray | None = None        # int32 (L, V, T)
+  caption_truncated: np.ndarray | None = None  # bool (L, V)
+  vqa_ids: np.ndarray | None = None            # int32 (L, Q, T)
+  vqa_prompt_len: np.ndarray | None = None     # int32 (L, Q)
+  vqa_truncated: np.ndarray | None = None      # bool (L, Q)
+
+
+def _label_tables(src: source_lib.ExampleSource,
+                  tok: tokenizer_lib.Tokenizer,
+                  max_len: int) -> _LabelTextTables:
+  if src.label_text is None:
+    return _LabelTextTables()
+  caps = [[tok.encode_padded(c, max_len) for c in src.label_captions(l)]
+          for l in range(src.num_classes)]
+  tables = {
+      "caption_ids": np.array([[ids for ids, _ in row] for row in caps],
+                              np.int32),
+      "caption_truncated": np.array([[t for _, t in row] for row in caps]),
+  }
+  if src.has_vqa:
+    qas = [[tok.encode_vqa(q, a, max_len) for q, a in src.label_qa(l)]
+           for l in range(src.num_classes)]
+    tables["vqa_ids"] = np.array([[r[0] for r in row] for row in qas],
+                                 np.int32)
+    tables["vqa_prompt_len"] = np.array([[r[1] for r in row] for row in qas],
+                                        np.int32)
+    tables["vqa_truncated"] = np.array([[r[2] for r in row] for row in qas])
+  return _LabelTextTables(**tables)
+
+
+def _pick_label_text(tables: _LabelTextTables, labels: np.ndarray,
+                     rng: np.random.Generator) -> dict[str, np.ndarray]:
+  """Label-made text for `labels` (any shape), one random variant each."""
+  out = {}
+  if tables.caption_ids is not None:
+    j = rng.integers(tables.caption_ids.shape[1], size=labels.shape)
+    out["caption"] = tables.caption_ids[labels, j]
+    out["caption_truncated"] = tables.caption_truncated[labels, j]
+  if tables.vqa_ids is not None:
+    q = rng.integers(tables.vqa_ids.shape[1], size=labels.shape)
+    out["vqa"] = tables.vqa_ids[labels, q]
+    out["vqa_prompt_len"] = tables.vqa_prompt_len[labels, q]
+    out["vqa_truncated"] = tables.vqa_truncated[labels, q]
+  return out
+
+
+# --------------------------------------------------------------------------
+# Transforms: per record (decode, resize, tokenise), or per batch when the
+# whole split is preloaded and its text comes from labels (one gather).
+
+
+class _RecordToExample(grain.transforms.RandomMap):
+  """Raw record -> one model example (unbatched arrays)."""
+
+  def __init__(self, src: source_lib.ExampleSource,
+               tok: tokenizer_lib.Tokenizer, tables: _LabelTextTables,
+               image_size: int, channels: int, max_len: int):
+    self._src, self._tok, self._tables = src, tok, tables
+    self._image_size, self._channels, self._max_len = (image_size, channels,
+                                                       max_len)
+
+  def random_map(self, record, rng: np.random.Generator) -> dict[str, Any]:
+    ex = self._src.decode(record)
+    label = int(ex["label"])
+    out = {"image": images_lib.to_model_image(ex["image"], self._image_size,
+                                              self._channels),
+           "label": np.int32(label)}
+    if self._src.has_captions:
+      caps = ex["captions"]
+      text = caps[rng.integers(len(caps))] if caps else ""
+      out["caption"], truncated = self._tok.encode_padded(text, self._max_len)
+      out["caption_truncated"] = np.bool_(truncated)
+    elif self._src.label_text is not None:
+      if not 0 <= label < self._src.num_classes:
+        raise ValueError(f"{self._src.name}: label {label} outside "
+                         f"[0, {self._src.num_classes}).")
+      out.update(_pick_label_text(self._tables, np.asarray(label), rng))
+    return out
+
+
+class _PreloadedBatch(grain.transforms.RandomMap):
+  """Batch number -> one model batch of a preloaded split.
+
+  Batch b holds positions [b*B, (b+1)*B) of the stream that visits this
+  host's shard once per epoch in an order permuted by (seed, epoch). This is
+  grain's shuffle/repeat/batch done with one numpy permutation per epoch:
+  grain's per-element index_shuffle alone costs ~36 us an element (2.3 ms a
+  batch of 64), several times the whole budget of this tiny dataset.
+  """
+
+  def __init__(self, images: np.ndarray, labels: np.ndarray,
+               shard: np.ndarray, batch_size: int, total: int | None,
+               seed: int, tables: _LabelTextTables):
+    self._images, self._labels, self._tables = images, labels, tables
+    self._shard, self._batch_size, self._total = shard, batch_size, total
+    self._seed = seed
+    self._perms: dict[int, np.ndarray] = {}
+
+  def _perm(self, epoch: int) -> np.ndarray:
+    if epoch not in self._perms:
+      if len(self._perms) > 4:
+        self._perms.clear()
+      rng = np.random.default_rng([self._seed, epoch])
+      self._perms[epoch] = self._shard[rng.permutation(len(self._shard))]
+    return self._perms[epoch]
+
+  def random_map(self, b, rng: np.random.Generator) -> dict[str, Any]:
+    stop = (b + 1) * self._batch_size
+    if self._total is not None:
+      stop = min(stop, self._total)
+    epochs, offsets = np.divmod(np.arange(b * self._batch_size, stop),
+                                len(self._shard))
+    indices = np.empty(len(epochs), np.int64)
+    for e in np.unique(epochs):
+      at = epochs == e
+      indices[at] = self._perm(int(e))[offsets[at]]
+    labels = self._labels[indices]
+    return {"image": self._images[indices], "label": labels,
+            **_pick_label_text(self._tables, labels, rng)}
+
+
+def _preloaded_images(images: np.ndarray, image_size: int,
+                      channels: int) -> np.ndarray:
+  """uint8 (N, H, W[, C]) -> float32 (N, S, S, C) in [-1, 1], once."""
+  return np.stack([images_lib.to_model_image(im, image_size, channels)
+                   for im in images])
+
+
+# --------------------------------------------------------------------------
+# The iterator handed to the train loop.
+
+
+class DataIterator(grain.DatasetIterator):
+  """A grain iterator over model batches that counts truncated text.
+
+  `get_state()`/`set_state()` are the wrapped grain iterator's (JSON-able),
+  so orbax's grain checkpoint handler saves it. `stats()` counts since this
+  iterator was made (a restored iterator starts again from zero).
+  """
+
+  def __init__(self, parent: grain.DatasetIterator, name: str):
+    super().__init__(parent)
+    self._name = name
+    self._counts = collections.Counter()
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    batch = dict(next(self._parent))
+    self._counts["examples"] += len(batch["label"])
+    for key in ("caption", "vqa"):
+      flags = batch.pop(f"{key}_truncated", None)
+      if flags is None:
+        continue
+      before = self._counts[f"{key}_truncated"]
+      after = before + int(np.sum(flags))
+      self._counts[f"{key}_truncated"] = after
+      if after > before and (before == 0 or after // _LOG_TRUNCATION_EVERY >
+                             before // _LOG_TRUNCATION_EVERY):
+        logging.warning(
+            "%s: %d %s texts truncated to max_text_len so far (of %d "
+            "examples); raise max_text_len to keep them whole.", self._name,
+            after, key, self._counts["examples"])
+    return batch
+
+  def get_state(self) -> dict[str, Any]:
+    return self._parent.get_state()
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    self._parent.set_state(state)
+
+  def stats(self) -> dict[str, int]:
+    """{'examples', 'caption_truncated', 'vqa_truncated'} counts so far."""
+    return {"examples": self._counts["examples"],
+            "caption_truncated": self._counts["caption_truncated"],
+            "vqa_truncated": self._counts["vqa_truncated"]}
+
+  def __str__(self) -> str:
+    return f"DataIterator({self._name})"
+
+
+def make_dataset(
+    name: str,
+    *,
+    split: str,
+    batch_size: int,
+    image_size: int,
+    channels: int,
+    max_text_len: int,
+    tokenizer: tokenizer_lib.Tokenizer | None,
+    seed: int,
+    shard_index: int = 0,
+    shard_count: int = 1,
+    data_dir: str | None = None,
+    num_epochs: int | None = None,
+    drop_remainder: bool = True,
+    worker_count: int = 0,
+    read_threads: int = 4,
+) -> DataIterator:
+  """A checkpointable iterator of model batches (see the module docstring).
+
+  Args:
+    name: one of DATASETS.
+    split: e.g. 'train', 'test' (digits, mnist, cifar10), 'validation'
+      (imagenet2012), 'val' (coco_captions).
+    batch_size: examples per batch on this host.
+    image_size: side S of the square images.
+    channels: 1 or 3; sources are converted.
+    max_text_len: T, tokens per caption / VQA sequence, eos included.
+    tokenizer: the trained tokenizer (its ids go into caption / vqa); may be
+      None only for datasets without text (imagenet2012).
+    seed: fixes order and random choices.
+    shard_index, shard_count: this host's shard (jax.process_index() and
+      jax.process_count() on a pod).
+    data_dir: tfds data_dir, or the prepared folder for 'folder'.
+    num_epochs: passes over the shard; None repeats forever.
+    drop_remainder: drop a last incomplete batch (finite num_epochs only).
+    worker_count: grain worker processes (needs absl flags parsed and a
+      `__main__` guard); 0 works in-process.
+    read_threads: threads reading and decoding records (not used by the
+      preloaded digits path, where a batch is one gather).
+  """
+  images_lib.check_channels(channels)
+  if batch_size < 1 or image_size < 1:
+    raise ValueError(f"batch_size={batch_size} and image_size={image_size} "
+                     "must be positive.")
+  if not 0 <= shard_index < shard_count:
+    raise ValueError(f"shard_index={shard_index} must be in [0, shard_count="
+                     f"{shard_count}).")
+  if num_epochs is not None and num_epochs < 1:
+    raise ValueError(f"num_epochs={num_epochs} must be >= 1 or None.")
+  src = open_source(name, split=split, data_dir=data_dir)
+  if src.has_vqa and max_text_len < 4:
+    raise ValueError(f"max_text_len={max_text_len} cannot hold a VQA pair; "
+                     "use at least 4.")
+  if src.has_caption_text and max_text_len < 2:
+    raise ValueError(f"max_text_len={max_text_len} too short; use >= 2.")
+  if src.has_caption_text and tokenizer is None:
+    raise ValueError(f"{name} has text: pass the trained tokenizer "
+                     "(data.tokenizer.Tokenizer.train or .load).")
+  shard_len = len(range(shard_index, len(src), shard_count))
+  if shard_len == 0:
+    raise ValueError(f"{name}/{split} has {len(src)} examples: too few for "
+                     f"{shard_count} shards.")
+  if num_epochs is not None and drop_remainder and (shard_len * num_epochs <
+                                                    batch_size):
+    raise ValueError(f"Shard of {shard_len} examples x {num_epochs} epochs "
+                     f"gives no full batch of {batch_size}.")
+  tables = _label_tables(src, tokenizer, max_text_len)
+  shard = slice(shard_index, None, shard_count)
+
+  if src.in_memory is not None and not src.has_captions:
+    raw_images, labels = src.in_memory
+    total = None if num_epochs is None else shard_len * num_epochs
+    num_batches = (sys.maxsize if total is None else
+                   total // batch_size if drop_remainder else
+                   -(-total // batch_size))
+    ds = grain.MapDataset.range(num_batches).random_map(
+        _PreloadedBatch(_preloaded_images(raw_images, image_size, channels),
+                        np.asarray(labels, np.int32),
+                        np.arange(len(src))[shard], batch_size, total, seed,
+                        tables), seed=seed)
+    # Each batch is one cheap gather: reader threads would only add overhead.
+    it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=0,
+                                                 prefetch_buffer_size=0))
+  else:
+    ds = (grain.MapDataset.source(src.records).seed(seed)[shard].shuffle()
+          .repeat(num_epochs)
+          .random_map(_RecordToExample(src, tokenizer, tables, image_size,
+                                       channels, max_text_len)))
+    # Prefetch single examples (a bounded buffer), then batch.
+    it_ds = ds.to_iter_dataset(grain.ReadOptions(
+        num_threads=read_threads, prefetch_buffer_size=max(
+            2 * batch_size, 4 * read_threads) if read_threads else 0))
+    it_ds = it_ds.batch(batch_size, drop_remainder=drop_remainder)
+  if worker_count > 0:
+    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=worker_count))
+  return DataIterator(iter(it_ds), name=f"{name}/{split}")
+
+
+# --------------------------------------------------------------------------
+# Held-out examples with their raw strings, for evaluation and sampling.
+
+
+def eval_examples(name: str, *, split: str = "test", num: int | None = None,
+                  image_size: int = 8, channels: int = 1,
+                  data_dir: str | None = None) -> list[dict[str, Any]]:
+  """The first `num` examples of `split` in order, with raw strings.
+
+  Each is {'index': int, 'image': float32 (S, S, C) in [-1, 1],
+  'label': int (-1 if none), 'captions': every reference caption (list[str]),
+  'question': str | None, 'answer': str | None (the dataset's reference)}.
+  For digit datasets the question cycles through the question types by index,
+  so a test set covers all of them.
+  """
+  src = open_source(name, split=split, data_dir=data_dir)
+  n = len(src) if num is None else min(num, len(src))
+  out = []
+  for i in range(n):
+    ex = src.decode(src.records[i])
+    label = int(ex["label"])
+    qa = src.label_qa(label) if src.has_vqa else []
+    question, answer = qa[i % len(qa)] if qa else (None, None)
+    out.append({
+        "index": i,
+        "image": images_lib.to_model_image(ex["image"], image_size, channels),
+        "label": label,
+        "captions": src.captions_of(ex),
+        "question": question,
+        "answer": answer,
+    })
+  return out
+
+
+def digits_eval_examples(split: str = "test", num: int | None = None,
+                         image_size: int = 8,
+                         channels: int = 1) -> list[dict[str, Any]]:
+  """`eval_examples` of the bundled digits."""
+  return eval_examples("digits", split=split, num=num, image_size=image_size,
+                       channels=channels)

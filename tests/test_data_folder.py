@@ -1,0 +1,232 @@
+"""Local folders: prepare (conversions, errors) and the pipeline reading."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from data import folder
+from data import pipeline
+from data import text_templates
+from data import tokenizer as tokenizer_lib
+
+COLORS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0),
+          (0, 255, 255), (255, 0, 255)]
+LONG = ("a very long caption that goes on and on about the red square and "
+        "the blue sky and the green grass and many other things besides")
+
+
+def _save(path, array, mode=None):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  Image.fromarray(np.asarray(array, np.uint8), mode).save(path)
+
+
+def _solid(color, size=8):
+  return np.broadcast_to(np.array(color, np.uint8), (size, size, 3)).copy()
+
+
+@pytest.fixture(scope="module")
+def tok():
+  texts = [LONG, "a red square", "a blue square", "a blue block"]
+  texts += text_templates.class_captions("cat")
+  texts += text_templates.class_captions("dog")
+  return tokenizer_lib.Tokenizer.train(texts * 5, None, 96)
+
+
+@pytest.fixture(scope="module")
+def class_folder(tmp_path_factory):
+  """cat/: 3 RGB; dog/: 2 RGB, 1 RGBA, 1 grey, 1 unreadable, 1 non-image."""
+  src = tmp_path_factory.mktemp("classes")
+  for i in range(3):
+    _save(f"{src}/cat/c{i}.png", _solid(COLORS[i]))
+  for i in range(3, 5):
+    _save(f"{src}/dog/d{i}.png", _solid(COLORS[i]))
+  rgba = np.zeros((8, 8, 4), np.uint8)
+  rgba[:, :4] = (255, 0, 0, 255)  # left half opaque red
+  rgba[:, 4:] = (0, 0, 255, 0)    # right half transparent (blue underneath)
+  _save(f"{src}/dog/rgba.png", rgba, "RGBA")
+  _save(f"{src}/dog/grey.png", np.full((8, 8), 100, np.uint8), "L")
+  with open(f"{src}/dog/broken.png", "wb") as f:
+    f.write(b"not a png at all")
+  with open(f"{src}/dog/notes.txt", "w") as f:
+    f.write("ignored")
+  out = tmp_path_factory.mktemp("classes_out")
+  stats = folder.prepare(str(src), str(out), channels=3)
+  return str(out), stats
+
+
+@pytest.fixture(scope="module")
+def caption_folder(tmp_path_factory):
+  src = tmp_path_factory.mktemp("captions")
+  _save(f"{src}/a.png", _solid(COLORS[0]))
+  _save(f"{src}/b.png", _solid(COLORS[2]))
+  _save(f"{src}/sub/c.png", _solid(COLORS[1], 12))
+  rows = [{"file": "a.png", "caption": "a red square"},
+          {"file": "b.png", "caption": "a blue square"},
+          {"file": "b.png", "caption": "a blue block"},
+          {"file": "sub/c.png", "caption": LONG}]
+  with open(f"{src}/captions.jsonl", "w") as f:
+    f.write("\n".join(json.dumps(r) for r in rows) + "\n")
+  out = tmp_path_factory.mktemp("captions_out")
+  stats = folder.prepare(str(src), str(out), channels=3, image_size=8)
+  return str(out), stats
+
+
+def _make(tok, data_dir, **kw):
+  args = dict(split="train", batch_size=2, image_size=8, channels=3,
+              max_text_len=16, tokenizer=tok, seed=0, data_dir=data_dir)
+  args.update(kw)
+  return pipeline.make_dataset("folder", **args)
+
+
+def _all(it):
+  batches = list(it)
+  return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+
+
+def test_prepare_class_folder_stats(class_folder):
+  out, stats = class_folder
+  assert stats["images"] == 7 and stats["splits"] == {"train": 7}
+  assert stats["converted"] == 2
+  assert stats["converted_from"] == {"RGBA": 1, "L": 1}
+  assert [f for f, _ in stats["unreadable"]] == [os.path.join("dog",
+                                                              "broken.png")]
+  meta = folder.read_metadata(out)
+  assert meta["class_names"] == ["cat", "dog"] and meta["num_classes"] == 2
+  assert meta["converted"] == 2 and not meta["has_captions"]
+
+
+def test_class_folder_batches(class_folder, tok):
+  out, _ = class_folder
+  got = _all(_make(tok, out, num_epochs=1, drop_remainder=False))
+  assert set(got) == {"image", "label", "caption"}
+  assert sorted(got["label"].tolist()) == [0, 0, 0, 1, 1, 1, 1]
+  for label, cap in zip(got["label"], got["caption"]):
+    name = ["cat", "dog"][label]
+    assert tok.decode(cap) in text_templates.class_captions(name)
+  # The RGBA image: opaque red stays red, transparent becomes white.
+  red_white = np.empty((8, 8, 3), np.float32)
+  red_white[:, :4] = (1, -1, -1)
+  red_white[:, 4:] = 1
+  grey = np.full((8, 8, 3), 100 / 127.5 - 1, np.float32)
+  for want in (red_white, grey):
+    err = np.abs(got["image"] - want).max(axis=(1, 2, 3))
+    assert err.min() < 1e-6
+    assert got["label"][np.argmin(err)] == 1  # both were dog images
+
+
+def test_record_path_shards_disjoint_and_cover(class_folder, tok):
+  out, _ = class_folder
+  seen = collections.Counter()
+  for shard in range(2):
+    got = _all(_make(tok, out, num_epochs=1, drop_remainder=False,
+                     shard_index=shard, shard_count=2, batch_size=3))
+    assert len(got["label"]) == (4 if shard == 0 else 3)
+    seen.update(np.round(img, 4).tobytes() for img in got["image"])
+  everything = _all(_make(tok, out, num_epochs=1, drop_remainder=False))
+  assert seen == collections.Counter(np.round(img, 4).tobytes()
+                                     for img in everything["image"])
+  assert len(seen) == 7  # all distinct images
+
+
+def test_record_path_deterministic_and_resumes(class_folder, tok):
+  out, _ = class_folder
+  a, b = _make(tok, out, seed=5), _make(tok, out, seed=5)
+  for _ in range(4):
+    x, y = next(a), next(b)
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k])
+  state = json.loads(json.dumps(a.get_state()))
+  want = [next(a) for _ in range(5)]  # crosses an epoch boundary (7 / 2)
+  c = _make(tok, out, seed=5)
+  c.set_state(state)
+  for w in want:
+    got = next(c)
+    for k in w:
+      np.testing.assert_array_equal(got[k], w[k])
+
+
+def test_captions_jsonl_and_truncation(caption_folder, tok):
+  out, stats = caption_folder
+  assert stats["layout"] == "captions" and stats["images"] == 3
+  assert stats["converted"] == 0
+  max_len = 10
+  # Independent count: which captions need more than max_len - 1 tokens.
+  assert len(tok.encode(LONG)) > max_len - 1
+  assert all(len(tok.encode(c)) <= max_len - 1
+             for c in ("a red square", "a blue square", "a blue block"))
+  it = _make(tok, out, num_epochs=4, batch_size=3, max_text_len=max_len)
+  got = _all(it)
+  assert set(got) == {"image", "label", "caption"}
+  assert (got["label"] == -1).all()
+  assert it.stats() == {"examples": 12, "caption_truncated": 4,
+                        "vqa_truncated": 0}
+  blue = set()
+  for img, cap in zip(got["image"], got["caption"]):
+    color = tuple(np.rint((img[0, 0] + 1) * 127.5).astype(int))
+    text = tok.decode(cap)
+    if color == COLORS[1]:  # the long one
+      assert cap[-1] == 2 and LONG.startswith(text) and text != LONG
+    elif color == COLORS[0]:
+      assert text == "a red square"
+    else:
+      assert color == COLORS[2]
+      blue.add(text)
+  # over 4 epochs b.png's caption is drawn from both of its captions
+  assert blue <= {"a blue square", "a blue block"}
+  assert len(blue) == 2
+
+
+def test_text_corpus_and_eval_examples(caption_folder):
+  out, _ = caption_folder
+  corpus = pipeline.text_corpus("folder", data_dir=out)
+  assert sorted(corpus) == sorted(["a red square", "a blue square",
+                                   "a blue block", LONG])
+  ex = pipeline.eval_examples("folder", split="train", data_dir=out,
+                              image_size=8, channels=3)
+  assert sorted(len(e["captions"]) for e in ex) == [1, 1, 2]
+  assert all(e["question"] is None and e["label"] == -1 for e in ex)
+
+
+def test_errors(tmp_path, tok):
+  with pytest.raises(ValueError, match="does not exist"):
+    folder.prepare(str(tmp_path / "missing"), str(tmp_path / "out"))
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  with pytest.raises(ValueError, match=r"No images found.*\.png.*\.jpg"):
+    folder.prepare(str(empty), str(tmp_path / "out"))
+  (empty / "readme.txt").write_text("no images here")
+  (empty / "sub").mkdir()
+  with pytest.raises(ValueError, match="No images found"):
+    folder.prepare(str(empty), str(tmp_path / "out"))
+  bad = tmp_path / "bad"
+  bad.mkdir()
+  (bad / "captions.jsonl").write_text('{"file": "x.png"}\n')
+  with pytest.raises(ValueError, match="captions.jsonl:1"):
+    folder.prepare(str(bad), str(tmp_path / "out"))
+  with pytest.raises(ValueError, match="data.prepare"):
+    _make(tok, str(tmp_path / "not_prepared"))
+
+
+def test_prepare_command_line(tmp_path):
+  src = tmp_path / "src"
+  _save(f"{src}/one/a.png", np.full((6, 6), 7, np.uint8), "L")
+  _save(f"{src}/two/b.png", _solid(COLORS[3], 6))
+  out = tmp_path / "out"
+  run = subprocess.run(
+      [sys.executable, "-m", "data.prepare", f"--src={src}", f"--out={out}",
+       "--image_size=4", "--channels=1"],
+      capture_output=True, text=True, cwd=os.path.dirname(
+          os.path.dirname(os.path.abspath(__file__))))
+  assert run.returncode == 0, run.stderr
+  stats = json.loads(run.stdout)
+  assert stats["images"] == 2 and stats["converted"] == 1
+  assert stats["converted_from"] == {"RGB": 1}
+  assert folder.read_metadata(str(out))["image_size"] == 4
