@@ -1,0 +1,423 @@
+"""Samplers: DPM-Solver / DDIM / DDPM for image latents, SEDD and D3PM for text, and both jointly.
+
+All samplers take callables (the network is closed over by the caller) and are jittable with
+Python-int step counts; loops are ``lax.fori_loop`` so compile time does not grow with steps.
+
+Image (VP, see ``gaussian``): ``dpm_solver`` integrates the probability-flow ODE from t = 1 to
+``t_end`` on a grid uniform in lambda = log(alpha/sigma) (half logSNR):
+
+* order 1: DDIM / DPM-Solver-1, ``x_t = (a_t/a_s) x_s - s_t expm1(h) eps(x_s, s)``;
+* order 2 singlestep: DPM-Solver-2 (Lu et al. 2022, r1 = 1/2), two evaluations per step;
+* ``multistep=True``, order 2: DPM-Solver++(2M) (Lu et al. 2022b, data prediction), one
+  evaluation per step, first step first order.
+
+Text (SEDD, see ``score_entropy``): ``sedd_sample`` runs SEDD's Euler or analytic (Tweedie
+tau-leaping) predictor on a uniform t grid from 1 to ``t_end``, then SEDD's final denoising
+step. ``markov_sample`` is the D3PM ancestral sampler of the "Markov chain" ablation.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+
+from mdm_jax.diffusion import gaussian
+from mdm_jax.diffusion import markov
+from mdm_jax.diffusion import score_entropy as se
+
+SEDD_METHODS = ("euler", "analytic")
+JOINT_TEXT_METHODS = ("euler", "analytic", "markov")
+JOINT_IMAGE_SOLVERS = ("dpm++2m", "ddim", "ddpm")
+GRIDS = ("logsnr", "linear")
+
+
+def cfg(cond_out: Any, uncond_out: Any, w) -> Any:
+  """Classifier-free guidance ``(1 + w) cond - w uncond``, leaf-wise over pytrees.
+
+  Applied to eps (or v) it is the usual guided noise prediction. Applied to SEDD log-scores it
+  guides the log concrete score, i.e. ratios ``s_cond^(1+w) / s_uncond^w`` (a tilted
+  distribution ~ p(x|c)^(1+w) / p(x)^w per transition), as for continuous scores. A tuple
+  ``(eps, log_score)`` from a joint model is guided in both parts with the same w.
+  """
+  return jax.tree.map(lambda c, u: (1.0 + w) * c - w * u, cond_out, uncond_out)
+
+
+# ------------------------------------------------------------------------------ image steps
+
+
+def logsnr_time_grid(sched: gaussian.VPSchedule, steps: int, t_end: float,
+                     t_start: float = 1.0) -> jnp.ndarray:
+  """(steps+1,) times from t_start to t_end, uniform in lambda (half logSNR); endpoints exact."""
+  lam = jnp.linspace(sched.lambda_(t_start), sched.lambda_(t_end), steps + 1)
+  ts = sched.t_of_lambda(lam)
+  return ts.at[0].set(t_start).at[-1].set(t_end)
+
+
+def _check_steps(steps: int, t_end: float):
+  if not isinstance(steps, int) or steps < 1:
+    raise ValueError(f"steps must be a positive Python int, got {steps!r}.")
+  if not 0 < t_end < 1:
+    raise ValueError(f"t_end must lie in (0, 1), got {t_end}.")
+
+
+def _ddim_update(sched, x, eps, t, t_next):
+  """DPM-Solver-1 (= DDIM): exact for a constant eps over the step."""
+  h = sched.lambda_(t_next) - sched.lambda_(t)
+  return jnp.exp(sched.log_alpha(t_next) - sched.log_alpha(t)) * x - sched.sigma(
+      t_next) * jnp.expm1(h) * eps
+
+
+def _dpmpp_update(sched, x, x0, t, t_next):
+  """DPM-Solver++ first-order update with a data prediction x0 (exact for constant x0)."""
+  h = sched.lambda_(t_next) - sched.lambda_(t)
+  return sched.sigma(t_next) / sched.sigma(t) * x - sched.alpha(t_next) * jnp.expm1(-h) * x0
+
+
+def _dpmpp_2m_update(sched, x, x0, x0_prev, h_prev, first, t, t_next):
+  """DPM-Solver++(2M): second-order multistep in data prediction; ``first`` -> first order."""
+  h = sched.lambda_(t_next) - sched.lambda_(t)
+  r = jnp.where(first, 1.0, h_prev / h)
+  d = jnp.where(first, x0, (1.0 + 0.5 / r) * x0 - (0.5 / r) * x0_prev)
+  return _dpmpp_update(sched, x, d, t, t_next), h
+
+
+def _ddpm_update(sched, rng, x, eps, t, t_next):
+  """Ancestral step: a sample of q(x_s | x_t, x0 = x0_hat) with s = t_next (s = 0 -> mean)."""
+  log_a_ts = sched.log_alpha(t) - sched.log_alpha(t_next)   # alpha_{t|s}
+  var_ts = -jnp.expm1(2.0 * log_a_ts)                        # sigma_{t|s}^2
+  sigma_t = sched.sigma(t)
+  mean = jnp.exp(-log_a_ts) * (x - var_ts / sigma_t * eps)
+  std = jnp.sqrt(var_ts) * sched.sigma(t_next) / sigma_t
+  return mean + std * jax.random.normal(rng, x.shape, x.dtype)
+
+
+def dpm_solver(eps_fn: Callable, x_T: jnp.ndarray, sched: gaussian.VPSchedule, *,
+               steps: int = 20, order: int = 2, multistep: bool = False,
+               t_end: float = 1e-3, denoise_final: bool = False) -> jnp.ndarray:
+  """Solves the probability-flow ODE from t = 1 to t_end with DPM-Solver.
+
+  Args:
+    eps_fn: (x (b, ...), t scalar float32 array) -> predicted noise, shape of x.
+    x_T: (b, ...) starting latents, N(0, I).
+    sched: the VP schedule the model was trained with.
+    steps: solver steps on a grid uniform in lambda; an order-2 singlestep step costs 2
+      evaluations, a multistep step 1.
+    order: 1 (DDIM) or 2. multistep: with order 2, DPM-Solver++(2M) (data prediction).
+    t_end: final time (lambda is infinite at t = 0).
+    denoise_final: if True, return the one-evaluation x0 prediction at t_end (one extra eval)
+      instead of x_{t_end}.
+  Returns:
+    x at t_end (or its x0 prediction), shape and dtype of x_T.
+  """
+  _check_steps(steps, t_end)
+  if order not in (1, 2):
+    raise ValueError(f"order must be 1 or 2, got {order}.")
+  x = x_T.astype(jnp.float32)
+  ts = logsnr_time_grid(sched, steps, t_end)
+
+  if multistep:
+    def body(i, carry):
+      x, x0_prev, h_prev = carry
+      t, t_next = ts[i], ts[i + 1]
+      x0 = gaussian.eps_to_x0(sched, eps_fn(x, t), x, t)
+      first = (i == 0) | (order == 1)
+      x, h = _dpmpp_2m_update(sched, x, x0, x0_prev, h_prev, first, t, t_next)
+      return x, x0, h
+    x, _, _ = jax.lax.fori_loop(0, steps, body, (x, jnp.zeros_like(x), jnp.float32(1.0)))
+  else:
+    lam = sched.lambda_(ts)
+    t_mid = sched.t_of_lambda(0.5 * (lam[:-1] + lam[1:]))
+
+    def body(i, x):
+      t, t_next = ts[i], ts[i + 1]
+      eps = eps_fn(x, t)
+      if order == 2:  # DPM-Solver-2: evaluate at the lambda midpoint, then a full DDIM step.
+        u = _ddim_update(sched, x, eps, t, t_mid[i])
+        eps = eps_fn(u, t_mid[i])
+      return _ddim_update(sched, x, eps, t, t_next)
+    x = jax.lax.fori_loop(0, steps, body, x)
+
+  if denoise_final:
+    t = ts[-1]
+    x = gaussian.eps_to_x0(sched, eps_fn(x, t), x, t)
+  return x.astype(x_T.dtype)
+
+
+def ddpm_sample(eps_fn: Callable, x_T: jnp.ndarray, sched: gaussian.VPSchedule,
+                rng: jax.Array, *, steps: int = 1000) -> jnp.ndarray:
+  """DDPM ancestral sampling on a uniform t grid from 1 to 0 (the Markov-chain ablation).
+
+  Each step draws from the Gaussian posterior q(x_s | x_t, x0_hat) with x0_hat from eps_fn;
+  the last step (s = 0) returns its mean, x0_hat. eps_fn as in ``dpm_solver``.
+  """
+  if not isinstance(steps, int) or steps < 1:
+    raise ValueError(f"steps must be a positive Python int, got {steps!r}.")
+  ts = jnp.linspace(1.0, 0.0, steps + 1)
+
+  def body(i, x):
+    t, t_next = ts[i], ts[i + 1]
+    return _ddpm_update(sched, jax.random.fold_in(rng, i), x, eps_fn(x, t), t, t_next)
+
+  return jax.lax.fori_loop(0, steps, body, x_T.astype(jnp.float32)).astype(x_T.dtype)
+
+
+# ------------------------------------------------------------------------------- text steps
+
+
+def _hold_clean(x: jnp.ndarray, clean_mask, clean_tokens) -> jnp.ndarray:
+  """Re-imposes held-clean positions: where(clean_mask, clean_tokens, x)."""
+  if (clean_mask is None) != (clean_tokens is None):
+    raise ValueError("pass clean_mask and clean_tokens together (or neither).")
+  if clean_mask is None:
+    return x
+  return jnp.where(jnp.asarray(clean_mask, bool), jnp.asarray(clean_tokens, x.dtype), x)
+
+
+def _scores(graph, x, log_score):
+  """exp(log_score) with the current token's ratio fixed to 1 (p_t(x)/p_t(x)), as SEDD's model
+  does by zeroing that log-score; imposed here so a raw network output is safe to pass."""
+  if log_score.shape != x.shape + (graph.dim,):
+    raise ValueError(
+        f"log-scores must have shape tokens.shape + (graph.dim,) = {x.shape + (graph.dim,)}, "
+        f"got {log_score.shape}.")
+  on_x = jax.nn.one_hot(x, graph.dim, dtype=bool)
+  return jnp.exp(jnp.where(on_x, 0.0, log_score.astype(jnp.float32)))
+
+
+def _sedd_update(graph, noise, method, rng, x, log_score, t, t_next):
+  """One SEDD predictor step from t to t_next given log-scores at (x, sigma(t))."""
+  score = _scores(graph, x, log_score)
+  sigma, dsigma = noise(t)
+  if method == "euler":
+    rate = (t - t_next) * dsigma * graph.reverse_rate(x, score)
+    return graph.sample_rate(rng, x, rate)
+  # analytic: Tweedie tau-leaping with exact transitions over [sigma(t_next), sigma(t)].
+  dsig = sigma - noise(t_next)[0]
+  probs = graph.staggered_score(score, dsig) * graph.transp_transition(x, dsig)
+  return se.sample_categorical(rng, probs)
+
+
+def _sedd_denoise(graph, noise, rng, x, log_score, t):
+  """SEDD's final denoising step at t: removes all the remaining noise (never returns MASK)."""
+  sigma = noise(t)[0]
+  score = _scores(graph, x, log_score)
+  probs = graph.staggered_score(score, sigma) * graph.transp_transition(x, sigma)
+  if graph.absorb:
+    probs = probs[..., :-1]
+  return se.sample_categorical(rng, probs)
+
+
+def _check_text_shape(shape, clean_mask, clean_tokens):
+  shape = tuple(shape)
+  if len(shape) < 1:
+    raise ValueError(f"shape must have a leading batch axis, got {shape}.")
+  for name, a in (("clean_mask", clean_mask), ("clean_tokens", clean_tokens)):
+    if a is not None and jnp.shape(a) != shape:
+      raise ValueError(f"{name} has shape {jnp.shape(a)}, expected the token shape {shape}.")
+  return shape
+
+
+def sedd_sample(log_score_fn: Callable, graph: se.Graph, noise, shape, rng: jax.Array, *,
+                steps: int, method: str = "euler", denoise: bool = True,
+                clean_mask: Optional[jnp.ndarray] = None,
+                clean_tokens: Optional[jnp.ndarray] = None,
+                t_end: float = 1e-5) -> jnp.ndarray:
+  """SEDD sampling (SEDD's ``get_pc_sampler``) from the graph's limit distribution.
+
+  Args:
+    log_score_fn: (x_t (b, ...) int32, sigma (b,) float32) -> (b, ..., graph.dim) log-scores
+      log(p_t(y)/p_t(x_t)) per position. The entry at the current token is overwritten with 0
+      (ratio 1, what SEDD's model outputs); for AbsorbingGraph only masked positions are read.
+    graph, noise: from ``score_entropy``.
+    shape: token shape (b, ...).
+    steps: predictor steps on the uniform t grid 1 -> t_end (one evaluation each) plus one
+      evaluation for the final denoising step when ``denoise``.
+    method: "euler" (first-order reverse-rate jump) or "analytic" (SEDD's AnalyticPredictor).
+    denoise: SEDD's final step at t_end that samples every remaining [MASK].
+    clean_mask, clean_tokens: optional bool / int arrays of ``shape``; those positions are held
+      at clean_tokens (set before every evaluation and in the output): infilling, prompts,
+      VQA questions.
+  Returns:
+    (b, ...) int32 tokens.
+  """
+  _check_steps(steps, t_end)
+  if method not in SEDD_METHODS:
+    raise ValueError(f"method must be one of {SEDD_METHODS}, got {method!r}.")
+  shape = _check_text_shape(shape, clean_mask, clean_tokens)
+  rng, key = jax.random.split(rng)
+  x = _hold_clean(graph.sample_limit(key, shape), clean_mask, clean_tokens)
+  ts = jnp.linspace(1.0, t_end, steps + 1)
+  sigma_vec = lambda t: jnp.full((shape[0],), noise(t)[0])
+
+  def body(i, x):
+    t, t_next = ts[i], ts[i + 1]
+    log_score = log_score_fn(x, sigma_vec(t))
+    x = _sedd_update(graph, noise, method, jax.random.fold_in(rng, i), x, log_score, t, t_next)
+    return _hold_clean(x, clean_mask, clean_tokens)
+
+  x = jax.lax.fori_loop(0, steps, body, x)
+  if denoise:
+    t = ts[-1]
+    x = _sedd_denoise(graph, noise, jax.random.fold_in(rng, steps), x,
+                      log_score_fn(x, sigma_vec(t)), t)
+    x = _hold_clean(x, clean_mask, clean_tokens)
+  return x
+
+
+def markov_sample(x0_logits_fn: Callable, graph: se.AbsorbingGraph, noise, shape,
+                  rng: jax.Array, *, steps: int, clean_mask: Optional[jnp.ndarray] = None,
+                  clean_tokens: Optional[jnp.ndarray] = None) -> jnp.ndarray:
+  """D3PM ancestral sampling of the absorbing chain (Markov ablation), uniform t grid 1 -> 0.
+
+  Args:
+    x0_logits_fn: (x_t (b, ...) int32, sigma (b,) float32) -> (b, ..., V) or (..., V+1) logits
+      of p_theta(x0 | x_t).
+    graph: AbsorbingGraph. noise: e.g. LogLinearNoise; the last step reveals every mask.
+    shape, steps, clean_mask, clean_tokens: as in ``sedd_sample``.
+  Returns:
+    (b, ...) int32 tokens, no [MASK].
+  """
+  if not isinstance(steps, int) or steps < 1:
+    raise ValueError(f"steps must be a positive Python int, got {steps!r}.")
+  shape = _check_text_shape(shape, clean_mask, clean_tokens)
+  x = _hold_clean(graph.sample_limit(None, shape), clean_mask, clean_tokens)
+  ts = jnp.linspace(1.0, 0.0, steps + 1)
+
+  def body(i, x):
+    sigma_t = noise(ts[i])[0]
+    sigma_s = jnp.where(i == steps - 1, 0.0, noise(ts[i + 1])[0])
+    logits = x0_logits_fn(x, jnp.full((shape[0],), sigma_t))
+    x = markov.absorbing_ancestral_step(jax.random.fold_in(rng, i), x, logits, sigma_t, sigma_s,
+                                        graph)
+    return _hold_clean(x, clean_mask, clean_tokens)
+
+  return jax.lax.fori_loop(0, steps, body, x)
+
+
+# ------------------------------------------------------------------------------------ joint
+
+
+def joint_sample(model_fn: Callable, z_T: jnp.ndarray, tokens_T: jnp.ndarray,
+                 sched: gaussian.VPSchedule, graph: se.Graph, noise, rng: jax.Array, *,
+                 steps: int = 20, image_solver: str = "dpm++2m", text_method: str = "analytic",
+                 image_clean: bool = False, text_clean: bool = False,
+                 image_mask: Optional[jnp.ndarray] = None,
+                 image_known: Optional[jnp.ndarray] = None,
+                 text_mask: Optional[jnp.ndarray] = None,
+                 text_known: Optional[jnp.ndarray] = None,
+                 grid: str = "logsnr", t_end: float = 1e-3,
+                 denoise: bool = True) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """Samples image latents and text tokens together, one network call per step for both.
+
+  Both modalities share one time grid ``ts`` (steps+1 points from 1 to t_end): uniform in the
+  image schedule's lambda (``grid="logsnr"``, what DPM-Solver wants) or in t (``"linear"``,
+  what SEDD uses). At step i the network sees both modalities at time ts[i] (or 0 for a
+  modality held clean); the image takes one solver step and the text one predictor step to
+  ts[i+1]. With ``denoise`` a last call at t_end gives the image's x0 prediction and SEDD's
+  denoising step (steps + 1 calls in all), so neither output carries leftover noise or masks.
+
+  Args:
+    model_fn: (z (b, ...) float32, t_img (b,), tokens (b, L) int32, t_txt (b,)) ->
+      (eps like z, text_out (b, L, graph.dim)). text_out are SEDD log-scores, or, for
+      ``text_method="markov"``, x0 logits (b, L, V) or (b, L, V+1). Times are t in [0, 1]
+      (convert with ``noise(t)`` inside if the network conditions on sigma). Wrap it with
+      ``cfg`` for guidance.
+    z_T: (b, ...) starting latents: N(0, I) noise; the clean latents if ``image_clean``.
+    tokens_T: (b, L) starting tokens: ``graph.sample_limit``; the clean tokens if
+      ``text_clean``.
+    sched, graph, noise: the two processes (``gaussian.VPSchedule``, ``score_entropy``).
+    rng: PRNG key.
+    steps: shared grid steps. image_solver: "dpm++2m" (DPM-Solver++(2M), ODE), "ddim" or
+      "ddpm" (ancestral, the Markov ablation). text_method: "analytic", "euler" (SEDD) or
+      "markov" (D3PM ancestral; AbsorbingGraph only; reveals every mask at the end).
+    image_clean, text_clean: hold that whole modality clean (t = 0; returned unchanged):
+      captioning / VQA (image clean), text-to-image (text clean).
+    image_mask, image_known: inpainting. image_mask (bool, broadcastable to z_T) is True where
+      the latent is known; image_known (shape of z_T) holds those clean latents. Before every
+      call the known region is replaced by a fresh forward sample q(z_t | known) at the
+      current time (the replacement method), and by the clean value in the output.
+    text_mask, text_known: infilling / prompts / VQA questions: (b, L) bool and int tokens held
+      clean inside a diffused text (as ``sedd_sample``'s clean_mask / clean_tokens).
+    grid: "logsnr" or "linear". t_end: last grid time.
+    denoise: take the final denoising call (see above); otherwise return the state at t_end.
+  Returns:
+    (z_0 (shape and dtype of z_T), tokens (b, L) int32).
+  """
+  _check_steps(steps, t_end)
+  if image_solver not in JOINT_IMAGE_SOLVERS:
+    raise ValueError(f"image_solver must be one of {JOINT_IMAGE_SOLVERS}, got {image_solver!r}.")
+  if text_method not in JOINT_TEXT_METHODS:
+    raise ValueError(f"text_method must be one of {JOINT_TEXT_METHODS}, got {text_method!r}.")
+  if grid not in GRIDS:
+    raise ValueError(f"grid must be one of {GRIDS}, got {grid!r}.")
+  if (image_mask is None) != (image_known is None):
+    raise ValueError("pass image_mask and image_known together (or neither).")
+  if image_known is not None and jnp.shape(image_known) != z_T.shape:
+    raise ValueError(f"image_known shape {jnp.shape(image_known)} != z_T shape {z_T.shape}.")
+  if z_T.shape[0] != tokens_T.shape[0]:
+    raise ValueError(f"batch sizes differ: z_T {z_T.shape}, tokens_T {tokens_T.shape}.")
+  _check_text_shape(tokens_T.shape, text_mask, text_known)
+
+  b = z_T.shape[0]
+  ts = (logsnr_time_grid(sched, steps, t_end) if grid == "logsnr"
+        else jnp.linspace(1.0, t_end, steps + 1))
+  zeros = jnp.zeros((b,), jnp.float32)
+  t_img_of = lambda t: zeros if image_clean else jnp.full((b,), t)
+  t_txt_of = lambda t: zeros if text_clean else jnp.full((b,), t)
+
+  def impose_image(z, t, key):
+    if image_mask is None or image_clean:
+      return z
+    noisy = gaussian.q_sample(sched, image_known.astype(jnp.float32), t,
+                              jax.random.normal(key, z.shape, jnp.float32))
+    return jnp.where(jnp.asarray(image_mask, bool), noisy, z)
+
+  hold_text = lambda x: _hold_clean(x, text_mask, text_known)
+  rng_img, rng_txt, rng_known = jax.random.split(rng, 3)
+  z = impose_image(z_T.astype(jnp.float32), ts[0], jax.random.fold_in(rng_known, 0))
+  x = tokens_T.astype(jnp.int32) if text_clean else hold_text(tokens_T.astype(jnp.int32))
+
+  def body(i, carry):
+    z, x, x0_prev, h_prev = carry
+    t, t_next = ts[i], ts[i + 1]
+    eps, text_out = model_fn(z, t_img_of(t), x, t_txt_of(t))
+    if not image_clean:
+      if image_solver == "dpm++2m":
+        x0 = gaussian.eps_to_x0(sched, eps, z, t)
+        z, h_prev = _dpmpp_2m_update(sched, z, x0, x0_prev, h_prev, i == 0, t, t_next)
+        x0_prev = x0
+      elif image_solver == "ddim":
+        z = _ddim_update(sched, z, eps, t, t_next)
+      else:
+        z = _ddpm_update(sched, jax.random.fold_in(rng_img, i), z, eps, t, t_next)
+      z = impose_image(z, t_next, jax.random.fold_in(rng_known, i + 1))
+    if not text_clean:
+      key = jax.random.fold_in(rng_txt, i)
+      if text_method == "markov":
+        sigma_s = noise(t_next)[0] if denoise else jnp.where(i == steps - 1, 0.0,
+                                                             noise(t_next)[0])
+        x = markov.absorbing_ancestral_step(key, x, text_out, noise(t)[0], sigma_s, graph)
+      else:
+        x = _sedd_update(graph, noise, text_method, key, x, text_out, t, t_next)
+      x = hold_text(x)
+    return z, x, x0_prev, h_prev
+
+  init = (z, x, jnp.zeros_like(z), jnp.float32(1.0))
+  z, x, _, _ = jax.lax.fori_loop(0, steps, body, init)
+
+  if denoise:
+    t = ts[-1]
+    eps, text_out = model_fn(z, t_img_of(t), x, t_txt_of(t))
+    if not image_clean:
+      z = gaussian.eps_to_x0(sched, eps, z, t)
+    if not text_clean:
+      key = jax.random.fold_in(rng_txt, steps)
+      if text_method == "markov":
+        x = markov.absorbing_ancestral_step(key, x, text_out, noise(t)[0], 0.0, graph)
+      else:
+        x = _sedd_denoise(graph, noise, key, x, text_out, t)
+      x = hold_text(x)
+  if image_mask is not None and not image_clean:
+    z = jnp.where(jnp.asarray(image_mask, bool), image_known.astype(jnp.float32), z)
+  return z.astype(z_T.dtype), x
