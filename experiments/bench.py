@@ -147,7 +147,164 @@ def print_table(rows):
     print("| " + " | ".join(cells) + " |")
 
 
-BENCHES = {"ssd": bench_ssd}
+# ----------------------------------------------------------------------------- model / mfu
+flags.DEFINE_list("image_tokens", ["256", "1024", "4096", "16384"],
+                  "model: image token counts (square grids).")
+flags.DEFINE_list("backbones", ["mamba2", "transformer"], "model: backbones to compare.")
+flags.DEFINE_integer("model_batch", 1, "model/mfu: global batch size.")
+flags.DEFINE_integer("d_model", 128, "model/mfu: width.")
+flags.DEFINE_integer("n_layers", 4, "model/mfu: blocks.")
+
+
+def bench_config(backbone: str, image_tokens: int):
+  """A digits-like config at ``image_tokens`` image tokens (patch 2, 1 channel), with the
+  transformer's MLP sized so both backbones have matched parameter counts."""
+  from experiments import configs
+  c = configs.load("digits")
+  side = int(round(image_tokens ** 0.5)) * c.model.patch_size
+  c.data.image_size = c.model.image_size = side
+  c.batch_size = FLAGS.model_batch
+  c.model.update(dict(d_model=FLAGS.d_model, n_layers=FLAGS.n_layers, backbone=backbone,
+                      chunk_size=64, remat=True))
+  if backbone == "transformer":
+    # Mamba-2 mixer (expand 2, d_state 16, headdim 64): ~6.3 d^2 + small; attention 4 d^2.
+    # A SwiGLU of ratio 0.75 (3 * 0.75 d^2 = 2.25 d^2) matches the counts within ~2%.
+    c.model.mlp_ratio = 0.75
+  return c
+
+
+def train_step_flops(mc, batch: int) -> float:
+  """Analytic matmul FLOPs of one train step (forward + backward = 3x forward; remat's
+  recomputation not counted: this is model FLOPs, the MFU convention)."""
+  layout = mc.layout()
+  L = layout.length
+  d = mc.d_model
+  per_token = 0.0
+  if mc.backbone == "mamba2":
+    d_inner = mc.expand * d
+    h = d_inner // mc.headdim
+    g, n, p = mc.ngroups, mc.d_state, mc.headdim
+    proj_out = 2 * d_inner + 2 * g * n + h
+    q = min(mc.chunk_size, L)
+    per_token += 2 * d * proj_out + 2 * d_inner * d            # in_proj, out_proj
+    per_token += 2 * q * n * g + 2 * q * p * h                  # C.B^T (per group), y_diag
+    per_token += 2 * 2 * p * n * h                              # chunk states, state->output
+  else:
+    per_token += 2 * d * 3 * d + 2 * d * d + 2 * 2 * L * d      # qkv, out, scores, AV
+  if mc.mlp_ratio > 0:
+    per_token += 3 * 2 * d * int(mc.mlp_ratio * d)
+  denoiser = mc.n_layers * per_token * L
+  heads = 2 * d * mc.latent_dim * layout.n_image + 2 * d * (mc.vocab_size + 1) * mc.max_text_len
+  vae_per_token = 2 * mc.vae_depth * 2 * (2 * mc.vae_width * 2 * mc.vae_width)  # enc + dec MLPs
+  vae = vae_per_token * (layout.n_image + mc.max_text_len) * 2   # text encoded twice
+  return 3.0 * batch * (denoiser + heads + vae)
+
+
+def matmul_peak_flops(n: int = 2048) -> float:
+  """Measured float32 matmul throughput of this machine (FLOP/s)."""
+  a = jnp.ones((n, n), jnp.float32)
+  f = jax.jit(lambda a: a @ a)
+  return 2 * n**3 / time_fn(f, a, warmup=2, repeats=5)
+
+
+def bench_model():
+  from experiments.train import Trainer
+  from mdm_jax.training import sharding
+  mesh = sharding.make_mesh()
+  rows = []
+  for tokens in map(int, FLAGS.image_tokens):
+    row = {"image_tokens": tokens}
+    for backbone in FLAGS.backbones:
+      c = bench_config(backbone, tokens)
+      tr = Trainer(c, mesh, vocab_size=256, num_classes=10)
+      batch = tr.dummy_batch(c.batch_size)
+      with sharding.mesh_context(mesh):
+        compiled = tr.train_step.lower(tr.abstract_state, batch).compile()
+        mem = compiled.memory_analysis()
+        state = tr.init_state()
+        step = lambda s: compiled(s, batch)[0]
+        jax.block_until_ready(state := step(state))
+        times = []
+        for _ in range(FLAGS.repeats):
+          t0 = time.perf_counter()
+          state = jax.block_until_ready(step(state))
+          times.append(time.perf_counter() - t0)
+      n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
+      row[backbone] = {"ms": statistics.median(times) * 1e3, "params": n_params,
+                       "peak_mib": None if mem is None else
+                       (mem.temp_size_in_bytes + mem.argument_size_in_bytes) / 2**20,
+                       "flops": train_step_flops(tr.model_cfg, c.batch_size)}
+      print(f"  {tokens} tokens, {backbone}: {row[backbone]}", flush=True)
+    rows.append(row)
+  print(f"\nTrain step (fwd+bwd+AdamW), batch {FLAGS.model_batch}, d_model {FLAGS.d_model}, "
+        f"{FLAGS.n_layers} blocks; {machine()}")
+  names = FLAGS.backbones
+  print("| image tokens | " + " | ".join(f"{b} ms | {b} peak MiB" for b in names)
+        + " | params (M) |")
+  print("|" + "---|" * (2 + 2 * len(names)))
+  for row in rows:
+    cells = [str(row["image_tokens"])]
+    for b in names:
+      r = row[b]
+      cells += [f"{r['ms']:.0f}", "-" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}"]
+    cells.append(" / ".join(f"{row[b]['params'] / 1e6:.2f}" for b in names))
+    print("| " + " | ".join(cells) + " |")
+  for b in names:
+    growth = [f"{rows[i + 1][b]['ms'] / rows[i][b]['ms']:.1f}x" for i in range(len(rows) - 1)]
+    print(f"{b}: time growth per 4x tokens: {', '.join(growth)}")
+  if FLAGS.out:
+    with open(FLAGS.out, "w") as f:
+      json.dump({"machine": machine(), "rows": rows}, f, indent=1)
+
+
+def bench_mfu():
+  """Achieved FLOP/s of the digits train step against this machine's measured matmul peak."""
+  from experiments import configs
+  from experiments.train import Trainer
+  from mdm_jax.training import sharding
+  peak = matmul_peak_flops()
+  c = configs.load("digits")
+  mesh = sharding.make_mesh()
+  tr = Trainer(c, mesh, vocab_size=256, num_classes=10)
+  batch = tr.dummy_batch(c.batch_size)
+  with sharding.mesh_context(mesh):
+    state = tr.init_state()
+    step = lambda s: tr.train_step(s, batch)[0]
+    seconds = time_fn(step, state, warmup=FLAGS.warmup, repeats=FLAGS.repeats)
+  flops = train_step_flops(tr.model_cfg, c.batch_size)
+  print(f"\nMFU of the digits train step (batch {c.batch_size}); {machine()}")
+  print("| step ms | model GFLOP/step | achieved GFLOP/s | matmul peak GFLOP/s | MFU |")
+  print("|---|---|---|---|---|")
+  print(f"| {seconds * 1e3:.0f} | {flops / 1e9:.2f} | {flops / seconds / 1e9:.1f} | "
+        f"{peak / 1e9:.1f} | {flops / seconds / peak:.1%} |")
+
+
+flags.DEFINE_string("workdir", None, "sampler: a trained digits workdir.")
+
+
+def bench_sampler():
+  """Sampler steps against class-conditional quality on a trained digits workdir."""
+  from experiments.evaluate import evaluate
+  if not FLAGS.workdir:
+    raise app.UsageError("bench sampler needs --workdir of a trained digits run")
+  settings = [("dpm++2m", 10), ("dpm++2m", 20), ("dpm++2m", 50), ("ddim", 20),
+              ("ddpm", 250), ("ddpm", 1000)]
+  rows = []
+  for solver, steps in settings:
+    r = evaluate(FLAGS.workdir, per_class=20, tasks=("class2img",), write=False,
+                 overrides={"sample.image_solver": solver, "sample.steps": steps})
+    rows.append((solver, steps, r))
+    print(f"  {solver} {steps}: {r.get('class_accuracy')}, {r.get('fid_digits')}", flush=True)
+  print(f"\nclass2img on digits (200 samples, guidance from the config); {machine()}")
+  print("| image sampler | network evaluations | class accuracy | FID (digits features) | "
+        "seconds |")
+  print("|---|---|---|---|---|")
+  for solver, steps, r in rows:
+    print(f"| {solver} | {steps + 1} (x2 with guidance) | {r['class_accuracy']:.3f} | "
+          f"{r['fid_digits']:.3f} | {r['class2img_seconds']:.1f} |")
+
+
+BENCHES = {"ssd": bench_ssd, "model": bench_model, "mfu": bench_mfu, "sampler": bench_sampler}
 
 
 def main(argv):

@@ -11,24 +11,24 @@ import ml_collections
 def get_config():
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.total_steps = 3000
+  c.total_steps = 1600
   c.batch_size = 64                   # global
   c.log_every = 50
   c.sample_every = 0                  # 0: only at the end
-  c.checkpoint_every = 500
+  c.checkpoint_every = 400
   c.keep_checkpoints = 2
 
   c.data = ml_collections.ConfigDict(dict(
       name="digits", data_dir=ml_collections.FieldReference(None, field_type=str),
-      image_size=8, channels=1, max_text_len=16, vocab_size=256, worker_count=0))
+      image_size=8, channels=1, max_text_len=12, vocab_size=256, worker_count=0))
 
   c.model = ml_collections.ConfigDict(dict(
-      image_size=8, channels=1, patch_size=2, max_text_len=16,
+      image_size=8, channels=1, patch_size=2, max_text_len=12,
       vocab_size=256, num_classes=10,     # both reset from the data at run time
       vae_width=128, vae_depth=2, latent_dim=4,
-      backbone="mamba2", d_model=128, n_layers=4, mlp_ratio=2.0, n_pad_tokens=2,
+      backbone="mamba2", d_model=128, n_layers=4, mlp_ratio=0.0, n_pad_tokens=2,
       row_end_tokens=False, directions=4,
-      d_state=32, d_conv=4, expand=2, headdim=32, ngroups=1, selective=True,
+      d_state=16, d_conv=4, expand=2, headdim=64, ngroups=1, selective=True,
       chunk_size=16, ssd_impl="auto", attn_heads=4,
       dtype="float32", remat=False, scan_layers=True))
 
@@ -43,7 +43,7 @@ def get_config():
       num=40))
 
   c.optim = ml_collections.ConfigDict(dict(
-      lr=2e-3, warmup_steps=200, end_lr_factor=0.05, weight_decay=0.01, b1=0.9, b2=0.99,
+      lr=2e-3, warmup_steps=100, end_lr_factor=0.05, weight_decay=0.01, b1=0.9, b2=0.99,
       grad_clip=1.0, grad_accum_steps=1, ema_decay=0.999))
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))

@@ -1,0 +1,155 @@
+r"""Evaluate a trained workdir: sample what the config's tasks need, run every metric, write
+``eval.json`` and print a table.
+
+  python -m experiments.evaluate --workdir=/tmp/mdm_digits
+
+Digits (the default run):
+  * class2img: ``--per_class`` samples per digit; an independent MLP classifier trained on the
+    real digits' training split (97-98% on held-out real digits; cached in the workdir) reads
+    them; ``class_accuracy`` is the fraction read as the requested digit. FID / IS /
+    precision / recall use that classifier's features against the held-out real digits.
+  * caption: one caption per held-out image; ``caption_accuracy`` is the fraction that name
+    the image's digit (as a word or numeral) and no other digit. BLEU-4 and CIDEr-D against
+    the image's reference captions (every template of its label).
+  * vqa: one question per held-out image (cycling through the question types); ``vqa_accuracy``
+    is the VQA score against the dataset's own answer (exact match after VQA normalisation).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+
+from absl import app, flags, logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments.workdir import open_run
+from mdm_jax.evaluation import digits_classifier, image_metrics, text_metrics, vqa
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "A training workdir.", required=True)
+flags.DEFINE_integer("per_class", 30, "class2img samples per class.")
+flags.DEFINE_integer("num_heldout", None, "Held-out examples for caption/VQA (default: all).")
+flags.DEFINE_integer("batch", 100, "Generation batch size.")
+flags.DEFINE_integer("steps", None, "Override sample.steps.")
+flags.DEFINE_float("cfg", None, "Override sample.guidance.")
+
+DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+def digits_named(text: str) -> set[int]:
+  """Digits a caption names, as words or numerals."""
+  words = re.findall(r"[a-z]+|\d", text.lower())
+  return {DIGIT_WORDS.index(w) if w in DIGIT_WORDS else int(w) for w in words
+          if w in DIGIT_WORDS or w.isdigit()}
+
+
+def generate_batched(run, task, rng, n, batch, **given):
+  """Generate ``n`` samples in fixed-size batches (one compilation), padding the last."""
+  images, tokens = [], []
+  for start in range(0, n, batch):
+    idx = np.arange(start, start + batch) % n
+    chunk = {k: jnp.asarray(np.asarray(v)[idx]) for k, v in given.items()}
+    out_i, out_t = run.trainer.sample(run.state, task, jax.random.fold_in(rng, start), batch,
+                                      **chunk)
+    keep = min(batch, n - start)
+    images.append(out_i[:keep])
+    tokens.append(out_t[:keep])
+  return np.concatenate(images), np.concatenate(tokens)
+
+
+def classifier(workdir):
+  path = os.path.join(workdir, "digits_classifier.npz")
+  if os.path.exists(path):
+    return digits_classifier.load_digits_classifier(path)
+  params = digits_classifier.train_digits_classifier(seed=0)
+  digits_classifier.save_digits_classifier(params, path)
+  return params
+
+
+def evaluate(workdir: str, *, per_class=30, num_heldout=None, batch=100, overrides=None,
+             tasks=("class2img", "caption", "vqa"), write=True):
+  from data import pipeline
+  run = open_run(workdir, overrides)
+  config, tok, mc = run.config, run.tokenizer, run.trainer.model_cfg
+  weights = dict(zip(("class2img", "t2i", "caption", "vqa", "joint", "text"),
+                     config.loss.task_weights))
+  rng = jax.random.PRNGKey(1234)
+  results = {"step": run.step, "config": config.data.name}
+  heldout = pipeline.eval_examples(config.data.name, split="test", num=num_heldout,
+                                   image_size=config.data.image_size,
+                                   channels=config.data.channels, data_dir=config.data.data_dir)
+  is_digits = config.data.name == "digits"
+
+  if weights["class2img"] > 0 and "class2img" in tasks:
+    t0 = time.time()
+    labels = np.repeat(np.arange(mc.num_classes), per_class)
+    images, _ = generate_batched(run, "class2img", rng, len(labels), batch, labels=labels)
+    results["class2img_seconds"] = time.time() - t0
+    if is_digits:
+      params = classifier(workdir)
+      extractor = digits_classifier.DigitsFeatureExtractor(params)
+      results["class_accuracy"] = float(digits_classifier.digits_accuracy(params, images, labels))
+      real = np.stack([e["image"] for e in heldout])
+      f_fake, logits = extractor.features(images)
+      f_real, _ = extractor.features(real)
+      results["fid_digits"] = image_metrics.frechet_distance_from_features(f_real, f_fake)
+      results["is_digits"] = image_metrics.inception_score(np.asarray(jax.nn.softmax(logits)))
+      p, r = image_metrics.precision_recall(f_real, f_fake, k=3)
+      results["precision"], results["recall"] = p, r
+
+  if weights["caption"] > 0 and heldout and "caption" in tasks:
+    images = np.stack([e["image"] for e in heldout])
+    _, tokens = generate_batched(run, "caption", rng, len(heldout), batch, images=images)
+    captions = [tok.decode(t) for t in tokens]
+    refs = [e["captions"] for e in heldout]
+    results["bleu4"] = text_metrics.corpus_bleu(captions, refs)
+    results["cider_d"] = text_metrics.cider_d(captions, refs)[0]
+    if is_digits:
+      results["caption_accuracy"] = float(np.mean(
+          [digits_named(c) == {e["label"]} for c, e in zip(captions, heldout)]))
+    results["caption_examples"] = [{"label": e["label"], "text": c}
+                                   for e, c in list(zip(heldout, captions))[:10]]
+
+  if (weights["vqa"] > 0 and heldout and heldout[0]["question"] is not None
+      and "vqa" in tasks):
+    seqs, plens = zip(*[tok.encode_vqa(e["question"], "", mc.max_text_len)[:2] for e in heldout])
+    _, tokens = generate_batched(run, "vqa", rng, len(heldout), batch, text=np.stack(seqs),
+                                 prompt_len=np.asarray(plens, np.int32))
+    answers = [tok.decode(t[p:]) for t, p in zip(tokens, plens)]
+    results["vqa_accuracy"] = float(vqa.mean_vqa_accuracy(
+        answers, [[e["answer"]] for e in heldout]))
+    results["vqa_examples"] = [{"question": e["question"], "reference": e["answer"], "text": a}
+                               for e, a in list(zip(heldout, answers))[:10]]
+
+  if write:
+    with open(os.path.join(workdir, "eval.json"), "w") as f:
+      json.dump(results, f, indent=1)
+  return results
+
+
+def main(argv):
+  del argv
+  overrides = {}
+  if FLAGS.steps:
+    overrides["sample.steps"] = FLAGS.steps
+  if FLAGS.cfg is not None:
+    overrides["sample.guidance"] = FLAGS.cfg
+  results = evaluate(FLAGS.workdir, per_class=FLAGS.per_class, num_heldout=FLAGS.num_heldout,
+                     batch=FLAGS.batch, overrides=overrides)
+  print(f"\n| metric | value |\n|---|---|")
+  for k, v in results.items():
+    if isinstance(v, float):
+      print(f"| {k} | {v:.4f} |")
+    elif isinstance(v, (int, str)):
+      print(f"| {k} | {v} |")
+  for k in ("caption_examples", "vqa_examples"):
+    for row in results.get(k, [])[:5]:
+      print(f"  {k[:-9]}: {row}")
+
+
+if __name__ == "__main__":
+  app.run(main)

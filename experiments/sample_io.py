@@ -1,0 +1,60 @@
+"""Writing what people look at: PNG sample grids, and the sample file formats of DESIGN.md.
+
+Image outputs: ``.npz`` with ``images`` (uint8 NHWC) plus ``labels`` and/or ``prompts``.
+Text outputs: ``.jsonl``, one object per sample: ``index``, ``label``, ``question`` and
+``reference`` (the dataset's own answer) where there are ones, and ``text``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+from PIL import Image
+
+
+def to_uint8(images) -> np.ndarray:
+  """Images in [-1, 1] (any float) -> uint8 in [0, 255]."""
+  x = np.asarray(images, np.float32)
+  return np.clip(np.round((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def save_grid(images, path: str, *, nrow: Optional[int] = None, upscale: int = 1,
+              pad: int = 1) -> str:
+  """Tile images (N, H, W, C) in [-1, 1] into one PNG with ``nrow`` images per row."""
+  x = to_uint8(images)
+  n, h, w, c = x.shape
+  nrow = nrow or int(math.ceil(math.sqrt(n)))
+  ncol = int(math.ceil(n / nrow))
+  canvas = np.full((ncol * (h + pad) + pad, nrow * (w + pad) + pad, c), 128, np.uint8)
+  for i in range(n):
+    r, q = divmod(i, nrow)
+    canvas[pad + r * (h + pad):pad + r * (h + pad) + h,
+           pad + q * (w + pad):pad + q * (w + pad) + w] = x[i]
+  img = Image.fromarray(canvas[..., 0] if c == 1 else canvas)
+  if upscale > 1:
+    img = img.resize((img.width * upscale, img.height * upscale), Image.NEAREST)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  img.save(path)
+  return path
+
+
+def save_npz(path: str, images, *, labels=None, prompts: Optional[Sequence[str]] = None) -> str:
+  arrays = {"images": to_uint8(images)}
+  if labels is not None:
+    arrays["labels"] = np.asarray(labels)
+  if prompts is not None:
+    arrays["prompts"] = np.asarray(list(prompts))
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  np.savez(path, **arrays)
+  return path
+
+
+def save_jsonl(path: str, rows: Sequence[dict]) -> str:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w") as f:
+    for row in rows:
+      f.write(json.dumps(row) + "\n")
+  return path

@@ -1,0 +1,394 @@
+r"""Train MDM: one readable main with the sections mesh, input, model, shard, update step, sample,
+checkpoint and logging.
+
+  python -m experiments.train --config=digits --workdir=/tmp/mdm_digits
+  python -m experiments.train --config=imagenet256 --workdir=gs://... --config.data.data_dir=...
+  python -m experiments.train --config=imagenet256 --dry_run     # AOT check, no data, no TPU
+
+The same command resumes from the workdir's latest good checkpoint. The workdir holds
+``checkpoints/`` (orbax: train state, data iterator state, config), ``metrics.jsonl``,
+TensorBoard event files (``tb/``), ``samples/`` and ``tokenizer.model``.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+from absl import app, flags, logging
+import jax
+import jax.numpy as jnp
+from ml_collections import config_flags
+import numpy as np
+import optax
+
+from experiments import configs as config_registry
+from mdm_jax import generate as gen
+from mdm_jax.losses import LossConfig, mdm_loss
+from mdm_jax.models.mdm import MDM, MDMConfig
+from mdm_jax.training import checkpoint as ckpt_lib
+from mdm_jax.training import optimizer as optim_lib
+from mdm_jax.training import sharding
+
+config_flags.DEFINE_config_file("config", None, "Config name or file.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and samples go.")
+flags.DEFINE_bool("dry_run", False, "Count parameters and compile the train step on a simulated "
+                  "mesh of fake CPU devices (see --dry_run_devices); no data, no training.")
+flags.DEFINE_integer("dry_run_devices", 64, "Simulated chips for --dry_run.")
+flags.DEFINE_integer("kill_at_step", 0, "Testing: SIGKILL this process after this step (and "
+                     "after pending checkpoint writes), to simulate preemption.")
+flags.DEFINE_enum("distributed", "auto", ["auto", "yes", "no"],
+                  "Call jax.distributed.initialize() (auto: when a multi-host environment is "
+                  "detected).")
+FLAGS = flags.FLAGS
+
+DUMMY = "dummy"  # data name for runs that need no input pipeline (dry run, benchmarks)
+
+
+# ----------------------------------------------------------------------------- configuration
+def model_config(config, *, vocab_size: int | None = None,
+                 num_classes: int | None = None) -> MDMConfig:
+  fields = dict(config.model)
+  if vocab_size is not None:
+    fields["vocab_size"] = vocab_size
+  if num_classes is not None:
+    fields["num_classes"] = num_classes
+  fields["image_size"], fields["channels"] = config.data.image_size, config.data.channels
+  fields["max_text_len"] = config.data.max_text_len
+  return MDMConfig(**fields)
+
+
+def loss_config(config) -> LossConfig:
+  fields = dict(config.loss)
+  fields["task_weights"] = tuple(fields["task_weights"])
+  return LossConfig(**fields)
+
+
+def sample_config(config) -> gen.SampleConfig:
+  fields = {k: v for k, v in dict(config.sample).items() if k != "num"}
+  return gen.SampleConfig(**fields)
+
+
+def maybe_initialize_distributed(mode: str):
+  multihost_env = any(os.environ.get(k) for k in (
+      "JAX_COORDINATOR_ADDRESS", "MEGASCALE_COORDINATOR_ADDRESS", "SLURM_JOB_NUM_NODES"))
+  tpu_hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
+  if mode == "yes" or (mode == "auto" and (multihost_env or "," in tpu_hosts)):
+    jax.distributed.initialize()
+
+
+# ----------------------------------------------------------------------------- the trainer
+class Trainer:
+  """Everything one run needs, built from a config and a mesh (testable without ``main``)."""
+
+  def __init__(self, config, mesh, *, vocab_size: int, num_classes: int,
+               data_keys=("caption", "vqa")):
+    self.config = config
+    self.mesh = mesh
+    self.model_cfg = model_config(config, vocab_size=vocab_size, num_classes=num_classes)
+    self.model = MDM(self.model_cfg)
+    self.loss_cfg = loss_config(config)
+    self.sample_cfg = sample_config(config)
+    oc = config.optim
+    self.tx, self.schedule = optim_lib.make_optimizer(
+        lr=oc.lr, warmup_steps=oc.warmup_steps, total_steps=config.total_steps,
+        weight_decay=oc.weight_decay, b1=oc.b1, b2=oc.b2, grad_clip=oc.grad_clip,
+        grad_accum_steps=oc.grad_accum_steps, end_lr_factor=oc.end_lr_factor)
+    self.data_keys = data_keys
+    self.rng = jax.random.PRNGKey(config.seed)
+    self.abstract_state = sharding.abstract_sharded(self._init_state, self.rng, mesh)
+    self.state_shardings = jax.tree.map(lambda x: x.sharding, self.abstract_state)
+    self.batch_sharding = sharding.batch_sharding(mesh)
+    self.train_step = jax.jit(self._train_step,
+                              in_shardings=(self.state_shardings, self.batch_sharding),
+                              out_shardings=(self.state_shardings, None),
+                              donate_argnums=(0,))
+
+  # --- model and train-state init (params created sharded) ---------------------------
+  def dummy_batch(self, batch_size: int) -> dict[str, jax.Array]:
+    mc = self.model_cfg
+    b, t = batch_size, mc.max_text_len
+    batch = {"image": jnp.zeros((b, mc.image_size, mc.image_size, mc.channels), jnp.float32),
+             "label": jnp.zeros((b,), jnp.int32)}
+    if "caption" in self.data_keys:
+      batch["caption"] = jnp.zeros((b, t), jnp.int32)
+    if "vqa" in self.data_keys:
+      batch["vqa"] = jnp.zeros((b, t), jnp.int32)
+      batch["vqa_prompt_len"] = jnp.zeros((b,), jnp.int32)
+    return batch
+
+  def _init_state(self, rng):
+    k_params, k_state = jax.random.split(rng)
+    mc = self.model_cfg
+    images = jnp.zeros((1, mc.image_size, mc.image_size, mc.channels), jnp.float32)
+    variables = self.model.init(k_params, images, jnp.zeros((1, mc.max_text_len), jnp.int32))
+    params = variables["params"]
+    return {"params": params, "latent_stats": variables["latent_stats"],
+            "opt_state": self.tx.init(params), "ema": params,
+            "step": jnp.zeros((), jnp.int32), "rng": k_state}
+
+  def init_state(self):
+    return sharding.init_sharded(self._init_state, self.rng, self.mesh)
+
+  # --- update step ----------------------------------------------------------------------
+  def _train_step(self, state, batch):
+    rng = jax.random.fold_in(state["rng"], state["step"])
+
+    def loss_fn(params):
+      variables = {"params": params, "latent_stats": state["latent_stats"]}
+      (loss, terms), updated = self.model.apply(variables, batch, rng, self.loss_cfg,
+                                                method=mdm_loss, mutable=["latent_stats"])
+      return loss, (terms, updated["latent_stats"])
+
+    (_, (terms, latent_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state["params"])
+    updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    step = state["step"] + 1
+    ema = optim_lib.ema_update(state["ema"], params, self.config.optim.ema_decay, step=step)
+    terms = dict(terms, grad_norm=optax.global_norm(grads), lr=self.schedule(state["step"]))
+    new_state = {"params": params, "latent_stats": latent_stats, "opt_state": opt_state,
+                 "ema": ema, "step": step, "rng": state["rng"]}
+    return new_state, terms
+
+  # --- sampling -------------------------------------------------------------------------
+  @functools.cached_property
+  def _samplers(self):
+    return {}
+
+  def sample(self, state, task: str, rng, num: int, **given):
+    """Generate with the EMA parameters; one compiled function per (task, num)."""
+    key = (task, num, tuple(sorted(given)))
+    if key not in self._samplers:
+      fn = functools.partial(gen.generate, self.model, task=task, num=num,
+                             loss_cfg=self.loss_cfg, sample_cfg=self.sample_cfg)
+      self._samplers[key] = jax.jit(lambda variables, rng, **kw: fn(variables, rng=rng, **kw))
+    variables = {"params": state["ema"], "latent_stats": state["latent_stats"]}
+    with sharding.mesh_context(self.mesh):
+      images, tokens = self._samplers[key](variables, rng, **given)
+    return np.asarray(images), np.asarray(tokens)
+
+
+# ----------------------------------------------------------------------------- samples
+def write_samples(trainer: Trainer, state, tokenizer, eval_examples, outdir: str, tag: str):
+  """Class-conditional grid, joint grid + captions, captions and VQA answers on held-out data."""
+  from experiments import sample_io
+  mc, config = trainer.model_cfg, trainer.config
+  weights = dict(zip(gen.TASKS, config.loss.task_weights))
+  rng = jax.random.PRNGKey(config.seed + 1)
+  num = config.sample.num
+  written = []
+  if weights["class2img"] > 0:
+    labels = jnp.arange(num) % mc.num_classes
+    images, _ = trainer.sample(state, "class2img", rng, num, labels=labels)
+    written.append(sample_io.save_grid(images, f"{outdir}/class2img_{tag}.png",
+                                       nrow=mc.num_classes, upscale=4))
+  if weights["joint"] > 0:
+    images, tokens = trainer.sample(state, "joint", rng, num)
+    written.append(sample_io.save_grid(images, f"{outdir}/joint_{tag}.png", upscale=4))
+    with open(f"{outdir}/joint_{tag}.txt", "w") as f:
+      f.writelines(f"{i}: {tokenizer.decode(t)}\n" for i, t in enumerate(tokens))
+  if eval_examples and weights["caption"] > 0:
+    ex = eval_examples[:num]
+    images = jnp.asarray(np.stack([e["image"] for e in ex]))
+    _, tokens = trainer.sample(state, "caption", rng, len(ex), images=images)
+    with open(f"{outdir}/captions_{tag}.txt", "w") as f:
+      f.writelines(f"{e['index']} (label {e['label']}): {tokenizer.decode(t)}\n"
+                   for e, t in zip(ex, tokens))
+    written.append(f"{outdir}/captions_{tag}.txt")
+  return written
+
+
+# ----------------------------------------------------------------------------- dry run
+def dry_run(config):
+  """Parameter count, then an ahead-of-time compile of the full train step on a simulated
+  ``--dry_run_devices`` mesh of fake CPU devices, with the compiled memory analysis."""
+  from mdm_jax.models import param_count
+  mc = model_config(config)
+  model = MDM(mc)
+  images = jax.ShapeDtypeStruct((1, mc.image_size, mc.image_size, mc.channels), jnp.float32)
+  ids = jax.ShapeDtypeStruct((1, mc.max_text_len), jnp.int32)
+  counts = param_count.count_params(model.init, jax.random.PRNGKey(0), images, ids)
+  print(f"Parameters of {mc.backbone} MDM ({mc.n_layers} blocks, d_model {mc.d_model}):")
+  print(param_count.format_counts(counts))
+
+  n = jax.device_count()
+  mesh_cfg = dict(config.mesh)
+  mesh = sharding.make_mesh(**mesh_cfg)
+  trainer = Trainer(config, mesh, vocab_size=mc.vocab_size, num_classes=mc.num_classes)
+  batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=trainer.batch_sharding),
+                       jax.eval_shape(lambda: trainer.dummy_batch(config.batch_size)))
+  t0 = time.time()
+  with sharding.mesh_context(mesh):
+    compiled = trainer.train_step.lower(trainer.abstract_state, batch).compile()
+  print(f"\nCompiled the train step for {n} devices, mesh {dict(mesh.shape)}, global batch "
+        f"{config.batch_size}, in {time.time() - t0:.0f}s.")
+
+  def per_device_bytes(tree):
+    total = 0
+    for leaf in jax.tree.leaves(tree):
+      shard = leaf.sharding.shard_shape(leaf.shape)
+      total += int(np.prod(shard)) * jnp.dtype(leaf.dtype).itemsize
+    return total
+
+  state = trainer.abstract_state
+  gib = lambda b: f"{b / 2**30:8.2f} GiB"
+  rows = {"params": per_device_bytes(state["params"]), "ema": per_device_bytes(state["ema"]),
+          "optimizer state": per_device_bytes(state["opt_state"])}
+  mem = compiled.memory_analysis()
+  print("\nPer-device memory:")
+  for k, v in rows.items():
+    print(f"  {k:<34}{gib(v)}")
+  if mem is not None:
+    print(f"  {'arguments (compiled)':<34}{gib(mem.argument_size_in_bytes)}")
+    print(f"  {'outputs (compiled)':<34}{gib(mem.output_size_in_bytes)}")
+    print(f"  {'activations/temporaries (compiled)':<34}{gib(mem.temp_size_in_bytes)}")
+    peak = mem.argument_size_in_bytes + mem.temp_size_in_bytes
+    print(f"  {'peak estimate (args + temps)':<34}{gib(peak)}")
+  return counts, compiled
+
+
+# ----------------------------------------------------------------------------- main
+def _quiet_library_info_logs():
+  """Orbax logs every checkpoint phase at INFO; keep the console for training progress."""
+  import logging as py_logging
+
+  class DropInfoFrom(py_logging.Filter):
+    def filter(self, record):
+      return record.levelno > py_logging.INFO or "orbax" not in record.pathname
+
+  logging.get_absl_handler().addFilter(DropInfoFrom())
+
+
+def main(argv):
+  del argv
+  _quiet_library_info_logs()
+  config = FLAGS.config
+  if config is None:
+    raise app.UsageError(f"--config is required; known configs: {', '.join(config_registry.NAMES)}")
+  if FLAGS.dry_run:
+    # Fake CPU devices stand in for the pod; must be set before JAX starts its backends.
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    flag = f"--xla_force_host_platform_device_count={FLAGS.dry_run_devices}"
+    os.environ["XLA_FLAGS"] = " ".join(
+        [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f] + [flag])
+    dry_run(config)
+    return
+  if not FLAGS.workdir:
+    raise app.UsageError("--workdir is required (it holds checkpoints, metrics and samples)")
+  maybe_initialize_distributed(FLAGS.distributed)
+  from data import pipeline, tokenizer as tokenizer_lib  # the data stack: only needed here
+  workdir = FLAGS.workdir
+  os.makedirs(workdir, exist_ok=True)
+  dc = config.data
+  logging.info("Config:\n%s", config)
+
+  # --- Tokenizer and data description ---------------------------------------------------
+  info = pipeline.describe(dc.name, data_dir=dc.data_dir)
+  tok_path = os.path.join(workdir, "tokenizer.model")
+  if os.path.exists(tok_path):
+    tokenizer = tokenizer_lib.Tokenizer.load(tok_path)
+  else:
+    corpus = pipeline.text_corpus(dc.name, data_dir=dc.data_dir)
+    tokenizer = tokenizer_lib.Tokenizer.train(
+        corpus, tok_path if jax.process_index() == 0 else None, dc.vocab_size)
+  data_keys = tuple(k for k, has in (("caption", info["has_caption"]), ("vqa", info["has_vqa"]))
+                    if has)
+
+  # --- Mesh --------------------------------------------------------------------------------
+  mesh = sharding.make_mesh(**dict(config.mesh))
+  logging.info("Mesh %s over %d devices (%d processes)", dict(mesh.shape), jax.device_count(),
+               jax.process_count())
+
+  # --- Input -------------------------------------------------------------------------------
+  if config.batch_size % jax.process_count():
+    raise ValueError(f"batch_size {config.batch_size} must divide over {jax.process_count()} hosts")
+  train_iter = pipeline.make_dataset(
+      dc.name, split="train", batch_size=config.batch_size // jax.process_count(),
+      image_size=dc.image_size, channels=dc.channels, max_text_len=dc.max_text_len,
+      tokenizer=tokenizer, seed=config.seed, shard_index=jax.process_index(),
+      shard_count=jax.process_count(), data_dir=dc.data_dir, worker_count=dc.worker_count)
+  eval_split = "test" if dc.name in ("digits", "mnist", "cifar10") else "validation"
+  try:
+    eval_examples = pipeline.eval_examples(dc.name, split=eval_split, num=config.sample.num,
+                                           image_size=dc.image_size, channels=dc.channels,
+                                           data_dir=dc.data_dir)
+  except Exception as e:  # a dataset without a held-out split still trains
+    logging.warning("No held-out examples for samples (%s)", e)
+    eval_examples = []
+
+  # --- Model, train state and the sharded update step ---------------------------------------
+  trainer = Trainer(config, mesh, vocab_size=tokenizer.vocab_size,
+                    num_classes=max(info["num_classes"], 1), data_keys=data_keys)
+  checkpointer = ckpt_lib.Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
+  restored = checkpointer.restore_latest(trainer.abstract_state, data_iter=train_iter)
+  if restored is None:
+    state, start = trainer.init_state(), 0
+    logging.info("Started from scratch")
+  else:
+    state, start = restored
+    logging.info("Resumed from the checkpoint at step %d", start)
+  n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
+  logging.info("Model: %s backbone, %d blocks, %.2fM parameters", trainer.model_cfg.backbone,
+               trainer.model_cfg.n_layers, n_params / 1e6)
+
+  # --- Logging -------------------------------------------------------------------------------
+  from tensorboardX import SummaryWriter
+  is_main = jax.process_index() == 0
+  writer = SummaryWriter(os.path.join(workdir, "tb")) if is_main else None
+  metrics_file = open(os.path.join(workdir, "metrics.jsonl"), "a") if is_main else None
+  samples_dir = os.path.join(workdir, "samples")
+
+  # --- Training loop -------------------------------------------------------------------------
+  total = config.total_steps
+  t_last, step_last = time.time(), start
+  t_start = time.time()
+  for step in range(start + 1, total + 1):
+    batch = sharding.shard_batch(next(train_iter), mesh)
+    with sharding.mesh_context(mesh):
+      state, terms = trainer.train_step(state, batch)
+    if step % config.log_every == 0 or step == total or step == start + 1:
+      terms = {k: float(v) for k, v in jax.device_get(terms).items()}
+      ckpt_lib.check_finite(step, terms)
+      now = time.time()
+      rate = (step - step_last) / max(now - t_last, 1e-9)
+      t_last, step_last = now, step
+      eta = (total - step) / max(rate, 1e-9)
+      if is_main:
+        record = {"step": step, **terms, "steps_per_s": rate}
+        metrics_file.write(json.dumps(record) + "\n")
+        metrics_file.flush()
+        for k, v in record.items():
+          if k != "step":
+            writer.add_scalar(k, v, step)
+        logging.info("step %d/%d | loss %.4f | img %.4f | txt %.4f | rec %.4f/%.4f | "
+                     "%.2f steps/s | ETA %.0fs", step, total, terms["loss"], terms["diff_img"],
+                     terms["diff_txt"], terms["rec_img"], terms["rec_txt"], rate, eta)
+    if config.sample_every and step % config.sample_every == 0 and step != total:
+      write_samples(trainer, state, tokenizer, eval_examples, samples_dir, f"step{step}")
+    if step % config.checkpoint_every == 0 or step == total:
+      # NaN guard: a step whose loss is not finite is never checkpointed.
+      ckpt_lib.check_finite(step, {k: float(v) for k, v in jax.device_get(terms).items()})
+      checkpointer.save(step, state, data_iter=train_iter, config_dict=config.to_dict())
+    if FLAGS.kill_at_step and step == FLAGS.kill_at_step:
+      checkpointer.wait()
+      if metrics_file:
+        metrics_file.flush()
+      os.kill(os.getpid(), signal.SIGKILL)
+  checkpointer.wait()
+  logging.info("Training done in %.0fs; writing final samples", time.time() - t_start)
+  if is_main:
+    for path in write_samples(trainer, state, tokenizer, eval_examples, samples_dir, "final"):
+      logging.info("Wrote %s", path)
+    writer.close()
+    metrics_file.close()
+  checkpointer.close()
+
+
+if __name__ == "__main__":
+  sys.argv = config_registry.rewrite_argv(sys.argv)
+  app.run(main)

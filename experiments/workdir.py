@@ -1,0 +1,57 @@
+"""Reopen a training workdir: its config, tokenizer, model and latest good checkpoint."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import ml_collections
+
+from mdm_jax.training import checkpoint as ckpt_lib
+from mdm_jax.training import sharding
+
+
+@dataclasses.dataclass
+class Run:
+  config: ml_collections.ConfigDict
+  tokenizer: Any
+  trainer: Any
+  state: Any
+  step: int
+  info: dict
+
+
+def open_run(workdir: str, overrides: dict | None = None) -> Run:
+  """Loads what ``experiments.train`` wrote to ``workdir`` (config from the checkpoint).
+
+  Args:
+    overrides: {"sample.steps": 50, ...} applied to the saved config.
+  """
+  from data import pipeline, tokenizer as tokenizer_lib
+  from experiments.train import Trainer
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(ckpt_dir):
+    raise FileNotFoundError(f"{workdir} has no checkpoints/: train first with "
+                            f"`python -m experiments.train --workdir={workdir}`")
+  checkpointer = ckpt_lib.Checkpointer(workdir)
+  saved = checkpointer.restore_config()
+  if saved is None:
+    raise FileNotFoundError(f"no checkpoint in {ckpt_dir}")
+  config = ml_collections.ConfigDict(saved)
+  for key, value in (overrides or {}).items():
+    node = config
+    *path, leaf = key.split(".")
+    for p in path:
+      node = node[p]
+    node[leaf] = type(node[leaf])(value) if node[leaf] is not None else value
+  tokenizer = tokenizer_lib.Tokenizer.load(os.path.join(workdir, "tokenizer.model"))
+  info = pipeline.describe(config.data.name, data_dir=config.data.data_dir)
+  data_keys = tuple(k for k, has in (("caption", info["has_caption"]), ("vqa", info["has_vqa"]))
+                    if has)
+  mesh = sharding.make_mesh(**dict(config.mesh))
+  trainer = Trainer(config, mesh, vocab_size=tokenizer.vocab_size,
+                    num_classes=max(info["num_classes"], 1), data_keys=data_keys)
+  restored = checkpointer.restore_latest(trainer.abstract_state)
+  state, step = restored
+  checkpointer.close()
+  return Run(config, tokenizer, trainer, state, step, info)
