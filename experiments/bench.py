@@ -208,7 +208,7 @@ def matmul_peak_flops(n: int = 2048) -> float:
 
 
 def bench_model():
-  from experiments.train import Trainer
+  from mdm_jax.training.trainer import Trainer
   from mdm_jax.training import sharding
   mesh = sharding.make_mesh()
   rows = []
@@ -260,7 +260,7 @@ def bench_model():
 def bench_mfu():
   """Achieved FLOP/s of the digits train step against this machine's measured matmul peak."""
   from experiments import configs
-  from experiments.train import Trainer
+  from mdm_jax.training.trainer import Trainer
   from mdm_jax.training import sharding
   peak = matmul_peak_flops()
   c = configs.load("digits")

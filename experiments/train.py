@@ -11,28 +11,24 @@ TensorBoard event files (``tb/``), ``samples/`` and ``tokenizer.model``.
 """
 from __future__ import annotations
 
-import functools
 import json
 import os
 import signal
 import sys
 import time
-from typing import Any
 
 from absl import app, flags, logging
 import jax
 import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
-import optax
 
 from experiments import configs as config_registry
 from mdm_jax import generate as gen
-from mdm_jax.losses import LossConfig, mdm_loss
-from mdm_jax.models.mdm import MDM, MDMConfig
+from mdm_jax.models.mdm import MDM
 from mdm_jax.training import checkpoint as ckpt_lib
-from mdm_jax.training import optimizer as optim_lib
 from mdm_jax.training import sharding
+from mdm_jax.training.trainer import Trainer, model_config
 
 config_flags.DEFINE_config_file("config", None, "Config name or file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and samples go.")
@@ -49,128 +45,12 @@ FLAGS = flags.FLAGS
 DUMMY = "dummy"  # data name for runs that need no input pipeline (dry run, benchmarks)
 
 
-# ----------------------------------------------------------------------------- configuration
-def model_config(config, *, vocab_size: int | None = None,
-                 num_classes: int | None = None) -> MDMConfig:
-  fields = dict(config.model)
-  if vocab_size is not None:
-    fields["vocab_size"] = vocab_size
-  if num_classes is not None:
-    fields["num_classes"] = num_classes
-  fields["image_size"], fields["channels"] = config.data.image_size, config.data.channels
-  fields["max_text_len"] = config.data.max_text_len
-  return MDMConfig(**fields)
-
-
-def loss_config(config) -> LossConfig:
-  fields = dict(config.loss)
-  fields["task_weights"] = tuple(fields["task_weights"])
-  return LossConfig(**fields)
-
-
-def sample_config(config) -> gen.SampleConfig:
-  fields = {k: v for k, v in dict(config.sample).items() if k != "num"}
-  return gen.SampleConfig(**fields)
-
-
 def maybe_initialize_distributed(mode: str):
   multihost_env = any(os.environ.get(k) for k in (
       "JAX_COORDINATOR_ADDRESS", "MEGASCALE_COORDINATOR_ADDRESS", "SLURM_JOB_NUM_NODES"))
   tpu_hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
   if mode == "yes" or (mode == "auto" and (multihost_env or "," in tpu_hosts)):
     jax.distributed.initialize()
-
-
-# ----------------------------------------------------------------------------- the trainer
-class Trainer:
-  """Everything one run needs, built from a config and a mesh (testable without ``main``)."""
-
-  def __init__(self, config, mesh, *, vocab_size: int, num_classes: int,
-               data_keys=("caption", "vqa")):
-    self.config = config
-    self.mesh = mesh
-    self.model_cfg = model_config(config, vocab_size=vocab_size, num_classes=num_classes)
-    self.model = MDM(self.model_cfg)
-    self.loss_cfg = loss_config(config)
-    self.sample_cfg = sample_config(config)
-    oc = config.optim
-    self.tx, self.schedule = optim_lib.make_optimizer(
-        lr=oc.lr, warmup_steps=oc.warmup_steps, total_steps=config.total_steps,
-        weight_decay=oc.weight_decay, b1=oc.b1, b2=oc.b2, grad_clip=oc.grad_clip,
-        grad_accum_steps=oc.grad_accum_steps, end_lr_factor=oc.end_lr_factor)
-    self.data_keys = data_keys
-    self.rng = jax.random.PRNGKey(config.seed)
-    self.abstract_state = sharding.abstract_sharded(self._init_state, self.rng, mesh)
-    self.state_shardings = jax.tree.map(lambda x: x.sharding, self.abstract_state)
-    self.batch_sharding = sharding.batch_sharding(mesh)
-    self.train_step = jax.jit(self._train_step,
-                              in_shardings=(self.state_shardings, self.batch_sharding),
-                              out_shardings=(self.state_shardings, None),
-                              donate_argnums=(0,))
-
-  # --- model and train-state init (params created sharded) ---------------------------
-  def dummy_batch(self, batch_size: int) -> dict[str, jax.Array]:
-    mc = self.model_cfg
-    b, t = batch_size, mc.max_text_len
-    batch = {"image": jnp.zeros((b, mc.image_size, mc.image_size, mc.channels), jnp.float32),
-             "label": jnp.zeros((b,), jnp.int32)}
-    if "caption" in self.data_keys:
-      batch["caption"] = jnp.zeros((b, t), jnp.int32)
-    if "vqa" in self.data_keys:
-      batch["vqa"] = jnp.zeros((b, t), jnp.int32)
-      batch["vqa_prompt_len"] = jnp.zeros((b,), jnp.int32)
-    return batch
-
-  def _init_state(self, rng):
-    k_params, k_state = jax.random.split(rng)
-    mc = self.model_cfg
-    images = jnp.zeros((1, mc.image_size, mc.image_size, mc.channels), jnp.float32)
-    variables = self.model.init(k_params, images, jnp.zeros((1, mc.max_text_len), jnp.int32))
-    params = variables["params"]
-    return {"params": params, "latent_stats": variables["latent_stats"],
-            "opt_state": self.tx.init(params), "ema": params,
-            "step": jnp.zeros((), jnp.int32), "rng": k_state}
-
-  def init_state(self):
-    return sharding.init_sharded(self._init_state, self.rng, self.mesh)
-
-  # --- update step ----------------------------------------------------------------------
-  def _train_step(self, state, batch):
-    rng = jax.random.fold_in(state["rng"], state["step"])
-
-    def loss_fn(params):
-      variables = {"params": params, "latent_stats": state["latent_stats"]}
-      (loss, terms), updated = self.model.apply(variables, batch, rng, self.loss_cfg,
-                                                method=mdm_loss, mutable=["latent_stats"])
-      return loss, (terms, updated["latent_stats"])
-
-    (_, (terms, latent_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state["params"])
-    updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    step = state["step"] + 1
-    ema = optim_lib.ema_update(state["ema"], params, self.config.optim.ema_decay, step=step)
-    terms = dict(terms, grad_norm=optax.global_norm(grads), lr=self.schedule(state["step"]))
-    new_state = {"params": params, "latent_stats": latent_stats, "opt_state": opt_state,
-                 "ema": ema, "step": step, "rng": state["rng"]}
-    return new_state, terms
-
-  # --- sampling -------------------------------------------------------------------------
-  @functools.cached_property
-  def _samplers(self):
-    return {}
-
-  def sample(self, state, task: str, rng, num: int, **given):
-    """Generate with the EMA parameters; one compiled function per (task, num)."""
-    key = (task, num, tuple(sorted(given)))
-    if key not in self._samplers:
-      fn = functools.partial(gen.generate, self.model, task=task, num=num,
-                             loss_cfg=self.loss_cfg, sample_cfg=self.sample_cfg)
-      self._samplers[key] = jax.jit(lambda variables, rng, **kw: fn(variables, rng=rng, **kw))
-    variables = {"params": state["ema"], "latent_stats": state["latent_stats"]}
-    with sharding.mesh_context(self.mesh):
-      images, tokens = self._samplers[key](variables, rng, **given)
-    return np.asarray(images), np.asarray(tokens)
 
 
 # ----------------------------------------------------------------------------- samples
@@ -236,7 +116,7 @@ def dry_run(config):
     return total
 
   state = trainer.abstract_state
-  gib = lambda b: f"{b / 2**30:8.2f} GiB"
+  gib = lambda b: f"{b / 2**30:8.2f} GiB" if b >= 2**30 else f"{b / 2**20:8.2f} MiB"
   rows = {"params": per_device_bytes(state["params"]), "ema": per_device_bytes(state["ema"]),
           "optimizer state": per_device_bytes(state["opt_state"])}
   mem = compiled.memory_analysis()
@@ -312,7 +192,7 @@ def main(argv):
       image_size=dc.image_size, channels=dc.channels, max_text_len=dc.max_text_len,
       tokenizer=tokenizer, seed=config.seed, shard_index=jax.process_index(),
       shard_count=jax.process_count(), data_dir=dc.data_dir, worker_count=dc.worker_count)
-  eval_split = "test" if dc.name in ("digits", "mnist", "cifar10") else "validation"
+  eval_split = {"imagenet2012": "validation", "coco_captions": "val"}.get(dc.name, "test")
   try:
     eval_examples = pipeline.eval_examples(dc.name, split=eval_split, num=config.sample.num,
                                            image_size=dc.image_size, channels=dc.channels,

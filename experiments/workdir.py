@@ -28,7 +28,7 @@ def open_run(workdir: str, overrides: dict | None = None) -> Run:
     overrides: {"sample.steps": 50, ...} applied to the saved config.
   """
   from data import pipeline, tokenizer as tokenizer_lib
-  from experiments.train import Trainer
+  from mdm_jax.training.trainer import Trainer
   ckpt_dir = os.path.join(workdir, "checkpoints")
   if not os.path.isdir(ckpt_dir):
     raise FileNotFoundError(f"{workdir} has no checkpoints/: train first with "

@@ -72,7 +72,7 @@ def generate(model: MDM, variables, task: str, rng: jax.Array, *, num: int,
     images: (num, H, W, C) in [-1, 1]: the given image (caption, vqa, inpaint).
     image_mask: (num, H, W, C) or (num, H, W, 1) bool, True where the image is known (inpaint).
   Returns:
-    images (num, H, W, C) float32 in about [-1, 1], tokens (num, T) int32. For tasks where a
+    images (num, H, W, C) float32 in [-1, 1], tokens (num, T) int32. For tasks where a
     modality is given, it is returned as given; where absent, the returned value is meaningless.
   """
   if task not in GEN_TASKS:
@@ -147,7 +147,7 @@ def generate(model: MDM, variables, task: str, rng: jax.Array, *, num: int,
       image_solver=image_solver, text_method=text_method, image_clean=image_clean,
       text_clean=text_clean, image_mask=latent_mask, image_known=image_known,
       text_mask=text_mask, text_known=text_known, t_end=sample_cfg.t_end)
-  out_images = bound.decode_image(z0 / scale[0])
+  out_images = jnp.clip(bound.decode_image(z0 / scale[0]), -1.0, 1.0)
   if images is not None and task in ("caption", "vqa"):
     out_images = images
   return out_images, tokens

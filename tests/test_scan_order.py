@@ -36,9 +36,14 @@ def test_layer_schedule_and_prefix_never_moves():
   for perm, inv in zip(perms, invs):
     np.testing.assert_array_equal(perm[:3], [0, 1, 2])
     np.testing.assert_array_equal(perm[inv], np.arange(13))
-  # Layer 3: column-major reversed image, reversed text.
-  np.testing.assert_array_equal(perms[3][3:9] - 3, [5, 2, 4, 1, 3, 0])
-  np.testing.assert_array_equal(perms[3][9:] - 9, [3, 2, 1, 0])
+  # Layer 3: reversed text first, then the column-major reversed image.
+  np.testing.assert_array_equal(perms[3][3:7] - 9, [3, 2, 1, 0])
+  np.testing.assert_array_equal(perms[3][7:] - 3, [5, 2, 4, 1, 3, 0])
+  # Layer 1 scans the whole content (image then text) in exact reverse.
+  np.testing.assert_array_equal(perms[1][3:], np.arange(12, 2, -1))
+  # Layer 2: column-major image, then forward text.
+  np.testing.assert_array_equal(perms[2][3:9] - 3, [0, 3, 1, 4, 2, 5])
+  np.testing.assert_array_equal(perms[2][9:] - 9, [0, 1, 2, 3])
   perms1, _ = layout.schedule(1)
   np.testing.assert_array_equal(perms1, np.arange(13)[None])
   with pytest.raises(ValueError, match="directions"):
@@ -49,6 +54,7 @@ def test_text_only_layout():
   layout = so.SequenceLayout(n_prefix=2, grid=None, n_text=5)
   perms, _ = layout.schedule(4)
   np.testing.assert_array_equal(perms[1], [0, 1, 6, 5, 4, 3, 2])
+  np.testing.assert_array_equal(layout.segments(), [0, 0, 2, 2, 2, 2, 2])
 
 
 def test_row_end_tokens_round_trip():

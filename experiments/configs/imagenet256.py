@@ -1,8 +1,9 @@
 """The paper's scale: ImageNet 256x256 class-to-image with the 7B MDM (49 blocks, d_model 2048).
 
 Reaching 7B at width 2048 and 49 blocks needs ~143M parameters per block; a Mamba-2 mixer with
-expand 2 has only ~29.5M (in_proj 2048 x 10304, out_proj 4096 x 2048), so every block also has
-a SwiGLU MLP of 9 x d_model = 18432 hidden units (113M). Total ~7.07B (count it with
+expand 2 has only ~29.5M (in_proj 2048 x 10304, out_proj 4096 x 2048) and the adaLN-Zero
+modulation 25.2M (2048 x 6 x 2048), so every block also has a SwiGLU MLP of 6.75 x d_model =
+13824 hidden units (84.9M). Total 7.03B, of which 6.85B in the 49 blocks (count it with
 `python -m experiments.train --config=imagenet256 --dry_run`).
 
 Images are cut into 8x8 patches (32x32 = 1024 image tokens, 16 latent channels each); the
@@ -20,7 +21,7 @@ def get_config():
   c.model.update(dict(
       image_size=256, channels=3, patch_size=8, max_text_len=128, vocab_size=32000,
       num_classes=1000, vae_width=1024, vae_depth=4, latent_dim=16,
-      d_model=2048, n_layers=49, mlp_ratio=9.0, n_pad_tokens=4, row_end_tokens=True,
+      d_model=2048, n_layers=49, mlp_ratio=6.75, n_pad_tokens=4, row_end_tokens=True,
       d_state=128, expand=2, headdim=64, ngroups=8, chunk_size=128,
       dtype="bfloat16", remat=True))
   c.loss.task_weights = (1.0, 0.0, 0.0, 0.0, 0.0, 0.0)   # class-to-image only

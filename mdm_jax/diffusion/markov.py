@@ -52,10 +52,13 @@ def absorbing_elbo_loss(x0_logits: jnp.ndarray, sigma, dsigma, x_t: jnp.ndarray,
   """
   logits = _token_logits(x0_logits, x_t, graph)
   ce = jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, x0[..., None], -1)[..., 0]
-  weight = broadcast_to_tokens(dsigma, x_t) / jnp.expm1(broadcast_to_tokens(sigma, x_t))
   keep = x_t == graph.mask_id
   if mask is not None:
     keep = keep & jnp.broadcast_to(mask, keep.shape).astype(bool)
+  # sigma = 0 (text held clean) gives an infinite weight where nothing is masked; keep it out of
+  # the graph entirely, or the backward pass computes 0 * inf = NaN.
+  sigma = jnp.where(keep, broadcast_to_tokens(sigma, x_t), 1.0)
+  weight = jnp.where(keep, broadcast_to_tokens(dsigma, x_t) / jnp.expm1(sigma), 0.0)
   return jnp.where(keep, weight * ce, 0.0)
 
 

@@ -176,7 +176,9 @@ class Mamba2(nn.Module):
 
   def __call__(self, u):
     """u (b, l, d_model) -> (b, l, d_model)."""
-    z, xbc, dt_raw = self._split_projection(self.in_proj(u.astype(self.dtype)))
+    zxbcdt = nn.with_logical_constraint(self.in_proj(u.astype(self.dtype)),
+                                        ("batch", "length", "mlp"))
+    z, xbc, dt_raw = self._split_projection(zxbcdt)
     xbc = nn.silu(causal_depthwise_conv(xbc, self.conv_kernel.astype(self.dtype),
                                         self.conv_bias.astype(self.dtype)))
     x, dt, B, C = self._ssm_inputs(xbc, dt_raw)

@@ -8,7 +8,13 @@ conditioning before any content token. Layer ``l`` scans
       0 row-major, 1 row-major reversed, 2 column-major, 3 column-major reversed;
   * text tokens in order ``l mod 2``: 0 forward, 1 reversed.
 
-``directions=1`` is the paper's "1 scan direction" ablation: every layer uses order 0.
+A layer whose text order is reversed also scans the text segment *before* the image segment
+(for image order 1 this is exactly the reversal of the whole content sequence). A causal scan
+only carries information forward, so without this no image token could ever read the text:
+text-to-image needs text -> image flow as much as captioning needs image -> text.
+
+``directions=1`` is the paper's "1 scan direction" ablation: every layer uses order 0 (image
+then text, both forward).
 A layer permutes its input into its order, scans, and permutes back (``inverse``), so the
 residual stream always stays in canonical (row-major, forward) order.
 
@@ -89,12 +95,17 @@ class SequenceLayout:
     return self.n_prefix + self.n_image + self.n_text
 
   def permutation(self, image_ord: int, text_ord: int) -> np.ndarray:
-    """Permutation of the whole sequence: prefix fixed, image and text permuted in place."""
-    parts = [np.arange(self.n_prefix)]
-    if self.grid is not None:
-      parts.append(self.n_prefix + image_order(*self.grid, image_ord))
-    parts.append(self.n_prefix + self.n_image + text_order(self.n_text, text_ord))
-    return np.concatenate(parts).astype(np.int32)
+    """Permutation of the whole sequence: prefix fixed and first; then image and text, each in
+    its order, with the text segment first when the text order is reversed."""
+    image = (self.n_prefix + image_order(*self.grid, image_ord) if self.grid is not None
+             else np.zeros((0,), np.int64))
+    text = self.n_prefix + self.n_image + text_order(self.n_text, text_ord)
+    content = [text, image] if text_ord == 1 else [image, text]
+    return np.concatenate([np.arange(self.n_prefix)] + content).astype(np.int32)
+
+  def segments(self) -> np.ndarray:
+    """(length,) int32 segment id of each position: 0 prefix, 1 image, 2 text."""
+    return np.repeat(np.arange(3, dtype=np.int32), [self.n_prefix, self.n_image, self.n_text])
 
   def schedule(self, directions: int = 4) -> tuple[np.ndarray, np.ndarray]:
     """Per-order permutations and inverses, (period, length) each; layer l uses row l % period.

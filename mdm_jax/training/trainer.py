@@ -1,0 +1,132 @@
+"""The trainer: model, loss, optimizer, sharded train state and the jitted update step, built
+from a config and a device mesh. ``experiments/train.py`` drives it; tests, benchmarks and the
+notebook build it directly. Needs no data pipeline (the batch is a dict of arrays).
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from mdm_jax import generate as gen
+from mdm_jax.losses import LossConfig, mdm_loss
+from mdm_jax.models.mdm import MDM, MDMConfig
+from mdm_jax.training import optimizer as optim_lib
+from mdm_jax.training import sharding
+
+
+def model_config(config, *, vocab_size: int | None = None,
+                 num_classes: int | None = None) -> MDMConfig:
+  fields = dict(config.model)
+  if vocab_size is not None:
+    fields["vocab_size"] = vocab_size
+  if num_classes is not None:
+    fields["num_classes"] = num_classes
+  fields["image_size"], fields["channels"] = config.data.image_size, config.data.channels
+  fields["max_text_len"] = config.data.max_text_len
+  return MDMConfig(**fields)
+
+
+def loss_config(config) -> LossConfig:
+  fields = dict(config.loss)
+  fields["task_weights"] = tuple(fields["task_weights"])
+  return LossConfig(**fields)
+
+
+def sample_config(config) -> gen.SampleConfig:
+  fields = {k: v for k, v in dict(config.sample).items() if k != "num"}
+  return gen.SampleConfig(**fields)
+
+
+class Trainer:
+  """Everything one run needs, built from a config and a mesh (testable without ``main``)."""
+
+  def __init__(self, config, mesh, *, vocab_size: int, num_classes: int,
+               data_keys=("caption", "vqa")):
+    self.config = config
+    self.mesh = mesh
+    self.model_cfg = model_config(config, vocab_size=vocab_size, num_classes=num_classes)
+    self.model = MDM(self.model_cfg)
+    self.loss_cfg = loss_config(config)
+    self.sample_cfg = sample_config(config)
+    oc = config.optim
+    self.tx, self.schedule = optim_lib.make_optimizer(
+        lr=oc.lr, warmup_steps=oc.warmup_steps, total_steps=config.total_steps,
+        weight_decay=oc.weight_decay, b1=oc.b1, b2=oc.b2, grad_clip=oc.grad_clip,
+        grad_accum_steps=oc.grad_accum_steps, end_lr_factor=oc.end_lr_factor)
+    self.data_keys = data_keys
+    self.rng = jax.random.PRNGKey(config.seed)
+    self.abstract_state = sharding.abstract_sharded(self._init_state, self.rng, mesh)
+    self.state_shardings = jax.tree.map(lambda x: x.sharding, self.abstract_state)
+    self.batch_sharding = sharding.batch_sharding(mesh)
+    self.train_step = jax.jit(self._train_step,
+                              in_shardings=(self.state_shardings, self.batch_sharding),
+                              out_shardings=(self.state_shardings, None),
+                              donate_argnums=(0,))
+
+  # --- model and train-state init (params created sharded) ---------------------------
+  def dummy_batch(self, batch_size: int) -> dict[str, jax.Array]:
+    mc = self.model_cfg
+    b, t = batch_size, mc.max_text_len
+    batch = {"image": jnp.zeros((b, mc.image_size, mc.image_size, mc.channels), jnp.float32),
+             "label": jnp.zeros((b,), jnp.int32)}
+    if "caption" in self.data_keys:
+      batch["caption"] = jnp.zeros((b, t), jnp.int32)
+    if "vqa" in self.data_keys:
+      batch["vqa"] = jnp.zeros((b, t), jnp.int32)
+      batch["vqa_prompt_len"] = jnp.zeros((b,), jnp.int32)
+    return batch
+
+  def _init_state(self, rng):
+    k_params, k_state = jax.random.split(rng)
+    mc = self.model_cfg
+    images = jnp.zeros((1, mc.image_size, mc.image_size, mc.channels), jnp.float32)
+    variables = self.model.init(k_params, images, jnp.zeros((1, mc.max_text_len), jnp.int32))
+    params = variables["params"]
+    return {"params": params, "latent_stats": variables["latent_stats"],
+            "opt_state": self.tx.init(params), "ema": params,
+            "step": jnp.zeros((), jnp.int32), "rng": k_state}
+
+  def init_state(self):
+    return sharding.init_sharded(self._init_state, self.rng, self.mesh)
+
+  # --- update step ----------------------------------------------------------------------
+  def _train_step(self, state, batch):
+    rng = jax.random.fold_in(state["rng"], state["step"])
+
+    def loss_fn(params):
+      variables = {"params": params, "latent_stats": state["latent_stats"]}
+      (loss, terms), updated = self.model.apply(variables, batch, rng, self.loss_cfg,
+                                                method=mdm_loss, mutable=["latent_stats"])
+      return loss, (terms, updated["latent_stats"])
+
+    (_, (terms, latent_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state["params"])
+    updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    step = state["step"] + 1
+    ema = optim_lib.ema_update(state["ema"], params, self.config.optim.ema_decay, step=step)
+    terms = dict(terms, grad_norm=optax.global_norm(grads), lr=self.schedule(state["step"]))
+    new_state = {"params": params, "latent_stats": latent_stats, "opt_state": opt_state,
+                 "ema": ema, "step": step, "rng": state["rng"]}
+    return new_state, terms
+
+  # --- sampling -------------------------------------------------------------------------
+  @functools.cached_property
+  def _samplers(self):
+    return {}
+
+  def sample(self, state, task: str, rng, num: int, **given):
+    """Generate with the EMA parameters; one compiled function per (task, num)."""
+    key = (task, num, tuple(sorted(given)))
+    if key not in self._samplers:
+      fn = functools.partial(gen.generate, self.model, task=task, num=num,
+                             loss_cfg=self.loss_cfg, sample_cfg=self.sample_cfg)
+      self._samplers[key] = jax.jit(lambda variables, rng, **kw: fn(variables, rng=rng, **kw))
+    variables = {"params": state["ema"], "latent_stats": state["latent_stats"]}
+    with sharding.mesh_context(self.mesh):
+      images, tokens = self._samplers[key](variables, rng, **given)
+    return np.asarray(images), np.asarray(tokens)

@@ -1,0 +1,169 @@
+"""`python -m experiments.train` from the command line: a short run on a prepared image folder
+(converted images and truncated captions are counted), clear errors for bad input, and
+--dry_run on 8 fake devices (started first, in the background: it compiles for ~40 s)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+import pytest
+
+from experiments import configs
+from mdm_jax.models.mdm import MDM
+from mdm_jax.training import trainer as trainer_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _env(devices: int) -> dict[str, str]:
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env["XLA_FLAGS"] = " ".join(
+      [f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f]
+      + [f"--xla_force_host_platform_device_count={devices}"])
+  return env
+
+
+def run_module(module: str, *args: str, devices: int = 1,
+               timeout: int = 600) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=_env(devices),
+                        capture_output=True, text=True, timeout=timeout)
+
+
+# ----------------------------------------------------------------------------- folder data
+LONG_WORDS = ("a photo of a small square drawn in one colour on a plain background with "
+              "nothing else in it")
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+  """12 images listed in captions.jsonl: 4 RGB, 2 RGBA, 6 grey; every caption long."""
+  src = tmp_path_factory.mktemp("src")
+  rng = np.random.default_rng(0)
+  rows = []
+  for i in range(12):
+    if i < 4:
+      img = Image.fromarray(rng.integers(0, 255, (10, 10, 3), dtype=np.uint8), "RGB")
+    elif i < 6:
+      img = Image.fromarray(rng.integers(0, 255, (10, 10, 4), dtype=np.uint8), "RGBA")
+    else:
+      img = Image.fromarray(rng.integers(0, 255, (10, 10), dtype=np.uint8), "L")
+    img.save(src / f"im{i:02d}.png")
+    rows.append({"file": f"im{i:02d}.png", "caption": f"{LONG_WORDS} number {i}",
+                 "label": ["cat", "dog"][i % 2]})
+  (src / "captions.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+  return src
+
+
+def test_train_on_prepared_folder_counts_conversions_and_truncations(image_folder, tmp_path,
+                                                                    dry_run):
+  del dry_run  # only started here, to run alongside
+  out, workdir = tmp_path / "prepared", tmp_path / "run"
+  prep = run_module("data.prepare", f"--src={image_folder}", f"--out={out}", "--channels=1",
+                    "--image_size=8")
+  assert prep.returncode == 0, prep.stderr[-3000:]
+  stats = json.loads(prep.stdout)
+  assert stats["images"] == 12 and stats["num_classes"] == 2
+  assert stats["converted"] == 6 and stats["converted_from"] == {"RGB": 4, "RGBA": 2}
+
+  max_text_len, batch = 12, 8
+  # SentencePiece never joins words, so each caption has >= its word count of tokens.
+  assert len(LONG_WORDS.split()) >= max_text_len
+  proc = run_module("experiments.train", "--config=tiny", f"--workdir={workdir}",
+                    "--config.data.name=folder", f"--config.data.data_dir={out}",
+                    "--config.data.channels=1", f"--config.data.max_text_len={max_text_len}",
+                    "--config.total_steps=3", "--config.log_every=1",
+                    f"--config.batch_size={batch}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  # Every caption is too long: the first batch truncates all of its captions, counted.
+  assert re.search(rf"{batch} caption texts truncated to max_text_len so far \(of {batch} "
+                   r"examples\)", proc.stderr), proc.stderr[-3000:]
+  with open(workdir / "metrics.jsonl") as f:
+    records = [json.loads(line) for line in f]
+  assert [r["step"] for r in records] == [1, 2, 3]
+  assert all(np.isfinite(r["loss"]) for r in records)
+  # A folder has no VQA pairs: that task is never trained.
+  assert all(r["task/vqa"] == 0.0 for r in records)
+
+
+# ----------------------------------------------------------------------------- bad input
+BAD_INPUT = {
+    "unknown_config": (["--config=nope", "--workdir={tmp}/w"],
+                       [r"unknown config 'nope'", "digits", "imagenet256", "tiny"]),
+    "unknown_field": (["--config=tiny", "--workdir={tmp}/w", "--config.model.nonexistent=1"],
+                      ["nonexistent"]),
+    "wrong_type": (["--config=tiny", "--workdir={tmp}/w", "--config.total_steps=abc"],
+                   [r"config\.total_steps", "abc"]),
+    "no_workdir": (["--config=tiny"], [r"--workdir is required"]),
+    "no_config": (["--workdir={tmp}/w"], [r"--config is required", "digits"]),
+    "folder_without_data_dir": (["--config=tiny", "--workdir={tmp}/w",
+                                 "--config.data.name=folder"],
+                                [r"No prepared image folder", r"python -m data\.prepare"]),
+    "folder_empty": (["--config=tiny", "--workdir={tmp}/w", "--config.data.name=folder",
+                      "--config.data.data_dir={tmp}/empty"],
+                     [r"No prepared image folder at '.*empty'", r"python -m data\.prepare"]),
+    "folder_missing": (["--config=tiny", "--workdir={tmp}/w", "--config.data.name=folder",
+                        "--config.data.data_dir={tmp}/missing"],
+                       [r"No prepared image folder at '.*missing'"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUT))
+def test_bad_input_fails_with_a_clear_message(case, tmp_path):
+  (tmp_path / "empty").mkdir()
+  args, patterns = BAD_INPUT[case]
+  proc = run_module("experiments.train", *(a.format(tmp=tmp_path) for a in args))
+  assert proc.returncode != 0
+  for pattern in patterns:
+    assert re.search(pattern, proc.stderr), (pattern, proc.stderr[-2000:])
+  # Nothing was trained: no checkpoint was written.
+  assert not os.path.exists(tmp_path / "w" / "checkpoints")
+
+
+# ----------------------------------------------------------------------------- dry run
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory):
+  """Starts the dry run (~40 s of compilation) in the background: the folder test starts it
+  and runs alongside, `test_dry_run_on_eight_devices` collects it."""
+  log = tmp_path_factory.mktemp("dry_run") / "stderr.log"
+  with open(log, "w") as err:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "experiments.train", "--config=tiny", "--dry_run",
+         "--dry_run_devices=8", "--config.mesh.data=2", "--config.mesh.fsdp=4"],
+        cwd=REPO, env=_env(8), stdout=subprocess.PIPE, stderr=err, text=True)
+  yield proc, log
+  if proc.poll() is None:
+    proc.kill()
+    proc.communicate()
+
+
+def test_dry_run_on_eight_devices(dry_run):
+  proc, log = dry_run
+  out, _ = proc.communicate(timeout=600)
+  assert proc.returncode == 0, log.read_text()[-3000:]
+  # Independent count: initialise the model for real and add up the parameter sizes.
+  mc = trainer_lib.model_config(configs.load("tiny"))
+  variables = MDM(mc).init(jax.random.PRNGKey(0), jnp.zeros(
+      (1, mc.image_size, mc.image_size, mc.channels)), jnp.zeros((1, mc.max_text_len), jnp.int32))
+  leaves = jax.tree_util.tree_flatten_with_path(variables["params"])[0]
+  total = sum(int(np.size(x)) for _, x in leaves)
+  rows = dict(re.findall(r"^(\S+)\s+([\d,]+)\s+\(", out, re.M))
+  assert int(rows["total"].replace(",", "")) == total
+  by_module = {}
+  for path, x in leaves:
+    key = "/".join(str(k.key) for k in path[:2])
+    by_module[key] = by_module.get(key, 0) + int(np.size(x))
+  assert {k: int(v.replace(",", "")) for k, v in rows.items() if k != "total"} == by_module
+  assert "Compiled the train step for 8 devices" in out
+  assert "'data': 2, 'fsdp': 4, 'tensor': 1" in out
+  memory = out[out.index("Per-device memory:"):]
+  for row in ("params", "ema", "optimizer state", "activations/temporaries (compiled)",
+              "peak estimate"):
+    assert re.search(rf"^\s+{re.escape(row)}.*\s[\d.]+ GiB$", memory, re.M), row

@@ -1,0 +1,245 @@
+"""Generation: every task runs and holds its given parts clean; classifier-free guidance.
+
+PRNG keys are ``unsafe_rbg`` and XLA's backend optimisations are off: both only cut compile time
+(the tests are compile-bound). Zero-initialised kernels (heads, adaLN-Zero) are made random
+so the network's outputs depend on all its inputs (and guidance has something to act on).
+"""
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mdm_jax.diffusion import samplers
+from mdm_jax.generate import GEN_TASKS, SampleConfig, generate
+from mdm_jax.losses import LossConfig
+from mdm_jax.models.mdm import MDM, TASKS, MDMConfig
+
+VOCAB, TEXT_LEN, NUM, PROMPT, NUM_CLASSES, NOISE_EPS = 40, 8, 2, 3, 10, 1e-3
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+
+
+def key(seed):
+  return jax.random.key(seed, impl="unsafe_rbg")
+
+
+def randomize_zero_kernels(params, seed=10, scale=0.1):
+  """Zero-initialised kernels (the output heads, adaLN-Zero modulation) -> small random values,
+  so that at init every block and head reacts to its input."""
+  rs = np.random.RandomState(seed)
+
+  def fill(path, x):
+    if path[-1].key == "kernel" and not np.any(np.asarray(x)):
+      return jnp.asarray(scale * rs.randn(*x.shape), x.dtype)
+    return x
+
+  return jax.tree_util.tree_map_with_path(fill, params)
+
+
+@pytest.fixture(scope="module")
+def setup():
+  cfg = MDMConfig(image_size=8, channels=1, patch_size=2, max_text_len=TEXT_LEN,
+                  vocab_size=VOCAB, num_classes=NUM_CLASSES, vae_width=32, vae_depth=1,
+                  latent_dim=4, d_model=32, n_layers=2, headdim=16, d_state=8, chunk_size=8)
+  model = MDM(cfg)
+  rs = np.random.RandomState(0)
+  inputs = dict(
+      labels=jnp.asarray([3, 7], jnp.int32),
+      caption=jnp.asarray(rs.randint(0, VOCAB, (NUM, TEXT_LEN)), jnp.int32),
+      images=jnp.asarray(rs.uniform(-1, 1, (NUM, 8, 8, 1)), jnp.float32),
+      # Left half known: patch-aligned (patch 2), so exactly the left 2 patch columns.
+      image_mask=jnp.broadcast_to(jnp.arange(8)[None, None, :, None] < 4, (NUM, 8, 8, 1)),
+      prompt_len=jnp.full((NUM,), PROMPT, jnp.int32))
+  variables = nn.meta.unbox(jax.jit(model.init, compiler_options=FAST_COMPILE)(
+      key(0), inputs["images"], inputs["caption"]))
+  params = randomize_zero_kernels(variables["params"], scale=0.3)
+  variables = {"params": params, "latent_stats": {"vae": {"std": jnp.asarray([1.7, 0.8])}}}
+  return model, variables, inputs
+
+
+TASK_INPUTS = {"class2img": ("labels",), "t2i": ("text",), "caption": ("images",),
+               "vqa": ("images", "text", "prompt_len"), "joint": (), "text": (),
+               "inpaint": ("images", "image_mask", "labels")}
+
+
+def task_kwargs(task, inputs):
+  given = dict(inputs, text=inputs["caption"])
+  return {k: given[k] for k in TASK_INPUTS[task]}
+
+
+_compiled = {}
+
+
+def run_generate(setup, task, seed=5, guidance=0.0, objective="score_entropy"):
+  """Jitted generate, one compile per (task, guidance, objective)."""
+  model, variables, inputs = setup
+  k = (task, guidance, objective)
+  if k not in _compiled:
+    fn = functools.partial(generate, model, task=task, num=NUM,
+                           loss_cfg=LossConfig(objective=objective),
+                           sample_cfg=SampleConfig(steps=2, guidance=guidance))
+    _compiled[k] = jax.jit(lambda v, rng, kw: fn(v, rng=rng, **kw),
+                           compiler_options=FAST_COMPILE)
+  images, tokens = _compiled[k](variables, key(seed), task_kwargs(task, inputs))
+  return np.asarray(images), np.asarray(tokens)
+
+
+def reconstruct(setup, images):
+  """The VAE reconstruction from the mean latent (what a held-clean image decodes to)."""
+  model, variables, _ = setup
+
+  def rec(mdm, x):
+    return mdm.decode_image(mdm.encode_image(x)[0])
+
+  apply = jax.jit(functools.partial(model.apply, method=rec), compiler_options=FAST_COMPILE)
+  return np.asarray(apply(variables, images))
+
+
+@pytest.fixture(scope="module")
+def denoise(setup):
+  """MDM.denoise with the text noise sigma(t_txt) of the log-linear schedule, by hand."""
+  model, variables, _ = setup
+
+  @jax.jit(compiler_options=FAST_COMPILE)
+  def fn(z, t_img, x, t_txt, class_id, task_id):
+    sigma = -jnp.log1p(-(1 - NOISE_EPS) * t_txt)
+    return model.apply(variables, z, t_img, x, t_txt, sigma, class_id, task_id,
+                       method=MDM.denoise)
+
+  return fn
+
+
+@pytest.mark.parametrize("task", GEN_TASKS)
+def test_every_task_runs_and_holds_given_parts(setup, task):
+  _, _, inputs = setup
+  images, tokens = run_generate(setup, task)
+  assert images.shape == (NUM, 8, 8, 1) and images.dtype == np.float32
+  assert tokens.shape == (NUM, TEXT_LEN) and tokens.dtype == np.int32
+  assert np.all(np.isfinite(images))
+  caption = np.asarray(inputs["caption"])
+  given = np.asarray(inputs["images"])
+  if task in ("caption", "vqa", "joint", "text"):
+    assert np.all((tokens >= 0) & (tokens < VOCAB)), "generated text keeps [MASK] or bad ids"
+  if task == "t2i":
+    np.testing.assert_array_equal(tokens, caption)
+  if task in ("caption", "vqa"):
+    np.testing.assert_array_equal(images, given)
+  if task == "vqa":
+    np.testing.assert_array_equal(tokens[:, :PROMPT], caption[:, :PROMPT])
+  if task == "inpaint":
+    # Known latents are put back exactly; the decoder is per patch, so the known half decodes
+    # to the VAE reconstruction of the given image, and the unknown half is sampled.
+    recon = reconstruct(setup, inputs["images"])
+    np.testing.assert_allclose(images[:, :, :4], recon[:, :, :4], rtol=1e-4, atol=1e-5)
+    assert np.max(np.abs(images[:, :, 4:] - recon[:, :, 4:])) > 1e-2
+  if task in ("class2img", "t2i", "joint", "text", "inpaint"):
+    assert np.max(np.abs(images[0] - images[1])) > 1e-3  # each example its own sample
+
+
+def test_generation_is_deterministic_in_the_key(setup):
+  a = run_generate(setup, "joint", seed=5)
+  b = run_generate(setup, "joint", seed=5)
+  c = run_generate(setup, "joint", seed=6)
+  np.testing.assert_array_equal(a[0], b[0])
+  np.testing.assert_array_equal(a[1], b[1])
+  assert np.max(np.abs(a[0] - c[0])) > 1e-3
+
+
+def test_markov_ablation_generates(setup):
+  images, tokens = run_generate(setup, "joint", objective="markov")
+  assert np.all(np.isfinite(images))
+  assert np.all((tokens >= 0) & (tokens < VOCAB))
+
+
+def test_bad_requests_raise(setup):
+  model, variables, inputs = setup
+  lc = LossConfig()
+  with pytest.raises(ValueError, match="unknown task"):
+    generate(model, variables, "img2img", key(0), num=NUM, loss_cfg=lc)
+  with pytest.raises(ValueError, match="needs"):
+    generate(model, variables, "vqa", key(0), num=NUM, loss_cfg=lc, images=inputs["images"])
+
+
+# --------------------------------------------------------------------------------- guidance
+
+
+def test_cfg_formula():
+  rs = np.random.RandomState(0)
+  cond = (jnp.asarray(rs.randn(2, 3), jnp.float32), jnp.asarray(rs.randn(2, 4, 5), jnp.float32))
+  uncond = (jnp.asarray(rs.randn(2, 3), jnp.float32), jnp.asarray(rs.randn(2, 4, 5), jnp.float32))
+  for c, g in zip(cond, samplers.cfg(cond, uncond, 0.0)):
+    np.testing.assert_array_equal(g, c)  # w = 0 is exactly the conditional output
+  w = 1.5
+  for c, u, g in zip(cond, uncond, samplers.cfg(cond, uncond, w)):
+    np.testing.assert_allclose(g, 2.5 * np.asarray(c) - 1.5 * np.asarray(u), rtol=1e-6,
+                               atol=1e-6)
+
+
+def _captured_model_fn(setup, task, guidance, monkeypatch):
+  """generate's model_fn, caught where generate hands it to samplers.joint_sample."""
+  model, variables, inputs = setup
+  caught = {}
+
+  def fake_joint_sample(model_fn, z_T, tokens_T, *args, **kwargs):
+    caught["model_fn"] = model_fn
+    return z_T, tokens_T
+
+  monkeypatch.setattr(samplers, "joint_sample", fake_joint_sample)
+  generate(model, variables, task, key(0), num=NUM, loss_cfg=LossConfig(),
+           sample_cfg=SampleConfig(steps=2, guidance=guidance), **task_kwargs(task, inputs))
+  return caught["model_fn"]
+
+
+def _count_denoise_calls(fn, *args):
+  calls = []
+
+  def count(next_fun, a, kw, context):
+    if isinstance(context.module, MDM) and context.method_name == "denoise":
+      calls.append(a[5])  # class_id
+    return next_fun(*a, **kw)
+
+  with nn.intercept_methods(count):
+    out = jax.jit(fn, compiler_options=FAST_COMPILE)(*args)
+  return out, len(calls)
+
+
+@pytest.mark.parametrize("task,guidance", [("class2img", 0.0), ("class2img", 1.5),
+                                           ("t2i", 1.5)])
+def test_guidance_combines_conditional_and_unconditional_calls(setup, denoise, task, guidance,
+                                                               monkeypatch):
+  """model_fn(z, t, x, t_txt) == (1 + w) eps(cond) - w eps(uncond), text log-scores unguided;
+  with w = 0 the unconditional network call is never made."""
+  _, _, inputs = setup
+  model_fn = _captured_model_fn(setup, task, guidance, monkeypatch)
+  rs = np.random.RandomState(1)
+  z = jnp.asarray(rs.randn(NUM, 16, 4), jnp.float32)
+  t_img = jnp.asarray([0.7, 0.3], jnp.float32)
+  x = jnp.asarray(inputs["caption"]).at[:, 5:].set(VOCAB)
+  t_txt = jnp.asarray([0.0, 0.0] if task == "t2i" else [0.5, 0.9], jnp.float32)
+  (eps, log_score), n_calls = _count_denoise_calls(model_fn, z, t_img, x, t_txt)
+  assert n_calls == (1 if guidance == 0 else 2)
+
+  task_id = jnp.full((NUM,), TASKS.index(task), jnp.int32)
+  null = jnp.full((NUM,), NUM_CLASSES, jnp.int32)
+  absent = (jnp.full((NUM, TEXT_LEN), VOCAB, jnp.int32), jnp.ones((NUM,)))
+  if task == "class2img":  # text absent in both; the class is dropped for uncond
+    cond = denoise(z, t_img, *absent, inputs["labels"], task_id)
+    uncond = denoise(z, t_img, *absent, null, task_id)
+  else:  # t2i: the caption is dropped (absent) for uncond; null class in both
+    cond = denoise(z, t_img, x, t_txt, null, task_id)
+    uncond = denoise(z, t_img, *absent, null, task_id)
+  want = (1 + guidance) * np.asarray(cond[0]) - guidance * np.asarray(uncond[0])
+  np.testing.assert_allclose(eps, want, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(log_score, cond[1], rtol=1e-4, atol=1e-5)
+  if guidance:
+    assert np.max(np.abs(np.asarray(cond[0]) - np.asarray(uncond[0]))) > 1e-4
+
+
+def test_guidance_changes_the_generated_image(setup):
+  plain, _ = run_generate(setup, "class2img", guidance=0.0)
+  guided, _ = run_generate(setup, "class2img", guidance=3.0)
+  assert np.max(np.abs(guided - plain)) > 1e-3

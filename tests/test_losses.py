@@ -1,0 +1,268 @@
+"""The total loss: the task table (what is clean, noised or absent), every term against a numpy
+recomputation from the intercepted network inputs and outputs, the KL formula, the latent scale.
+
+One jitted function serves every case: the task weights and the condition-dropout probability
+are traced, the model's method calls are intercepted (``nn.intercept_methods``) and returned.
+PRNG keys are ``unsafe_rbg`` and XLA's backend optimisations are off: both only cut compile time.
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mdm_jax.losses import LossConfig, mdm_loss
+from mdm_jax.models.mdm import MDM, TASKS, Denoiser, MDMConfig
+from mdm_jax.models.vae import UnifiedVAE, kl_to_standard_normal
+
+VOCAB, TEXT_LEN, BATCH, QUESTION_LEN, NUM_CLASSES = 40, 8, 6, 3, 10
+T_MIN, NOISE_EPS, BETA_MIN, BETA_MAX, BETA_KL = 1e-3, 1e-3, 0.1, 20.0, 1e-4
+STD = np.array([2.0, 0.5], np.float32)  # latent_stats before the step (scale 1/std)
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+
+
+def key(seed):
+  return jax.random.key(seed, impl="unsafe_rbg")
+
+
+def test_kl_to_standard_normal_matches_closed_form():
+  rs = np.random.RandomState(0)
+  mu = rs.randn(3, 5, 4)
+  log_sigma = 0.7 * rs.randn(3, 5, 4)
+  s1 = np.exp(log_sigma)
+  # KL(N(m1, s1^2) || N(m2, s2^2)) = log(s2 / s1) + (s1^2 + (m1 - m2)^2) / (2 s2^2) - 1/2.
+  want = np.sum(np.log(1.0 / s1) + (s1**2 + mu**2) / 2.0 - 0.5, axis=-1)
+  got = kl_to_standard_normal(jnp.asarray(mu, jnp.float32), jnp.asarray(log_sigma, jnp.float32))
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  assert float(kl_to_standard_normal(jnp.zeros((4,)), jnp.zeros((4,)))) == 0.0
+
+
+def test_loss_config_rejects_bad_values():
+  with pytest.raises(ValueError, match="task_weights"):
+    LossConfig(task_weights=(1.0, 1.0))
+  with pytest.raises(ValueError, match="objective"):
+    LossConfig(objective="mse")
+
+
+def _batch():
+  rs = np.random.RandomState(0)
+  return dict(image=rs.uniform(-1, 1, (BATCH, 8, 8, 1)).astype(np.float32),
+              label=(np.arange(BATCH) % NUM_CLASSES).astype(np.int32),
+              caption=rs.randint(0, VOCAB, (BATCH, TEXT_LEN)).astype(np.int32),
+              vqa=rs.randint(0, VOCAB, (BATCH, TEXT_LEN)).astype(np.int32),
+              vqa_prompt_len=np.full((BATCH,), QUESTION_LEN, np.int32))
+
+
+def randomize_zero_kernels(params, seed=10, scale=0.1):
+  """Zero-initialised kernels (the output heads, adaLN-Zero modulation) -> small random values,
+  so that at init every block and head reacts to its input."""
+  rs = np.random.RandomState(seed)
+
+  def fill(path, x):
+    if path[-1].key == "kernel" and not np.any(np.asarray(x)):
+      return jnp.asarray(scale * rs.randn(*x.shape), x.dtype)
+    return x
+
+  return jax.tree_util.tree_map_with_path(fill, params)
+
+
+@pytest.fixture(scope="module")
+def run_loss():
+  """(task_weights, cond_drop) -> numpy dict of the terms, the intercepted calls and grads."""
+  cfg = MDMConfig(image_size=8, channels=1, patch_size=2, max_text_len=TEXT_LEN,
+                  vocab_size=VOCAB, num_classes=NUM_CLASSES, vae_width=32, vae_depth=1,
+                  latent_dim=4, d_model=32, n_layers=2, headdim=16, d_state=8, chunk_size=8)
+  model = MDM(cfg)
+  batch = jax.tree.map(jnp.asarray, _batch())
+  variables = nn.meta.unbox(jax.jit(model.init, compiler_options=FAST_COMPILE)(
+      key(0), batch["image"], batch["caption"]))
+  params = randomize_zero_kernels(variables["params"])
+  stats = {"vae": {"std": jnp.asarray(STD)}}
+
+  @jax.jit(compiler_options=FAST_COMPILE)
+  def fn(params, task_weights, cond_drop):
+    lc = LossConfig(task_weights=tuple(task_weights[i] for i in range(len(TASKS))),
+                    cond_drop=cond_drop, t_min=T_MIN, noise_eps=NOISE_EPS,
+                    beta_kl=BETA_KL)
+
+    def loss(p):
+      seen = {}
+
+      def record(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        module, name = context.module, context.method_name
+        if isinstance(module, MDM) and name in ("encode_image", "decode_image", "encode_text",
+                                                  "decode_text", "latent_scale", "denoise"):
+          seen[name] = dict(args=args, out=out)
+        if isinstance(module, UnifiedVAE) and name == "encode_text":
+          seen.setdefault("vae_encode_text", []).append(dict(args=args, out=out))
+        if isinstance(module, Denoiser) and name == "__call__":
+          seen["denoiser_z_txt"] = args[2]
+        return out
+
+      with nn.intercept_methods(record):
+        (total, terms), new_stats = model.apply({"params": p, "latent_stats": stats}, batch,
+                                                key(3), lc, method=mdm_loss,
+                                                mutable=["latent_stats"])
+      return terms["diff_img"] + terms["diff_txt"], (total, terms, seen, new_stats)
+
+    grads, aux = jax.grad(loss, has_aux=True)(params)
+    return aux, grads
+
+  cache = {}
+
+  def run(task_weights, cond_drop=0.0):
+    k = (tuple(task_weights), cond_drop)
+    if k not in cache:
+      (total, terms, seen, new_stats), grads = fn(params, jnp.asarray(task_weights, jnp.float32),
+                                                  jnp.float32(cond_drop))
+      cache[k] = jax.tree.map(np.asarray, dict(total=total, terms=terms, seen=seen,
+                                               new_stats=new_stats, grads=grads))
+    return cache[k]
+
+  return run
+
+
+def one_hot(task):
+  return tuple(float(t == task) for t in TASKS)
+
+
+def _log_alpha(t):
+  return -0.25 * t**2 * (BETA_MAX - BETA_MIN) - 0.5 * t * BETA_MIN
+
+
+def _np_log_softmax(x):
+  x = x - x.max(-1, keepdims=True)
+  return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def check_task_table(denoise_args, batch):
+  """Per example, the table in losses.py's docstring (cond_drop 0)."""
+  _, t_img, x_t, t_txt, _, class_id, task_id = denoise_args[:7]
+  for i, task in enumerate(np.asarray(TASKS)[task_id]):
+    text0 = batch["vqa"][i] if task == "vqa" else batch["caption"][i]
+    want_t_img = {"caption": 0.0, "vqa": 0.0, "text": 1.0}.get(task)
+    want_t_txt = {"t2i": 0.0, "class2img": 1.0}.get(task)
+    for t, want in ((t_img[i], want_t_img), (t_txt[i], want_t_txt)):
+      assert (T_MIN <= t <= 1.0) if want is None else t == want, (task, t, want)
+    assert class_id[i] == (batch["label"][i] if task == "class2img" else NUM_CLASSES)
+    if task == "class2img":
+      np.testing.assert_array_equal(x_t[i], VOCAB)  # text absent: all [MASK]
+    elif task == "t2i":
+      np.testing.assert_array_equal(x_t[i], text0)  # caption clean
+    else:
+      assert np.all((x_t[i] == text0) | (x_t[i] == VOCAB))  # absorbing noise only
+      if task == "vqa":
+        np.testing.assert_array_equal(x_t[i, :QUESTION_LEN], text0[:QUESTION_LEN])
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_task_table_and_every_term(run_loss, task):
+  out = run_loss(one_hot(task))
+  seen, terms = out["seen"], out["terms"]
+  batch = _batch()
+  z_img_t, t_img, x_t, t_txt, sigma, class_id, task_id = seen["denoise"]["args"][:7]
+  eps_pred, log_score = seen["denoise"]["out"]
+  mask_id = VOCAB
+  text0 = batch["vqa"] if task == "vqa" else batch["caption"]
+
+  np.testing.assert_array_equal(task_id, TASKS.index(task))
+  check_task_table(seen["denoise"]["args"], batch)
+  if task in ("class2img", "t2i", "joint"):
+    assert np.unique(t_img).size == BATCH  # t_img ~ U per example
+  if task in ("caption", "vqa", "joint", "text"):
+    assert np.unique(t_txt).size == BATCH
+  if task == "joint":
+    assert np.all(t_img != t_txt)  # each modality has its own time
+
+  # Latent scale: the EMA-updated std of the sampled latents, as 1 / std.
+  z_i = seen["decode_image"]["args"][0]
+  z_t = seen["decode_text"]["args"][0]
+  new_std = np.array([0.99 * STD[0] + 0.01 * np.std(z_i), 0.99 * STD[1] + 0.01 * np.std(z_t)])
+  np.testing.assert_allclose(out["new_stats"]["latent_stats"]["vae"]["std"], new_std, rtol=1e-5)
+  scale = seen["latent_scale"]["out"]
+  np.testing.assert_allclose(scale, 1.0 / new_std, rtol=1e-5)
+  # The denoiser sees the unit-variance VAE mean of the noised ids.
+  mu_xt = seen["vae_encode_text"][-1]["out"][0]
+  np.testing.assert_array_equal(seen["vae_encode_text"][-1]["args"][0], x_t)
+  np.testing.assert_allclose(seen["denoiser_z_txt"], mu_xt * scale[1], rtol=1e-5, atol=1e-6)
+
+  # Image diffusion input x_t = alpha z0 + sigma eps with z0 = scale * z; recover eps.
+  z0 = z_i * scale[0]
+  a = np.exp(_log_alpha(t_img.astype(np.float64)))[:, None, None]
+  s = np.sqrt(1.0 - a**2)
+  if task in ("caption", "vqa"):
+    np.testing.assert_allclose(z_img_t, z0, rtol=1e-6, atol=1e-6)  # image clean
+  else:
+    eps = (z_img_t - a * z0) / s
+    assert abs(eps.mean()) < 0.2 and 0.8 < eps.std() < 1.2  # unit Gaussian noise was added
+
+  # Every term against numpy.
+  mu_i, ls_i = seen["encode_image"]["out"]
+  mu_t, ls_t = seen["encode_text"]["out"]
+  np.testing.assert_array_equal(seen["encode_text"]["args"][0], text0)
+  recon = seen["decode_image"]["out"]
+  np.testing.assert_allclose(terms["rec_img"], np.mean((recon - batch["image"])**2), rtol=1e-5)
+  logp = _np_log_softmax(seen["decode_text"]["out"].astype(np.float64))
+  ce = -np.take_along_axis(logp, text0[..., None], -1).mean()
+  np.testing.assert_allclose(terms["rec_txt"], ce, rtol=1e-5)
+  kl = lambda m, ls: np.mean(np.sum(0.5 * (m**2 + np.exp(2 * ls) - 1 - 2 * ls), -1))
+  np.testing.assert_allclose(terms["kl"], 0.5 * (kl(mu_i, ls_i) + kl(mu_t, ls_t)), rtol=1e-4)
+
+  image_loss = task in ("class2img", "t2i", "joint")
+  want_img = np.mean((eps_pred - eps)**2) if image_loss else 0.0
+  np.testing.assert_allclose(terms["diff_img"], want_img, rtol=1e-4, atol=1e-7)
+
+  t64 = t_txt.astype(np.float64)
+  np.testing.assert_allclose(sigma, -np.log1p(-(1 - NOISE_EPS) * t64), rtol=1e-5, atol=1e-7)
+  if task in ("class2img", "t2i"):
+    want_txt = 0.0
+  else:
+    # SEDD absorbing denoising score entropy at masked, generated positions, times dsigma;
+    # summed over tokens and divided by the text length, then averaged over examples.
+    sig = sigma.astype(np.float64)[:, None]
+    dsig = ((1 - NOISE_EPS) / (1 - (1 - NOISE_EPS) * t64))[:, None]
+    r = 1.0 / np.expm1(sig)
+    ls = log_score.astype(np.float64)
+    per_tok = (np.exp(ls[..., :VOCAB]).sum(-1)
+               - r * np.take_along_axis(ls, text0[..., None], -1)[..., 0]
+               + r * (np.log(r) - 1))
+    generated = np.arange(TEXT_LEN)[None] >= (QUESTION_LEN if task == "vqa" else 0)
+    per_tok = np.where((x_t == mask_id) & generated, dsig * per_tok, 0.0)
+    want_txt = np.mean(per_tok.sum(1) / TEXT_LEN)
+  np.testing.assert_allclose(terms["diff_txt"], want_txt, rtol=1e-4, atol=1e-7)
+  assert (terms["diff_txt"] > 0) == (task not in ("class2img", "t2i"))
+
+  np.testing.assert_allclose(
+      terms["loss"],
+      terms["rec_img"] + terms["rec_txt"] + BETA_KL * terms["kl"] + want_img + want_txt,
+      rtol=1e-5)
+  for name in TASKS:
+    want = want_img + want_txt if name == task else 0.0
+    np.testing.assert_allclose(terms[f"task/{name}"], want, rtol=1e-5, atol=1e-7)
+
+  # grad_to_encoder=False: the diffusion terms never reach the VAE.
+  grads = out["grads"]
+  assert all(np.all(g == 0) for g in jax.tree.leaves(grads["vae"]))
+  assert any(np.any(g != 0) for g in jax.tree.leaves(grads["denoiser"]))
+
+
+def test_condition_dropout_drops_class_and_caption(run_loss):
+  class2img = run_loss(one_hot("class2img"), cond_drop=1.0)["seen"]["denoise"]["args"]
+  np.testing.assert_array_equal(class2img[5], NUM_CLASSES)  # null class
+  t2i = run_loss(one_hot("t2i"), cond_drop=1.0)
+  x_t, t_txt = t2i["seen"]["denoise"]["args"][2:4]
+  np.testing.assert_array_equal(x_t, VOCAB)  # caption absent: all [MASK] at t = 1
+  np.testing.assert_array_equal(t_txt, 1.0)
+  assert t2i["terms"]["diff_img"] > 0 and t2i["terms"]["diff_txt"] == 0
+
+
+def test_task_mixture_follows_the_table_per_example(run_loss):
+  out = run_loss(tuple(1.0 for _ in TASKS))
+  args = out["seen"]["denoise"]["args"]
+  assert np.unique(args[6]).size > 2  # a real mixture
+  check_task_table(args, _batch())
+  for name in TASKS:
+    assert np.isfinite(out["terms"][f"task/{name}"])

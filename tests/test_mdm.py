@@ -1,0 +1,317 @@
+"""The MDM model: every task's loss and gradients, VAE reconstruction, scan-order causality,
+the absorbing log-score parameterisation.
+
+Compiles dominate the runtime on CPU, so every test reuses one jitted function across its cases
+(the task is forced through traced ``task_weights``), every PRNG key is an ``unsafe_rbg`` key
+(XLA compiles threefry's bit mixing slowly: ~2x the whole loss-gradient compile), and every jit
+skips XLA's backend optimisation passes (``FAST_COMPILE``: ~40% less compile time, same math).
+"""
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from mdm_jax.losses import LossConfig, mdm_loss
+from mdm_jax.models.mdm import MDM, TASKS, Denoiser, MDMConfig, absorbing_log_score
+
+VOCAB = 40
+TEXT_LEN = 8
+BATCH = 6
+QUESTION_LEN = 3
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+
+
+def key(seed):
+  return jax.random.key(seed, impl="unsafe_rbg")
+
+
+def tiny_config(**overrides) -> MDMConfig:
+  kw = dict(image_size=8, channels=1, patch_size=2, max_text_len=TEXT_LEN, vocab_size=VOCAB,
+            num_classes=10, vae_width=32, vae_depth=1, latent_dim=4, d_model=32, n_layers=2,
+            headdim=16, d_state=8, chunk_size=8)
+  kw.update(overrides)
+  return MDMConfig(**kw)
+
+
+def make_batch():
+  rs = np.random.RandomState(0)
+  caption = rs.randint(0, VOCAB, (BATCH, TEXT_LEN)).astype(np.int32)
+  vqa = rs.randint(0, VOCAB, (BATCH, TEXT_LEN)).astype(np.int32)
+  return dict(image=jnp.asarray(rs.uniform(-1, 1, (BATCH, 8, 8, 1)).astype(np.float32)),
+              label=jnp.arange(BATCH, dtype=jnp.int32) % 10,
+              caption=jnp.asarray(caption), vqa=jnp.asarray(vqa),
+              vqa_prompt_len=jnp.full((BATCH,), QUESTION_LEN, jnp.int32))
+
+
+def randomize_zero_kernels(params, seed=10, scale=0.1):
+  """Zero-initialised kernels (the output heads, adaLN-Zero modulation) -> small random values,
+  so that at init every block and head reacts to its input and gradients reach the backbone."""
+  rs = np.random.RandomState(seed)
+
+  def fill(path, x):
+    if path[-1].key == "kernel" and not np.any(np.asarray(x)):
+      return jnp.asarray(scale * rs.randn(*x.shape), x.dtype)
+    return x
+
+  return jax.tree_util.tree_map_with_path(fill, params)
+
+
+def init_model(cfg: MDMConfig):
+  """Real init, then ``randomize_zero_kernels``."""
+  model = MDM(cfg)
+  batch = make_batch()
+  init = jax.jit(model.init, compiler_options=FAST_COMPILE)
+  variables = nn.meta.unbox(init(key(0), batch["image"], batch["caption"]))
+  return model, randomize_zero_kernels(variables["params"]), variables["latent_stats"]
+
+
+def make_loss_and_grad(model, stats):
+  """jit(params, task_weights (6,), objective) -> ((loss, terms), grads).
+
+  The weights are traced, so one compile serves every task (cond_drop 0: no dropped condition).
+  """
+  batch = make_batch()
+
+  @jax.jit(static_argnames="objective", compiler_options=FAST_COMPILE)
+  def loss_and_grad(params, task_weights, objective):
+    lc = LossConfig(task_weights=tuple(task_weights[i] for i in range(len(TASKS))),
+                    cond_drop=0.0, objective=objective)
+    fn = lambda p: model.apply({"params": p, "latent_stats": stats}, batch, key(3), lc,
+                               method=mdm_loss)
+    return jax.value_and_grad(fn, has_aux=True)(params)
+
+  return lambda params, weights, objective="score_entropy": loss_and_grad(
+      params, jnp.asarray(weights, jnp.float32), objective=objective)
+
+
+@pytest.fixture(scope="module")
+def default_model():
+  model, params, stats = init_model(tiny_config())
+  return model, params, stats, make_loss_and_grad(model, stats)
+
+
+def _abs_sum(tree):
+  return float(sum(jnp.sum(jnp.abs(x)) for x in jax.tree.leaves(tree)))
+
+
+IMAGE_LOSS_TASKS = {"class2img", "t2i", "joint"}
+TEXT_LOSS_TASKS = {"caption", "vqa", "joint", "text"}
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_each_task_trains_the_right_parts(default_model, task):
+  _, params, _, loss_and_grad = default_model
+  (loss, terms), grads = loss_and_grad(params, np.eye(len(TASKS))[TASKS.index(task)])
+  assert np.isfinite(float(loss))
+  for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]:
+    assert np.all(np.isfinite(g)), f"non-finite gradient at {jax.tree_util.keystr(path)}"
+  den = grads["denoiser"]
+
+  # Diffusion terms: only the modality the task generates carries a loss.
+  assert (float(terms["diff_img"]) > 0) == (task in IMAGE_LOSS_TASKS)
+  assert (float(terms["diff_txt"]) > 0) == (task in TEXT_LOSS_TASKS)
+  assert (_abs_sum(den["eps_head"]) > 0) == (task in IMAGE_LOSS_TASKS)
+  assert (_abs_sum(den["score_head"]) > 0) == (task in TEXT_LOSS_TASKS)
+  for name in TASKS:
+    value = float(terms[f"task/{name}"])
+    assert (value > 0) == (name == task), (name, value)
+  np.testing.assert_allclose(
+      float(terms[f"task/{task}"]), float(terms["diff_img"]) + float(terms["diff_txt"]),
+      rtol=1e-5)
+
+  # The backbone and the VAE (reconstruction terms) always train.
+  assert _abs_sum(den["layers"]["mixer"]["in_proj"]) > 0
+  assert _abs_sum(grads["vae"]["encoder"]) > 0
+  assert _abs_sum(grads["vae"]["decoder"]) > 0
+
+  # Conditioning tokens: the class embedding row of the label only for class2img (cond_drop 0),
+  # the null row otherwise; the task embedding only in the task's own row.
+  class_rows = np.abs(np.asarray(den["class_embed"]["embedding"])).sum(-1)
+  labels = np.arange(BATCH) % 10
+  if task == "class2img":
+    assert np.all(class_rows[labels] > 0) and class_rows[10] == 0
+  else:
+    assert np.all(class_rows[:10] == 0) and class_rows[10] > 0
+  task_rows = np.abs(np.asarray(den["task_embed"]["embedding"])).sum(-1)
+  assert task_rows[TASKS.index(task)] > 0
+  assert np.count_nonzero(task_rows) == 1
+
+
+# The Markov mix includes t2i: its clean text (sigma = 0) once gave NaN gradients through
+# markov.absorbing_elbo_loss's infinite weight at unmasked positions.
+@pytest.mark.parametrize("overrides,objective,weights", [
+    (dict(selective=False, directions=1, row_end_tokens=True), "markov", (1, 1, 1, 1, 1, 1)),
+    (dict(backbone="transformer"), "score_entropy", (1, 1, 1, 1, 1, 1)),
+], ids=["lti-1dir-rowend-markov", "transformer"])
+def test_ablation_variants_train(overrides, objective, weights):
+  model, params, stats = init_model(tiny_config(**overrides))
+  loss_and_grad = make_loss_and_grad(model, stats)
+  (loss, terms), grads = loss_and_grad(params, weights, objective)
+  assert np.isfinite(float(loss))
+  assert float(terms["diff_img"]) > 0 and float(terms["diff_txt"]) > 0
+  for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]:
+    assert np.all(np.isfinite(g)), f"non-finite gradient at {jax.tree_util.keystr(path)}"
+  den = grads["denoiser"]
+  assert _abs_sum(den["eps_head"]) > 0 and _abs_sum(den["score_head"]) > 0
+  mixer = den["layers"]["mixer"]
+  if overrides.get("backbone") == "transformer":
+    assert _abs_sum(mixer["qkv"]) > 0
+  else:
+    # The LTI ablation learns input-independent B and C.
+    assert _abs_sum(mixer["B"]) > 0 and _abs_sum(mixer["C"]) > 0
+  if overrides.get("row_end_tokens"):
+    assert _abs_sum(den["row_end_token"]) > 0
+
+
+def test_bad_config_and_input_raise():
+  with pytest.raises(ValueError, match="backbone"):
+    tiny_config(backbone="rnn")
+  with pytest.raises(ValueError, match="directions"):
+    tiny_config(directions=2)
+  with pytest.raises(ValueError, match="patch_size"):
+    tiny_config(image_size=9)
+
+
+def test_wrong_image_shape_raises(default_model):
+  model, params, stats, _ = default_model
+  with pytest.raises(ValueError, match="image_size"):
+    model.apply({"params": params, "latent_stats": stats}, jnp.zeros((1, 6, 6, 1)),
+                method=MDM.encode_image)
+
+
+# ------------------------------------------------------------------------ VAE reconstruction
+
+
+def test_vae_overfits_a_batch_of_random_images():
+  """Encode to the mean, decode, and train only the VAE with Adam on one batch of noise."""
+  model = MDM(tiny_config(vae_depth=2))
+  images = jnp.asarray(np.random.RandomState(0).uniform(-1, 1, (4, 8, 8, 1)).astype(np.float32))
+  init = jax.jit(model.init, compiler_options=FAST_COMPILE)
+  variables = nn.meta.unbox(init(key(0), images, jnp.zeros((4, TEXT_LEN), jnp.int32)))
+  params, stats = variables["params"], variables["latent_stats"]
+  variance = float(np.var(np.asarray(images)))
+
+  def reconstruct(mdm, x):
+    mu, _ = mdm.encode_image(x)
+    return mdm.decode_image(mu)
+
+  def mse(vae_params):
+    recon = model.apply({"params": dict(params, vae=vae_params), "latent_stats": stats}, images,
+                        method=reconstruct)
+    return jnp.mean((recon - images)**2)
+
+  opt = optax.adam(3e-3)
+  steps = 300  # measured: ~0.05 var at 50 steps, ~0.003 var at 150, < 0.005 var from 200 on
+
+  @jax.jit(compiler_options=FAST_COMPILE)
+  def train(vae_params):
+    def step(carry, _):
+      p, state = carry
+      loss, g = jax.value_and_grad(mse)(p)
+      updates, state = opt.update(g, state, p)
+      return (optax.apply_updates(p, updates), state), loss
+    (p, _), losses = jax.lax.scan(step, (vae_params, opt.init(vae_params)), None, length=steps)
+    return losses[0], mse(p)
+
+  first, final = map(float, train(params["vae"]))
+  assert first > 0.5 * variance  # not trivially reconstructed at init
+  assert final < 0.02 * variance, (final, variance)
+
+
+# ------------------------------------------------------------------------ scan-order causality
+
+
+def _scan_rank(order: int, gh: int, gw: int) -> np.ndarray:
+  """Position in the scan of each row-major grid token, written out per order by hand."""
+  r, c = np.meshgrid(np.arange(gh), np.arange(gw), indexing="ij")
+  n = gh * gw
+  rank = {0: r * gw + c, 1: n - 1 - (r * gw + c), 2: c * gh + r, 3: n - 1 - (c * gh + r)}[order]
+  return rank.reshape(-1)
+
+
+def test_denoiser_layers_scan_the_grid_in_their_orders():
+  """Keep only layer l's mixer (zero the other layers' out_proj): then the Denoiser's output at
+  content token k depends on the input latent at token j iff j comes no later than k in layer
+  l's scan: image order l mod 4 (0 row-major, 1 row-major reversed, 2 column-major, 3 column-major
+  reversed), text order l mod 2 (forward, reversed), and the text segment scanned before the
+  image when the text order is reversed (otherwise after it).
+
+  Row-end tokens make the scanned grid 3 x 4 (non-square), so row/column mix-ups show.
+  """
+  cfg = tiny_config(image_size=6, max_text_len=4, n_layers=4, row_end_tokens=True)
+  gh, gw = cfg.grid
+  n_img, n_txt, d_lat = gh * gw, cfg.max_text_len, cfg.latent_dim
+  den = Denoiser(cfg)
+  rs = np.random.RandomState(0)
+  z_img = jnp.asarray(rs.randn(1, n_img, d_lat).astype(np.float32))
+  z_txt = jnp.asarray(rs.randn(1, n_txt, d_lat).astype(np.float32))
+  ids = jnp.asarray([[3, VOCAB, 7, VOCAB]], jnp.int32)
+  scalars = (jnp.array([0.5]), jnp.array([0.4]), jnp.array([1.0]))
+  ints = (jnp.array([2]), jnp.array([4]))
+
+  def apply(p, zi, zt):
+    return den.apply(p, zi, scalars[0], zt, scalars[1], scalars[2], ids, *ints)
+
+  init = jax.jit(den.init, compiler_options=FAST_COMPILE)
+  params = nn.meta.unbox(init(key(0), z_img, scalars[0], z_txt, scalars[1], scalars[2], ids,
+                              *ints))["params"]
+  params = randomize_zero_kernels(params, scale=0.5)
+
+  @jax.jit(compiler_options=FAST_COMPILE)
+  def dependencies(p):
+    """Per (output token, input token): max |d out / d in| over channels."""
+    jac = jax.jacfwd(apply, argnums=(1, 2))({"params": p}, z_img, z_txt)
+    dep = lambda j: jnp.max(jnp.abs(j[0, :, :, 0]), axis=(1, 3))
+    (ii, it), (ti, tt) = jac
+    return jnp.block([[dep(ii), dep(it)], [dep(ti), dep(tt)]])  # [out, in]: image, then text
+
+  # Real image tokens in the (gh, gw + 1) scanned grid (its last column: row-end tokens).
+  real = np.arange(gh * (gw + 1)).reshape(gh, gw + 1)[:, :gw].reshape(-1)
+  n_grid = gh * (gw + 1)
+  out_proj = params["layers"]["mixer"]["out_proj"]["kernel"]  # (n_layers, d_inner, d_model)
+  for layer in range(4):
+    keep = (jnp.arange(cfg.n_layers) == layer)[:, None, None]
+    p = jax.tree.map(lambda x: x, params)  # fresh dicts, same arrays
+    p["layers"]["mixer"]["out_proj"] = dict(kernel=jnp.where(keep, out_proj, 0.0))
+    dep = np.asarray(dependencies(p))
+
+    text_first = layer % 2 == 1
+    t = np.arange(n_txt)
+    rank_txt = (n_txt - 1 - t) if text_first else t + n_grid
+    rank_img = _scan_rank(layer, gh, gw + 1)[real] + (n_txt if text_first else 0)
+    rank = np.concatenate([rank_img, rank_txt])
+    np.testing.assert_array_equal(dep > 0, rank[None, :] <= rank[:, None],
+                                  err_msg=f"layer {layer}: [out, in] dependencies")
+
+
+def test_one_direction_ablation_uses_identity_order_everywhere():
+  cfg = tiny_config(n_layers=5, directions=1)
+  orders = Denoiser(cfg).layer_orders()
+  length = 4 + cfg.n_pad_tokens + cfg.n_image_tokens + cfg.max_text_len
+  assert orders.shape == (5, 2, length)
+  np.testing.assert_array_equal(orders, np.broadcast_to(np.arange(length), orders.shape))
+
+
+# ------------------------------------------------------------------------ absorbing log-score
+
+
+def test_absorbing_log_score_matches_hand_formula():
+  rs = np.random.RandomState(0)
+  b, t, v = 3, 5, 7
+  raw = rs.randn(b, t, v + 1).astype(np.float32)
+  sigma = np.array([1e-3, 0.3, 4.0], np.float32)  # both sides of the expm1 / exp - 1 switch
+  ids = rs.randint(0, v + 1, (b, t)).astype(np.int32)
+  ids[0, 0] = v  # [MASK]
+  got = np.asarray(absorbing_log_score(jnp.asarray(raw), jnp.asarray(sigma), jnp.asarray(ids), v))
+  want = (raw.astype(np.float64) - np.log(np.expm1(sigma.astype(np.float64)))[:, None, None]
+          - math.log(v))
+  current = np.zeros_like(raw, bool)
+  np.put_along_axis(current, ids[..., None], True, axis=-1)
+  assert np.all(got[current] == 0.0)
+  np.testing.assert_allclose(got[~current], want[~current], rtol=1e-5, atol=1e-5)

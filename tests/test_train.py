@@ -1,0 +1,282 @@
+"""The training system end to end: 8 devices == 1 device, exact resume after SIGKILL, and the
+sample command on the trained workdir.
+
+The subprocess runs use the `tiny` config on one CPU device and share a persistent XLA
+compilation cache: the first run compiles (~50 s of CPU; it starts at once and runs while the
+in-process 8-device test compiles), the others reuse its executables (~10 s each), and sampling
+asks for the shapes that the training run's final samples compiled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+from PIL import Image
+import pytest
+
+from data import digits
+from data import pipeline
+from data import text_templates
+from data import tokenizer as tokenizer_lib
+from experiments import configs
+from mdm_jax.training import sharding
+from mdm_jax.training.trainer import Trainer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_RUN = ["--config=tiny", "--config.total_steps=6", "--config.checkpoint_every=3",
+            "--config.log_every=1"]
+NOT_LOSS_TERMS = ("step", "steps_per_s")
+
+
+@pytest.fixture(scope="module")
+def compile_cache(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("xla_cache"))
+
+
+def subprocess_env(compile_cache: str) -> dict[str, str]:
+  """CPU, one device (the conftest's 8 fake devices would only slow the subprocesses)."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=compile_cache)
+  env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
+                              if "device_count" not in f)
+  return env
+
+
+def start(module: str, args: list[str], log_path, compile_cache: str) -> subprocess.Popen:
+  """`python -m module args` from the repo root, stdout+stderr to a file (no pipe stalls)."""
+  log = open(log_path, "w")
+  proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO,
+                          env=subprocess_env(compile_cache),
+                          stdout=log, stderr=subprocess.STDOUT, text=True)
+  proc.log_path = log_path
+  proc.log_file = log
+  return proc
+
+
+def finish(proc: subprocess.Popen, timeout: int = 600) -> tuple[int, str]:
+  rc = proc.wait(timeout=timeout)
+  proc.log_file.close()
+  with open(proc.log_path) as f:
+    return rc, f.read()
+
+
+def read_metrics(workdir) -> list[dict]:
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def loss_terms(record: dict) -> dict:
+  return {k: v for k, v in record.items() if k not in NOT_LOSS_TERMS}
+
+
+# ----------------------------------------------------------------------------- 8 devices
+def _three_batches(config):
+  tok = tokenizer_lib.Tokenizer.train(digits.text_corpus(), None, config.data.vocab_size)
+  dc = config.data
+  it = pipeline.make_dataset("digits", split="train", batch_size=config.batch_size,
+                             image_size=dc.image_size, channels=dc.channels,
+                             max_text_len=dc.max_text_len, tokenizer=tok, seed=0)
+  return tok.vocab_size, [next(it) for _ in range(3)]
+
+
+def _train_three_steps(config, mesh, vocab_size, batches):
+  trainer = Trainer(config, mesh, vocab_size=vocab_size, num_classes=10)
+  state = trainer.init_state()
+  losses, sharded = [], []
+  for batch in batches:
+    batch = sharding.shard_batch(batch, mesh)
+    sharded.append(batch)
+    with sharding.mesh_context(mesh):
+      state, terms = trainer.train_step(state, batch)
+    losses.append({k: float(v) for k, v in jax.device_get(terms).items()})
+  return losses, state, sharded
+
+
+def test_eight_devices_fsdp_match_one_device(run_a):
+  """data=2 x fsdp=4 over 8 fake devices: the batch is split 8 ways and the parameters over
+  fsdp (a stricter case than pure data parallelism, where they are replicated).
+
+  (`run_a` only starts the subprocess run of the next test, to use the idle core.)"""
+  del run_a
+  assert jax.device_count() == 8
+  config = configs.load("tiny")
+  vocab_size, batches = _three_batches(config)
+  one = sharding.make_mesh(devices=jax.devices()[:1])
+  eight = sharding.make_mesh(data=2, fsdp=4)
+  want, _, _ = _train_three_steps(config, one, vocab_size, batches)
+  got, state, sharded = _train_three_steps(config, eight, vocab_size, batches)
+  for g, w in zip(got, want):
+    assert g.keys() == w.keys()
+    for k in w:
+      np.testing.assert_allclose(g[k], w[k], rtol=1e-5, atol=1e-6, err_msg=k)
+  assert len({w["loss"] for w in want}) == 3        # three different batches, three losses
+
+  batch = sharded[0]
+  assert batch["image"].sharding.shard_shape(batch["image"].shape)[0] == config.batch_size // 8
+  assert len(batch["image"].sharding.device_set) == 8
+  params = jax.tree.leaves(state["params"])
+  assert all(len(p.sharding.device_set) == 8 for p in params)
+  split = [p for p in params if p.sharding.shard_shape(p.shape) != p.shape]
+  split_size = sum(p.size for p in split)
+  # Most of the weights (every matrix with a 4-divisible embed dim) are split over fsdp=4.
+  assert split_size > 0.5 * sum(p.size for p in params)
+  for p in split:
+    assert int(np.prod(p.sharding.shard_shape(p.shape))) * 4 == p.size
+
+
+# ----------------------------------------------------------------------------- resume
+@pytest.fixture(scope="module")
+def run_a(tmp_path_factory, compile_cache):
+  """Starts run A (uninterrupted) in the background; `runs` waits for it."""
+  root = tmp_path_factory.mktemp("train")
+  proc = start("experiments.train", [*TINY_RUN, f"--workdir={root / 'a'}"], root / "a.log",
+               compile_cache)
+  yield root, proc
+  if proc.poll() is None:
+    proc.kill()
+    finish(proc)
+
+
+@pytest.fixture(scope="module")
+def runs(run_a, compile_cache):
+  """Run A, and run B: SIGKILLed after step 4, then the same command again."""
+  root, a = run_a
+  a_dir, b_dir = root / "a", root / "b"
+  a_rc, a_log = finish(a)      # B starts after A so that it finds A's compiled executables
+
+  def train(*args, log):
+    return finish(start("experiments.train", [*TINY_RUN, f"--workdir={b_dir}", *args],
+                        root / log, compile_cache))
+
+  b1_rc, b1_log = train("--kill_at_step=4", log="b1.log")
+  b1_metrics = read_metrics(b_dir) if b1_rc == -9 else None
+  b2_rc, b2_log = train(log="b2.log")
+  return dict(a_dir=a_dir, b_dir=b_dir, a_rc=a_rc, a_log=a_log, b1_rc=b1_rc, b1_log=b1_log,
+              b1_metrics=b1_metrics, b2_rc=b2_rc, b2_log=b2_log)
+
+
+def test_killed_run_resumes_exactly(runs):
+  assert runs["a_rc"] == 0, runs["a_log"][-3000:]
+  assert runs["b1_rc"] == -9, runs["b1_log"][-3000:]   # killed by its own SIGKILL
+  assert runs["b2_rc"] == 0, runs["b2_log"][-3000:]
+  a = read_metrics(runs["a_dir"])
+  assert [r["step"] for r in a] == [1, 2, 3, 4, 5, 6]
+  # The killed process logged steps 1-4 (checkpoint at 3), then died.
+  assert [r["step"] for r in runs["b1_metrics"]] == [1, 2, 3, 4]
+  b = read_metrics(runs["b_dir"])
+  assert [r["step"] for r in b] == [1, 2, 3, 4, 4, 5, 6]
+  assert "Resumed from the checkpoint at step 3" in runs["b2_log"]
+  assert "Resumed" not in runs["b1_log"] and "Started from scratch" in runs["b1_log"]
+  terms = loss_terms(a[0])
+  assert {"loss", "diff_img", "diff_txt", "rec_img", "rec_txt", "kl"} <= set(terms)
+  assert all(np.isfinite(v) for r in a for v in loss_terms(r).values())
+  # Exact equality: same data position, rng, optimizer state and parameters after the restart.
+  for got, want in zip(b[4:], a[3:]):
+    assert loss_terms(got) == loss_terms(want), (got["step"], got, want)
+  for got, want in zip(b[:4], a[:4]):
+    assert loss_terms(got) == loss_terms(want)
+  for run_dir in (runs["a_dir"], runs["b_dir"]):
+    assert sorted(os.listdir(run_dir / "checkpoints")) == ["3", "6"]
+    assert os.path.exists(run_dir / "tokenizer.model")
+    assert os.path.exists(run_dir / "samples" / "class2img_final.png")
+
+
+# ----------------------------------------------------------------------------- sample / evaluate
+NUM = 10   # the tiny config's sample.num: the training run's final samples compiled these shapes
+
+
+@pytest.fixture(scope="module")
+def cli_outputs(runs, compile_cache, tmp_path_factory):
+  """The four sample tasks, in parallel, on the resumed workdir."""
+  assert runs["b2_rc"] == 0, runs["b2_log"][-3000:]
+  assert configs.load("tiny").sample.num == NUM
+  out = tmp_path_factory.mktemp("cli")
+  workdir = str(runs["b_dir"])
+  procs = {task: start("experiments.sample", [f"--workdir={workdir}", f"--task={task}",
+                                              f"--num={NUM}", f"--out={out / task}"],
+                       out / f"{task}.log", compile_cache)
+           for task in ("class", "caption", "vqa", "joint")}
+  results = {name: finish(p) for name, p in procs.items()}
+  results["evaluate"] = finish(start(
+      "experiments.evaluate", [f"--workdir={workdir}", "--per_class=2", "--num_heldout=10",
+                               "--batch=10"], out / "evaluate.log", compile_cache))
+  return out, results
+
+
+def _ok(cli_outputs, name):
+  rc, log = cli_outputs[1][name]
+  assert rc == 0, log[-3000:]
+
+
+def _rows(path):
+  with open(path) as f:
+    return [json.loads(line) for line in f]
+
+
+def _heldout_labels(n):
+  _, labels = digits.load("test")
+  return [int(l) for l in labels[:n]]
+
+
+def _grid_size(n, size=8, pad=1, upscale=4):
+  """(width, height) of save_grid's PNG: ceil(sqrt(n)) images a row, 1-pixel gaps."""
+  per_row = int(np.ceil(np.sqrt(n)))
+  rows = -(-n // per_row)
+  return (pad + per_row * (size + pad)) * upscale, (pad + rows * (size + pad)) * upscale
+
+
+def test_sample_class(cli_outputs):
+  _ok(cli_outputs, "class")
+  out = cli_outputs[0]
+  with np.load(out / "class.npz") as f:
+    assert f["images"].dtype == np.uint8 and f["images"].shape == (NUM, 8, 8, 1)
+    np.testing.assert_array_equal(f["labels"], np.arange(NUM) % 10)
+  assert Image.open(out / "class.png").size == _grid_size(NUM)
+
+
+def test_sample_caption(cli_outputs):
+  _ok(cli_outputs, "caption")
+  rows = _rows(cli_outputs[0] / "caption.jsonl")
+  assert [r["index"] for r in rows] == list(range(NUM))
+  assert [r["label"] for r in rows] == _heldout_labels(NUM)
+  for r in rows:
+    assert isinstance(r["text"], str)
+    assert r["reference"] in text_templates.digit_captions(r["label"])
+
+
+def test_sample_vqa(cli_outputs):
+  _ok(cli_outputs, "vqa")
+  rows = _rows(cli_outputs[0] / "vqa.jsonl")
+  assert [r["index"] for r in rows] == list(range(NUM))
+  assert [r["label"] for r in rows] == _heldout_labels(NUM)
+  for r in rows:
+    assert isinstance(r["text"], str)
+    assert (r["question"], r["reference"]) in text_templates.digit_qa(r["label"])
+  assert len({r["question"] for r in rows}) > 1     # the question types are cycled through
+
+
+def test_sample_joint(cli_outputs):
+  _ok(cli_outputs, "joint")
+  out = cli_outputs[0]
+  with np.load(out / "joint.npz") as f:
+    assert f["images"].dtype == np.uint8 and f["images"].shape == (NUM, 8, 8, 1)
+  assert Image.open(out / "joint.png").size == _grid_size(NUM)
+  rows = _rows(out / "joint.jsonl")
+  assert [r["index"] for r in rows] == list(range(NUM))
+  assert all(isinstance(r["text"], str) and r["label"] is None for r in rows)
+
+
+def test_evaluate(cli_outputs, runs):
+  _ok(cli_outputs, "evaluate")
+  with open(runs["b_dir"] / "eval.json") as f:
+    result = json.load(f)
+  assert result["step"] == 6
+  # 2 per class x 10 classes, and 10 held-out images: accuracies are counts over those.
+  for key, n in (("class_accuracy", 20), ("caption_accuracy", 10), ("vqa_accuracy", 10)):
+    assert 0.0 <= result[key] <= 1.0
+    assert abs(result[key] * n - round(result[key] * n)) < 1e-6, (key, result[key])
+  assert [r["label"] for r in result["caption_examples"]] == _heldout_labels(10)
