@@ -89,11 +89,12 @@ def run_generate(setup, task, seed=5, guidance=0.0, objective="score_entropy"):
 
 
 def reconstruct(setup, images):
-  """The VAE reconstruction from the mean latent (what a held-clean image decodes to)."""
+  """The VAE reconstruction from the mean latent (what a held-clean image decodes to),
+  clipped to the image range [-1, 1] as generated images are."""
   model, variables, _ = setup
 
   def rec(mdm, x):
-    return mdm.decode_image(mdm.encode_image(x)[0])
+    return jnp.clip(mdm.decode_image(mdm.encode_image(x)[0]), -1.0, 1.0)
 
   apply = jax.jit(functools.partial(model.apply, method=rec), compiler_options=FAST_COMPILE)
   return np.asarray(apply(variables, images))
