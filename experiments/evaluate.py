@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.workdir import open_run
+from experiments.workdir import open_run, sampler_overrides
 from mdm_jax.evaluation import digits_classifier, image_metrics, text_metrics, vqa
 
 FLAGS = flags.FLAGS
@@ -134,11 +134,7 @@ def evaluate(workdir: str, *, per_class=30, num_heldout=None, batch=100, overrid
 
 def main(argv):
   del argv
-  overrides = {}
-  if FLAGS.steps:
-    overrides["sample.steps"] = FLAGS.steps
-  if FLAGS.cfg is not None:
-    overrides["sample.guidance"] = FLAGS.cfg
+  overrides = sampler_overrides(FLAGS.steps, FLAGS.cfg)
   results = evaluate(FLAGS.workdir, per_class=FLAGS.per_class, num_heldout=FLAGS.num_heldout,
                      batch=FLAGS.batch, overrides=overrides)
   print(f"\n| metric | value |\n|---|---|")

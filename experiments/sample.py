@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import sample_io
-from experiments.workdir import open_run
+from experiments.workdir import open_run, sampler_overrides
 
 FLAGS = flags.FLAGS
 TASK_NAMES = {"class": "class2img", "t2i": "t2i", "caption": "caption", "vqa": "vqa",
@@ -46,11 +46,7 @@ def _stem(path):
 def main(argv):
   del argv
   from data import pipeline
-  overrides = {}
-  if FLAGS.steps:
-    overrides["sample.steps"] = FLAGS.steps
-  if FLAGS.cfg is not None:
-    overrides["sample.guidance"] = FLAGS.cfg
+  overrides = sampler_overrides(FLAGS.steps, FLAGS.cfg)
   run = open_run(FLAGS.workdir, overrides)
   task, num, tok = TASK_NAMES[FLAGS.task], FLAGS.num, run.tokenizer
   mc, dc = run.trainer.model_cfg, run.config.data

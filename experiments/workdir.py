@@ -21,6 +21,16 @@ class Run:
   info: dict
 
 
+def sampler_overrides(steps: int | None = None, guidance: float | None = None) -> dict:
+  """The ``open_run`` overrides of the ``--steps`` / ``--cfg`` flags of sample and evaluate."""
+  overrides = {}
+  if steps:
+    overrides["sample.steps"] = steps
+  if guidance is not None:
+    overrides["sample.guidance"] = guidance
+  return overrides
+
+
 def open_run(workdir: str, overrides: dict | None = None) -> Run:
   """Loads what ``experiments.train`` wrote to ``workdir`` (config from the checkpoint).
 

@@ -38,7 +38,8 @@ from einops import rearrange
 IMPLS = ("scan", "xla", "pallas", "auto")
 
 
-def _check_shapes(x, dt, A, B, C, initial_state):
+def check_shapes(x, dt, A, B, C, initial_state):
+  """Validates the contract's shapes; returns (b, l, h, p, g, n). Shared with the kernel."""
   if x.ndim != 4:
     raise ValueError(f"ssd: x must be (batch, length, heads, headdim), got shape {x.shape}")
   b, l, h, p = x.shape
@@ -62,7 +63,7 @@ def _check_shapes(x, dt, A, B, C, initial_state):
 
 def ssd_scan(x, dt, A, B, C, initial_state=None):
   """Sequential reference: one ``lax.scan`` step per token (float32 state)."""
-  b, l, h, p, g, n = _check_shapes(x, dt, A, B, C, initial_state)
+  b, l, h, p, g, n = check_shapes(x, dt, A, B, C, initial_state)
   r = h // g
   f32 = jnp.float32
   # Expand groups to heads: head i uses group i // r.
@@ -86,7 +87,7 @@ def ssd_scan(x, dt, A, B, C, initial_state=None):
 
 def ssd_chunked(x, dt, A, B, C, initial_state=None, *, chunk_size=64):
   """Chunked SSD in pure jnp (see module docstring). Cost O(l * chunk_size) per head."""
-  b, l, h, p, g, n = _check_shapes(x, dt, A, B, C, initial_state)
+  b, l, h, p, g, n = check_shapes(x, dt, A, B, C, initial_state)
   if chunk_size < 1:
     raise ValueError(f"ssd: chunk_size must be >= 1, got {chunk_size}")
   r = h // g
@@ -159,6 +160,6 @@ def ssd(x, dt, A, B, C, *, chunk_size: int = 64, initial_state: Optional[jax.Arr
     return ssd_scan(x, dt, A, B, C, initial_state)
   if impl == "xla":
     return ssd_chunked(x, dt, A, B, C, initial_state, chunk_size=chunk_size)
-  _check_shapes(x, dt, A, B, C, initial_state)
+  check_shapes(x, dt, A, B, C, initial_state)
   from pallas_kernels import ssd as pallas_ssd  # Imported lazily: only the kernel path needs it.
   return pallas_ssd.ssd(x, dt, A, B, C, chunk_size=chunk_size, initial_state=initial_state)

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental.pallas import tpu as pltpu
 
+from mdm_jax.ssm.ssd import check_shapes  # the contract is mdm_jax.ssm.ssd's
 from pallas_kernels.ssd import gpu
 from pallas_kernels.ssd import tpu
 
@@ -64,27 +65,6 @@ def _make_plan(chunk_size, p, n, itemsize, lowering, interpret):
   # Triton: every loaded tensor a power of two per dimension, and >= 16 for tl.dot.
   return _Plan(max(16, _next_pow2(chunk_size)), max(16, _next_pow2(p)), max(16, _next_pow2(n)),
                lowering, interpret)
-
-
-def _check_shapes(x, dt, A, B, C, initial_state):
-  if x.ndim != 4:
-    raise ValueError(f"ssd: x must be (batch, length, heads, headdim), got shape {x.shape}")
-  b, l, h, _ = x.shape
-  if dt.shape != (b, l, h):
-    raise ValueError(f"ssd: dt must be (batch, length, heads) = {(b, l, h)}, got {dt.shape}")
-  if A.shape != (h,):
-    raise ValueError(f"ssd: A must be (heads,) = {(h,)}, got {A.shape}")
-  if B.ndim != 4 or B.shape[:2] != (b, l) or B.shape != C.shape:
-    raise ValueError(
-        f"ssd: B and C must both be (batch, length, groups, state) with batch, length = {(b, l)};"
-        f" got B {B.shape}, C {C.shape}")
-  if h % B.shape[2]:
-    raise ValueError(f"ssd: heads ({h}) must be a multiple of groups ({B.shape[2]})")
-  expected = (b, h, x.shape[3], B.shape[3])
-  if initial_state is not None and initial_state.shape != expected:
-    raise ValueError(
-        f"ssd: initial_state must be (batch, heads, headdim, state) = {expected},"
-        f" got {initial_state.shape}")
 
 
 def _pad_to(a, shape):
@@ -181,7 +161,7 @@ def ssd(x, dt, A, B, C, *, chunk_size: int, initial_state: Optional[jax.Array] =
   Returns:
     y (b, l, h, p) in x.dtype and h_last (b, h, p, n) float32.
   """
-  _check_shapes(x, dt, A, B, C, initial_state)
+  check_shapes(x, dt, A, B, C, initial_state)
   if chunk_size < 1:
     raise ValueError(f"ssd: chunk_size must be >= 1, got {chunk_size}")
   backend = jax.default_backend()
