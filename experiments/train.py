@@ -30,7 +30,9 @@ from mdm_jax.training import checkpoint as ckpt_lib
 from mdm_jax.training import sharding
 from mdm_jax.training.trainer import Trainer, model_config
 
-config_flags.DEFINE_config_file("config", None, "Config name or file.", lock_config=True)
+config_flags.DEFINE_config_file(
+    "config", config_registry.resolve("digits"),
+    f"Config name ({', '.join(config_registry.NAMES)}) or file; default: digits.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and samples go.")
 flags.DEFINE_bool("dry_run", False, "Count parameters and compile the train step on a simulated "
                   "mesh of fake CPU devices (see --dry_run_devices); no data, no training.")
@@ -148,8 +150,6 @@ def main(argv):
   del argv
   _quiet_library_info_logs()
   config = FLAGS.config
-  if config is None:
-    raise app.UsageError(f"--config is required; known configs: {', '.join(config_registry.NAMES)}")
   if FLAGS.dry_run:
     # Fake CPU devices stand in for the pod; must be set before JAX starts its backends.
     os.environ["JAX_PLATFORMS"] = "cpu"

@@ -102,7 +102,9 @@ BAD_INPUT = {
     "wrong_type": (["--config=tiny", "--workdir={tmp}/w", "--config.total_steps=abc"],
                    [r"config\.total_steps", "abc"]),
     "no_workdir": (["--config=tiny"], [r"--workdir is required"]),
-    "no_config": (["--workdir={tmp}/w"], [r"--config is required", "digits"]),
+    # Without --config the default (digits) is loaded, so its fields can be overridden.
+    "default_config": (["--workdir={tmp}/w", "--config.total_steps=abc"],
+                       [r"config\.total_steps", "abc"]),
     "folder_without_data_dir": (["--config=tiny", "--workdir={tmp}/w",
                                  "--config.data.name=folder"],
                                 [r"No prepared image folder", r"python -m data\.prepare"]),
