@@ -17,35 +17,16 @@ import pytest
 from mdm_jax.diffusion import samplers
 from mdm_jax.generate import GEN_TASKS, SampleConfig, generate
 from mdm_jax.losses import LossConfig
-from mdm_jax.models.mdm import MDM, TASKS, MDMConfig
+from mdm_jax.models.mdm import MDM, TASKS
+from tiny_mdm import (FAST_COMPILE, NUM_CLASSES, TEXT_LEN, VOCAB, key, randomize_zero_kernels,
+                      tiny_config)
 
-VOCAB, TEXT_LEN, NUM, PROMPT, NUM_CLASSES, NOISE_EPS = 40, 8, 2, 3, 10, 1e-3
-FAST_COMPILE = {"xla_backend_optimization_level": 0}
-
-
-def key(seed):
-  return jax.random.key(seed, impl="unsafe_rbg")
-
-
-def randomize_zero_kernels(params, seed=10, scale=0.1):
-  """Zero-initialised kernels (the output heads, adaLN-Zero modulation) -> small random values,
-  so that at init every block and head reacts to its input."""
-  rs = np.random.RandomState(seed)
-
-  def fill(path, x):
-    if path[-1].key == "kernel" and not np.any(np.asarray(x)):
-      return jnp.asarray(scale * rs.randn(*x.shape), x.dtype)
-    return x
-
-  return jax.tree_util.tree_map_with_path(fill, params)
+NUM, PROMPT, NOISE_EPS = 2, 3, 1e-3
 
 
 @pytest.fixture(scope="module")
 def setup():
-  cfg = MDMConfig(image_size=8, channels=1, patch_size=2, max_text_len=TEXT_LEN,
-                  vocab_size=VOCAB, num_classes=NUM_CLASSES, vae_width=32, vae_depth=1,
-                  latent_dim=4, d_model=32, n_layers=2, headdim=16, d_state=8, chunk_size=8)
-  model = MDM(cfg)
+  model = MDM(tiny_config())
   rs = np.random.RandomState(0)
   inputs = dict(
       labels=jnp.asarray([3, 7], jnp.int32),

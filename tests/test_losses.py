@@ -14,17 +14,14 @@ import numpy as np
 import pytest
 
 from mdm_jax.losses import LossConfig, mdm_loss
-from mdm_jax.models.mdm import MDM, TASKS, Denoiser, MDMConfig
+from mdm_jax.models.mdm import MDM, TASKS, Denoiser
 from mdm_jax.models.vae import UnifiedVAE, kl_to_standard_normal
+from tiny_mdm import (FAST_COMPILE, NUM_CLASSES, TEXT_LEN, VOCAB, key, randomize_zero_kernels,
+                      tiny_config)
 
-VOCAB, TEXT_LEN, BATCH, QUESTION_LEN, NUM_CLASSES = 40, 8, 6, 3, 10
+BATCH, QUESTION_LEN = 6, 3
 T_MIN, NOISE_EPS, BETA_MIN, BETA_MAX, BETA_KL = 1e-3, 1e-3, 0.1, 20.0, 1e-4
 STD = np.array([2.0, 0.5], np.float32)  # latent_stats before the step (scale 1/std)
-FAST_COMPILE = {"xla_backend_optimization_level": 0}
-
-
-def key(seed):
-  return jax.random.key(seed, impl="unsafe_rbg")
 
 
 def test_kl_to_standard_normal_matches_closed_form():
@@ -55,26 +52,10 @@ def _batch():
               vqa_prompt_len=np.full((BATCH,), QUESTION_LEN, np.int32))
 
 
-def randomize_zero_kernels(params, seed=10, scale=0.1):
-  """Zero-initialised kernels (the output heads, adaLN-Zero modulation) -> small random values,
-  so that at init every block and head reacts to its input."""
-  rs = np.random.RandomState(seed)
-
-  def fill(path, x):
-    if path[-1].key == "kernel" and not np.any(np.asarray(x)):
-      return jnp.asarray(scale * rs.randn(*x.shape), x.dtype)
-    return x
-
-  return jax.tree_util.tree_map_with_path(fill, params)
-
-
 @pytest.fixture(scope="module")
 def run_loss():
   """(task_weights, cond_drop) -> numpy dict of the terms, the intercepted calls and grads."""
-  cfg = MDMConfig(image_size=8, channels=1, patch_size=2, max_text_len=TEXT_LEN,
-                  vocab_size=VOCAB, num_classes=NUM_CLASSES, vae_width=32, vae_depth=1,
-                  latent_dim=4, d_model=32, n_layers=2, headdim=16, d_state=8, chunk_size=8)
-  model = MDM(cfg)
+  model = MDM(tiny_config())
   batch = jax.tree.map(jnp.asarray, _batch())
   variables = nn.meta.unbox(jax.jit(model.init, compiler_options=FAST_COMPILE)(
       key(0), batch["image"], batch["caption"]))

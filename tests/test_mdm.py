@@ -19,24 +19,10 @@ import pytest
 
 from mdm_jax.losses import LossConfig, mdm_loss
 from mdm_jax.models.mdm import MDM, TASKS, Denoiser, MDMConfig, absorbing_log_score
+from tiny_mdm import FAST_COMPILE, TEXT_LEN, VOCAB, key, randomize_zero_kernels, tiny_config
 
-VOCAB = 40
-TEXT_LEN = 8
 BATCH = 6
 QUESTION_LEN = 3
-FAST_COMPILE = {"xla_backend_optimization_level": 0}
-
-
-def key(seed):
-  return jax.random.key(seed, impl="unsafe_rbg")
-
-
-def tiny_config(**overrides) -> MDMConfig:
-  kw = dict(image_size=8, channels=1, patch_size=2, max_text_len=TEXT_LEN, vocab_size=VOCAB,
-            num_classes=10, vae_width=32, vae_depth=1, latent_dim=4, d_model=32, n_layers=2,
-            headdim=16, d_state=8, chunk_size=8)
-  kw.update(overrides)
-  return MDMConfig(**kw)
 
 
 def make_batch():
@@ -47,19 +33,6 @@ def make_batch():
               label=jnp.arange(BATCH, dtype=jnp.int32) % 10,
               caption=jnp.asarray(caption), vqa=jnp.asarray(vqa),
               vqa_prompt_len=jnp.full((BATCH,), QUESTION_LEN, jnp.int32))
-
-
-def randomize_zero_kernels(params, seed=10, scale=0.1):
-  """Zero-initialised kernels (the output heads, adaLN-Zero modulation) -> small random values,
-  so that at init every block and head reacts to its input and gradients reach the backbone."""
-  rs = np.random.RandomState(seed)
-
-  def fill(path, x):
-    if path[-1].key == "kernel" and not np.any(np.asarray(x)):
-      return jnp.asarray(scale * rs.randn(*x.shape), x.dtype)
-    return x
-
-  return jax.tree_util.tree_map_with_path(fill, params)
 
 
 def init_model(cfg: MDMConfig):

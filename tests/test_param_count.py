@@ -10,16 +10,8 @@ import pytest
 
 from mdm_jax.models.mdm import MDM, MDMConfig
 from mdm_jax.models.param_count import count_params, format_counts
+from tiny_mdm import FAST_COMPILE, tiny_config
 
-FAST_COMPILE = {"xla_backend_optimization_level": 0}  # compile-bound test: skip XLA's passes
-
-
-def tiny_config(**overrides) -> MDMConfig:
-  kw = dict(image_size=8, channels=1, patch_size=2, max_text_len=8, vocab_size=40,
-            num_classes=10, vae_width=32, vae_depth=1, latent_dim=4, d_model=32, n_layers=3,
-            headdim=16, d_state=8, chunk_size=8)
-  kw.update(overrides)
-  return MDMConfig(**kw)
 
 
 def abstract_inputs(cfg: MDMConfig):
@@ -53,7 +45,7 @@ def block_params(cfg: MDMConfig) -> int:
 
 
 def test_count_equals_a_real_init():
-  cfg = tiny_config()
+  cfg = tiny_config(n_layers=3)
   model = MDM(cfg)
   counts = count_params(model.init, *abstract_inputs(cfg))
   images = jnp.zeros((1, 8, 8, 1))
@@ -81,7 +73,7 @@ def test_count_equals_a_real_init():
     dict(backbone="transformer", mlp_ratio=1.5),
 ], ids=["mamba2", "mamba2-mlp-2groups", "lti", "transformer-mlp"])
 def test_rows_match_hand_formulas(overrides):
-  cfg = tiny_config(**overrides)
+  cfg = tiny_config(**{"n_layers": 3, **overrides})
   counts = count_params(MDM(cfg).init, *abstract_inputs(cfg))
   d, ld, v = cfg.d_model, cfg.latent_dim, cfg.vocab_size
   assert counts["denoiser/layers"] == cfg.n_layers * block_params(cfg)
