@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.workdir import open_run, sampler_overrides
+from experiments.workdir import open_run, sampler_overrides, vqa_prompts
 from mdm_jax.evaluation import digits_classifier, image_metrics, text_metrics, vqa
 
 FLAGS = flags.FLAGS
@@ -116,10 +116,10 @@ def evaluate(workdir: str, *, per_class=30, num_heldout=None, batch=100, overrid
 
   if (weights["vqa"] > 0 and heldout and heldout[0]["question"] is not None
       and "vqa" in tasks):
-    seqs, plens = zip(*[tok.encode_vqa(e["question"], "", mc.max_text_len)[:2] for e in heldout])
+    seqs, plens = vqa_prompts(tok, heldout, mc.max_text_len)
     _, tokens = generate_batched(run, "vqa", rng, len(heldout), batch,
                                  images=np.stack([e["image"] for e in heldout]),
-                                 text=np.stack(seqs), prompt_len=np.asarray(plens, np.int32))
+                                 text=seqs, prompt_len=plens)
     answers = [tok.decode(t[p:]) for t, p in zip(tokens, plens)]
     results["vqa_accuracy"] = float(vqa.mean_vqa_accuracy(
         answers, [[e["answer"]] for e in heldout]))

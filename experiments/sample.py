@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import sample_io
-from experiments.workdir import open_run, sampler_overrides
+from experiments.workdir import open_run, sampler_overrides, vqa_prompts
 
 FLAGS = flags.FLAGS
 TASK_NAMES = {"class": "class2img", "t2i": "t2i", "caption": "caption", "vqa": "vqa",
@@ -73,8 +73,8 @@ def main(argv):
     given["text"] = jnp.asarray(np.stack([tok.encode_padded(p, mc.max_text_len)[0]
                                           for p in prompts]))
   if task == "vqa":
-    seqs, plens = zip(*[tok.encode_vqa(e["question"], "", mc.max_text_len)[:2] for e in heldout])
-    given["text"], given["prompt_len"] = jnp.asarray(np.stack(seqs)), jnp.asarray(plens)
+    seqs, plens = vqa_prompts(tok, heldout, mc.max_text_len)
+    given["text"], given["prompt_len"] = jnp.asarray(seqs), jnp.asarray(plens)
   images, tokens = run.trainer.sample(run.state, task, rng, num, **given)
 
   if task in ("class2img", "t2i", "inpaint", "joint"):

@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 import ml_collections
+import numpy as np
 
 from mdm_jax.training import checkpoint as ckpt_lib
 from mdm_jax.training import sharding
@@ -29,6 +30,13 @@ def sampler_overrides(steps: int | None = None, guidance: float | None = None) -
   if guidance is not None:
     overrides["sample.guidance"] = guidance
   return overrides
+
+
+def vqa_prompts(tokenizer, examples, max_len: int):
+  """Question + <sep> ids (the answer left to generate) and prompt lengths, for held-out
+  ``examples`` (``data.pipeline.eval_examples``): int32 (n, max_len), int32 (n,)."""
+  seqs, plens = zip(*[tokenizer.encode_vqa(e["question"], "", max_len)[:2] for e in examples])
+  return np.stack(seqs), np.asarray(plens, np.int32)
 
 
 def open_run(workdir: str, overrides: dict | None = None) -> Run:

@@ -182,7 +182,7 @@ def mdm_loss(model: MDM, batch: dict, rng: jax.Array, cfg: LossConfig):
            + cfg.image_weight * loss_img + cfg.text_weight * loss_txt)
   terms = {"loss": total, "rec_img": rec_img, "rec_txt": rec_txt, "kl": kl,
            "diff_img": loss_img, "diff_txt": loss_txt}
+  per_ex = jnp.where(img_active, img_per_ex, 0.0) + jnp.where(txt_active, txt_per_ex, 0.0)
   for i, name in enumerate(TASKS):
-    per_ex = jnp.where(img_active, img_per_ex, 0.0) + jnp.where(txt_active, txt_per_ex, 0.0)
     terms[f"task/{name}"] = _masked_mean(per_ex, task == i)
   return total, terms

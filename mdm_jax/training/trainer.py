@@ -58,6 +58,7 @@ class Trainer:
         weight_decay=oc.weight_decay, b1=oc.b1, b2=oc.b2, grad_clip=oc.grad_clip,
         grad_accum_steps=oc.grad_accum_steps, end_lr_factor=oc.end_lr_factor)
     self.data_keys = data_keys
+    self._samplers = {}  # compiled generate functions, one per (task, num, given inputs)
     self.rng = jax.random.PRNGKey(config.seed)
     self.abstract_state = sharding.abstract_sharded(self._init_state, self.rng, mesh)
     self.state_shardings = jax.tree.map(lambda x: x.sharding, self.abstract_state)
@@ -115,10 +116,6 @@ class Trainer:
     return new_state, terms
 
   # --- sampling -------------------------------------------------------------------------
-  @functools.cached_property
-  def _samplers(self):
-    return {}
-
   def sample(self, state, task: str, rng, num: int, **given):
     """Generate with the EMA parameters; one compiled function per (task, num)."""
     key = (task, num, tuple(sorted(given)))
