@@ -12,18 +12,23 @@ from __future__ import annotations
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven",
                "eight", "nine")
 
-# {word}: "seven", {num}: "7".
+# {word}: "seven", {num}: "7". The digit leads every caption and the templates vary what
+# follows: the caption's first token is then the one the image decides, at a fixed place. With
+# the digit at a template-dependent place (e.g. "a handwritten digit seven", "the number 7
+# written by hand"), the default run learned the ten templates but not the digit within its
+# 20-minute budget (caption accuracy at chance after 1500 steps); see README, "How the digits
+# run was made to work".
 DIGIT_CAPTION_TEMPLATES = (
-    "a handwritten digit {word}",
-    "the number {num} written by hand",
-    "a small grey picture of a {word}",
-    "a hand drawn {word}",
-    "an image of the digit {num}",
-    "the digit {word} in low resolution",
-    "a blurry handwritten {num}",
-    "a pixelated number {word}",
-    "someone wrote the number {word}",
-    "a tiny scan of a handwritten {word}",
+    "{word}, a handwritten digit",
+    "{num} written by hand",
+    "{word} in a small grey picture",
+    "{word}, hand drawn",
+    "{num}, an image of a digit",
+    "{word} in low resolution",
+    "{num}, a blurry handwritten number",
+    "{word} as a pixelated number",
+    "{word}, as someone wrote it",
+    "{word} in a tiny scan",
 )
 
 _PRIMES = (2, 3, 5, 7)

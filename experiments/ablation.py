@@ -1,6 +1,6 @@
 r"""The paper's ablation table at small scale, on the bundled digits.
 
-  python -m experiments.ablation --workdir=/tmp/mdm_ablation [--steps=1600]
+  python -m experiments.ablation --workdir=/tmp/mdm_ablation [--steps=1800]
 
 Trains the full model and each ablation (``no_selection``: dt, B, C input-independent;
 ``one_direction``: every layer scans forward; ``markov``: D3PM/DDPM instead of score entropy)
@@ -19,7 +19,7 @@ from absl import app, flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "One sub-folder per variant goes here.", required=True)
-flags.DEFINE_integer("steps", 1600, "Training steps of every variant (the same budget).")
+flags.DEFINE_integer("steps", 1800, "Training steps of every variant (the same budget).")
 flags.DEFINE_list("variants", ["digits", "no_selection", "one_direction", "markov"],
                   "Configs to compare; the first is the full model.")
 flags.DEFINE_integer("per_class", 30, "class2img samples per class for the metrics.")

@@ -1,7 +1,7 @@
 r"""Sample from a trained workdir, for any task (formats: DESIGN.md section 3).
 
   python -m experiments.sample --workdir=DIR --task=class --num=40 --out=samples.npz
-  python -m experiments.sample --workdir=DIR --task=t2i --prompt="a handwritten digit seven" \
+  python -m experiments.sample --workdir=DIR --task=t2i --prompt="seven, a handwritten digit" \
       --num=8 --out=t2i.npz --cfg=2
   python -m experiments.sample --workdir=DIR --task=caption --num=20 --out=captions.jsonl
   python -m experiments.sample --workdir=DIR --task=vqa --num=20 --out=vqa.jsonl

@@ -263,6 +263,32 @@ def test_denoiser_layers_scan_the_grid_in_their_orders():
                                   err_msg=f"layer {layer}: [out, in] dependencies")
 
 
+@pytest.mark.parametrize("text_id_embed", [True, False])
+def test_noised_text_ids_reach_the_network_only_through_their_embedding(text_id_embed):
+  """Same text latents, different noised ids ([MASK] against a word): the image output changes
+  iff ``text_id_embed`` is on (off: the paper's latents-only input, ids only fix the score's
+  current-token entry)."""
+  cfg = tiny_config(text_id_embed=text_id_embed)
+  den = Denoiser(cfg)
+  rs = np.random.RandomState(0)
+  z_img = jnp.asarray(rs.randn(1, cfg.n_image_tokens, cfg.latent_dim).astype(np.float32))
+  z_txt = jnp.asarray(rs.randn(1, cfg.max_text_len, cfg.latent_dim).astype(np.float32))
+  ids_a = jnp.full((1, cfg.max_text_len), VOCAB, jnp.int32)
+  ids_b = ids_a.at[0, 2].set(5)
+  args = lambda ids: (z_img, jnp.array([0.5]), z_txt, jnp.array([0.4]), jnp.array([1.0]), ids,
+                      jnp.array([2]), jnp.array([4]))
+  params = nn.meta.unbox(jax.jit(den.init, compiler_options=FAST_COMPILE)(key(0), *args(ids_a)))
+  params = randomize_zero_kernels(params["params"], scale=0.5)
+  assert ("text_id_embed" in params) == text_id_embed
+  apply = jax.jit(lambda ids: den.apply({"params": params}, *args(ids))[0],
+                  compiler_options=FAST_COMPILE)
+  change = float(jnp.max(jnp.abs(apply(ids_a) - apply(ids_b))))
+  if text_id_embed:
+    assert change > 1e-3
+  else:
+    assert change == 0.0
+
+
 def test_one_direction_ablation_uses_identity_order_everywhere():
   cfg = tiny_config(n_layers=5, directions=1)
   orders = Denoiser(cfg).layer_orders()

@@ -3,7 +3,7 @@
 Reaching 7B at width 2048 and 49 blocks needs ~143M parameters per block; a Mamba-2 mixer with
 expand 2 has only ~29.5M (in_proj 2048 x 10304, out_proj 4096 x 2048) and the adaLN-Zero
 modulation 25.2M (2048 x 6 x 2048), so every block also has a SwiGLU MLP of 6.75 x d_model =
-13824 hidden units (84.9M). Total 7.03B, of which 6.85B in the 49 blocks (count it with
+13824 hidden units (84.9M). Total 7.09B, of which 6.84B in the 49 blocks (count it with
 `python -m experiments.train --config=imagenet256 --dry_run`).
 
 Images are cut into 8x8 patches (32x32 = 1024 image tokens, 16 latent channels each); the

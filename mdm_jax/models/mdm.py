@@ -23,6 +23,13 @@ the class and the image barely reached the generated tokens after 1600 steps (cl
 and captions ignored their condition): a token far from the prefix only sees it through the
 SSM's decaying state.
 
+Each text token enters as its VAE latent plus a learned embedding of its noised id
+(``text_id_embed``, on by default; off is the paper's latents-only input). With latents alone
+the network must tell [MASK] and every word apart from a ``latent_dim``-channel point (4 on
+digits), and the [MASK] row of the VAE's table is never trained by reconstruction; SEDD's own
+networks embed the ids. (Not ablated separately: it went in with the changes that made the
+digits run work, see the README.)
+
 The backbone is a stack of ``n_layers`` residual blocks run with ``nn.scan`` (and ``nn.remat``)
 so compile time does not grow with depth. Layer ``l`` permutes image tokens into scan order
 ``l mod 4`` and text tokens into ``l mod 2`` (``scan_order``; reversed-text layers scan the text
@@ -74,6 +81,7 @@ class MDMConfig:
   n_layers: int = 4
   mlp_ratio: float = 0.0            # > 0 adds a SwiGLU MLP of mlp_ratio * d_model per block
   n_pad_tokens: int = 2
+  text_id_embed: bool = True        # also embed the noised ids (not only their VAE latents)
   row_end_tokens: bool = False      # DiM's learnable tokens at the end of each grid row
   directions: int = 4               # 4 (paper) or 1 ("1 scan direction" ablation)
   # Mamba-2 mixer.
@@ -241,11 +249,15 @@ class Denoiser(nn.Module):
     self.latent_in = _lp_dense(d, ("latent", "embed"), "latent_in", dtype)
     self.time_embed_img = TimeEmbedding(d, dtype=dtype, name="time_embed_img")
     self.time_embed_txt = TimeEmbedding(d, dtype=dtype, name="time_embed_txt")
+    # Unit-scale tables, like the time embeddings they are summed with in the adaLN input (at
+    # DiT's 0.02 the class was swamped by the time embedding for the first thousand steps).
     emb = lambda n, name: nn.Embed(n, d, dtype=dtype, name=name,
-                                   embedding_init=lp(nn.initializers.normal(0.02),
+                                   embedding_init=lp(nn.initializers.normal(1.0),
                                                      (None, "embed")))
     self.class_embed = emb(cfg.num_classes + 1, "class_embed")  # last row: null class
     self.task_embed = emb(len(TASKS), "task_embed")
+    if cfg.text_id_embed:
+      self.text_id_embed = emb(cfg.vocab_size + 1, "text_id_embed")  # last row: [MASK]
     init = lp(nn.initializers.normal(0.02), (None, "embed"))
     self.pad_tokens = self.param("pad_tokens", init, (cfg.n_pad_tokens, d), jnp.float32)
     self.image_pos = self.param("image_pos", init, (cfg.n_image_tokens, d), jnp.float32)
@@ -311,6 +323,8 @@ class Denoiser(nn.Module):
       img = scan_order.insert_row_end_tokens(img, self.row_end, *cfg.grid)
     txt = (self.latent_in(z_txt.astype(dtype)) + self.text_pos.astype(dtype)
            + self.modality[1].astype(dtype))
+    if cfg.text_id_embed:
+      txt = txt + self.text_id_embed(ids_t)
     x = jnp.concatenate([prefix.astype(dtype), img, txt], axis=1)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
