@@ -1,6 +1,6 @@
 r"""The paper's ablation table at small scale, on the bundled digits.
 
-  python -m experiments.ablation --workdir=/tmp/mdm_ablation [--steps=1800]
+  python -m experiments.ablation --workdir=/tmp/mdm_ablation [--steps=N]
 
 Trains the full model and each ablation (``no_selection``: dt, B, C input-independent;
 ``one_direction``: every layer scans forward; ``markov``: D3PM/DDPM instead of score entropy)
@@ -19,7 +19,8 @@ from absl import app, flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "One sub-folder per variant goes here.", required=True)
-flags.DEFINE_integer("steps", 1800, "Training steps of every variant (the same budget).")
+flags.DEFINE_integer("steps", None, "Training steps of every variant (the same budget); "
+                     "default: the digits config's total_steps.")
 flags.DEFINE_list("variants", ["digits", "no_selection", "one_direction", "markov"],
                   "Configs to compare; the first is the full model.")
 flags.DEFINE_integer("per_class", 30, "class2img samples per class for the metrics.")
@@ -33,20 +34,22 @@ METRICS = ("fid_digits", "class_accuracy", "caption_accuracy", "vqa_accuracy", "
 def main(argv):
   del argv
   from experiments.evaluate import evaluate
+  from experiments.configs import digits
+  steps = FLAGS.steps or digits.get_config().total_steps
   rows = {}
   for name in FLAGS.variants:
     wd = os.path.join(FLAGS.workdir, name)
-    done = os.path.isdir(os.path.join(wd, "checkpoints", str(FLAGS.steps)))
+    done = os.path.isdir(os.path.join(wd, "checkpoints", str(steps)))
     if not done:
       cmd = [sys.executable, "-m", "experiments.train", f"--config={name}", f"--workdir={wd}",
-             f"--config.total_steps={FLAGS.steps}"]
+             f"--config.total_steps={steps}"]
       print(" ".join(cmd), flush=True)
       subprocess.run(cmd, check=True)
     rows[name] = evaluate(wd, per_class=FLAGS.per_class)
     print(name, {k: rows[name].get(k) for k in METRICS}, flush=True)
   with open(os.path.join(FLAGS.workdir, "ablation.json"), "w") as f:
     json.dump(rows, f, indent=1)
-  print(f"\n{FLAGS.steps} steps each, batch and seed of the digits config.")
+  print(f"\n{steps} steps each, batch and seed of the digits config.")
   print("| variant | FID (digits features) | class acc. | caption acc. | VQA acc. | CIDEr-D |")
   print("|---|---|---|---|---|---|")
   for name, r in rows.items():

@@ -238,23 +238,25 @@ def test_sample_class(cli_outputs):
   assert Image.open(out / "class.png").size == _grid_size(NUM)
 
 
-def test_sample_caption(cli_outputs):
-  _ok(cli_outputs, "caption")
-  rows = _rows(cli_outputs[0] / "caption.jsonl")
+def _heldout_task_rows(cli_outputs, task):
+  """The task's jsonl rows, checked to cover the first NUM held-out examples in order with a
+  generated text each."""
+  _ok(cli_outputs, task)
+  rows = _rows(cli_outputs[0] / f"{task}.jsonl")
   assert [r["index"] for r in rows] == list(range(NUM))
   assert [r["label"] for r in rows] == _heldout_labels(NUM)
-  for r in rows:
-    assert isinstance(r["text"], str)
+  assert all(isinstance(r["text"], str) for r in rows)
+  return rows
+
+
+def test_sample_caption(cli_outputs):
+  for r in _heldout_task_rows(cli_outputs, "caption"):
     assert r["reference"] in text_templates.digit_captions(r["label"])
 
 
 def test_sample_vqa(cli_outputs):
-  _ok(cli_outputs, "vqa")
-  rows = _rows(cli_outputs[0] / "vqa.jsonl")
-  assert [r["index"] for r in rows] == list(range(NUM))
-  assert [r["label"] for r in rows] == _heldout_labels(NUM)
+  rows = _heldout_task_rows(cli_outputs, "vqa")
   for r in rows:
-    assert isinstance(r["text"], str)
     assert (r["question"], r["reference"]) in text_templates.digit_qa(r["label"])
   assert len({r["question"] for r in rows}) > 1     # the question types are cycled through
 
