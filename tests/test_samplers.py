@@ -240,6 +240,24 @@ def test_joint_holds_a_clean_modality():
   assert np.abs(np.asarray(z) - want).max() <= 0.05
 
 
+def test_joint_dpm2_is_singlestep_dpm_solver_2():
+  """The joint sampler's DPM-Solver-2 takes the same steps as the standalone solver (itself
+  checked against the exact ODE map above): two calls per step, the second at the lambda
+  midpoint, plus the final denoising call."""
+  z_T = jax.random.normal(jax.random.PRNGKey(14), (256, 2))
+  clean_tokens = jnp.zeros((256, L), jnp.int32)
+  rec = []
+  z, _ = _joint(_joint_model(rec), z_T, clean_tokens, steps=20, image_solver="dpm2",
+                text_clean=True)
+  assert len(rec) == 2 * 20 + 1
+  eps_fn = exact_eps_fn(LINEAR)
+  want = samplers.dpm_solver(eps_fn, z_T, LINEAR,
+                             steps=20, order=2, denoise_final=True)
+  np.testing.assert_allclose(np.asarray(z), np.asarray(want), atol=1e-5)
+  exact = tweedie_x0(LINEAR, pf_ode_map(LINEAR, np.asarray(z_T), 1e-3), 1e-3)
+  assert np.abs(np.asarray(z) - exact).max() <= 0.05
+
+
 def test_joint_inpainting_and_infilling():
   b = 64
   z_T = jax.random.normal(jax.random.PRNGKey(12), (b, 2))

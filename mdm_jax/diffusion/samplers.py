@@ -28,7 +28,7 @@ from mdm_jax.diffusion import score_entropy as se
 
 SEDD_METHODS = ("euler", "analytic")
 JOINT_TEXT_METHODS = ("euler", "analytic", "markov")
-JOINT_IMAGE_SOLVERS = ("dpm++2m", "ddim", "ddpm")
+JOINT_IMAGE_SOLVERS = ("dpm++2m", "dpm2", "ddim", "ddpm")
 GRIDS = ("logsnr", "linear")
 
 
@@ -328,8 +328,9 @@ def joint_sample(model_fn: Callable, z_T: jnp.ndarray, tokens_T: jnp.ndarray,
       ``text_clean``.
     sched, graph, noise: the two processes (``gaussian.VPSchedule``, ``score_entropy``).
     rng: PRNG key.
-    steps: shared grid steps. image_solver: "dpm++2m" (DPM-Solver++(2M), ODE), "ddim" or
-      "ddpm" (ancestral, the Markov ablation). text_method: "analytic", "euler" (SEDD) or
+    steps: shared grid steps. image_solver: "dpm++2m" (DPM-Solver++(2M), ODE), "dpm2"
+      (singlestep DPM-Solver-2: a second call per step at the lambda midpoint, with the text
+      held where it is), "ddim" or "ddpm" (ancestral, the Markov ablation). text_method: "analytic", "euler" (SEDD) or
       "markov" (D3PM ancestral; AbsorbingGraph only; reveals every mask at the end).
     image_clean, text_clean: hold that whole modality clean (t = 0; returned unchanged):
       captioning / VQA (image clean), text-to-image (text clean).
@@ -362,6 +363,8 @@ def joint_sample(model_fn: Callable, z_T: jnp.ndarray, tokens_T: jnp.ndarray,
   b = z_T.shape[0]
   ts = (logsnr_time_grid(sched, steps, t_end) if grid == "logsnr"
         else jnp.linspace(1.0, t_end, steps + 1))
+  lam = sched.lambda_(ts)
+  ts_mid = sched.t_of_lambda(0.5 * (lam[:-1] + lam[1:]))  # DPM-Solver-2's midpoints
   zeros = jnp.zeros((b,), jnp.float32)
   t_img_of = lambda t: zeros if image_clean else jnp.full((b,), t)
   t_txt_of = lambda t: zeros if text_clean else jnp.full((b,), t)
@@ -387,6 +390,12 @@ def joint_sample(model_fn: Callable, z_T: jnp.ndarray, tokens_T: jnp.ndarray,
         x0 = gaussian.eps_to_x0(sched, eps, z, t)
         z, h_prev = _dpmpp_2m_update(sched, z, x0, x0_prev, h_prev, i == 0, t, t_next)
         x0_prev = x0
+      elif image_solver == "dpm2":
+        t_mid = ts_mid[i]
+        u = impose_image(_ddim_update(sched, z, eps, t, t_mid), t_mid,
+                         jax.random.fold_in(rng_known, steps + 1 + i))  # keys 0..steps: grid
+        eps_mid, _ = model_fn(u, t_img_of(t_mid), x, t_txt_of(t))
+        z = _ddim_update(sched, z, eps_mid, t, t_next)
       elif image_solver == "ddim":
         z = _ddim_update(sched, z, eps, t, t_next)
       else:
