@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import platform
 import statistics
 import time
@@ -156,20 +157,42 @@ flags.DEFINE_integer("d_model", 128, "model/mfu: width.")
 flags.DEFINE_integer("n_layers", 4, "model/mfu: blocks.")
 
 
+flags.DEFINE_float("model_mlp_ratio", 2.0, "model: the Mamba-2 blocks' SwiGLU ratio; the "
+                   "Transformer's is widened to match the parameter count.")
+
+
+def _n_params(c) -> int:
+  """Parameters of the model ``c`` builds, from abstract shapes (nothing is allocated)."""
+  from mdm_jax.training.trainer import Trainer
+  from mdm_jax.training import sharding
+  tr = Trainer(c, sharding.make_mesh(), vocab_size=256, num_classes=10)
+  return sum(math.prod(x.shape) for x in jax.tree.leaves(tr.abstract_state["params"]))
+
+
 def bench_config(backbone: str, image_tokens: int):
-  """A digits-like config at ``image_tokens`` image tokens (patch 2, 1 channel), with the
-  transformer's MLP sized so both backbones have matched parameter counts."""
+  """A digits-like config at ``image_tokens`` image tokens (patch 2, 1 channel).
+
+  Both backbones get adaLN-Zero blocks of mixer + SwiGLU. The Mamba-2 mixer has more weights
+  than attention's 4 d^2 (in_proj alone is ~4.3 d^2), so the Transformer's SwiGLU is widened
+  by the difference: its hidden size is solved from the two abstract parameter counts (the
+  count is linear in it, 3 * d_model weights per hidden unit per block), which matches the
+  totals to within one hidden unit per block."""
   from experiments import configs
   c = configs.load("digits")
   side = int(round(image_tokens ** 0.5)) * c.model.patch_size
   c.data.image_size = c.model.image_size = side
   c.batch_size = FLAGS.model_batch
-  c.model.update(dict(d_model=FLAGS.d_model, n_layers=FLAGS.n_layers, backbone=backbone,
-                      chunk_size=64, remat=True))
+  d = FLAGS.d_model
+  hidden = int(FLAGS.model_mlp_ratio * d)
+  c.model.update(dict(d_model=d, n_layers=FLAGS.n_layers, backbone="mamba2", chunk_size=64,
+                      remat=True, mlp_ratio=(hidden + 0.5) / d))
   if backbone == "transformer":
-    # Mamba-2 mixer (expand 2, d_state 16, headdim 64): ~6.3 d^2 + small; attention 4 d^2.
-    # A SwiGLU of ratio 0.75 (3 * 0.75 d^2 = 2.25 d^2) matches the counts within ~2%.
-    c.model.mlp_ratio = 0.75
+    target = _n_params(c)
+    c.model.backbone = "transformer"
+    hidden += round((target - _n_params(c)) / (3 * d * FLAGS.n_layers))
+    c.model.mlp_ratio = (hidden + 0.5) / d   # + 0.5: int(ratio * d) is exactly `hidden`
+  elif backbone != "mamba2":
+    raise app.UsageError(f"unknown backbone {backbone!r}; choose mamba2 or transformer")
   return c
 
 
@@ -222,6 +245,14 @@ def bench_model():
       with sharding.mesh_context(mesh):
         compiled = tr.train_step.lower(tr.abstract_state, batch).compile()
         mem = compiled.memory_analysis()
+        peak_mib = (None if mem is None else
+                    (mem.temp_size_in_bytes + mem.argument_size_in_bytes) / 2**20)
+        n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(tr.abstract_state["params"]))
+        if peak_mib is not None and peak_mib > FLAGS.max_gib * 1024:
+          row[backbone] = {"ms": None, "params": n_params, "peak_mib": peak_mib}
+          print(f"  {tokens} tokens, {backbone}: skipped, the compiled step needs "
+                f"{peak_mib / 1024:.1f} GiB > --max_gib={FLAGS.max_gib}", flush=True)
+          continue
         step = lambda s: compiled(s, batch)[0]
         jax.block_until_ready(state := step(state))
         times = []
@@ -229,10 +260,8 @@ def bench_model():
           t0 = time.perf_counter()
           state = jax.block_until_ready(step(state))
           times.append(time.perf_counter() - t0)
-      n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
       row[backbone] = {"ms": statistics.median(times) * 1e3, "params": n_params,
-                       "peak_mib": None if mem is None else
-                       (mem.temp_size_in_bytes + mem.argument_size_in_bytes) / 2**20,
+                       "peak_mib": peak_mib,
                        "flops": train_step_flops(tr.model_cfg, c.batch_size)}
       print(f"  {tokens} tokens, {backbone}: {row[backbone]}", flush=True)
     rows.append(row)
@@ -246,11 +275,13 @@ def bench_model():
     cells = [str(row["image_tokens"])]
     for b in names:
       r = row[b]
-      cells += [f"{r['ms']:.0f}", "-" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}"]
+      ms = "skipped (memory)" if r["ms"] is None else f"{r['ms']:.0f}"
+      cells += [ms, "-" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}"]
     cells.append(" / ".join(f"{row[b]['params'] / 1e6:.2f}" for b in names))
     print("| " + " | ".join(cells) + " |")
   for b in names:
-    growth = [f"{rows[i + 1][b]['ms'] / rows[i][b]['ms']:.1f}x" for i in range(len(rows) - 1)]
+    ms = [row[b]["ms"] for row in rows]
+    growth = [f"{m1 / m0:.1f}x" if m0 and m1 else "-" for m0, m1 in zip(ms, ms[1:])]
     print(f"{b}: time growth per 4x tokens: {', '.join(growth)}")
   if FLAGS.out:
     with open(FLAGS.out, "w") as f:

@@ -30,12 +30,17 @@ from experiments.workdir import open_run, sampler_overrides, vqa_prompts
 from mdm_jax.evaluation import digits_classifier, image_metrics, text_metrics, vqa
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "A training workdir.", required=True)
-flags.DEFINE_integer("per_class", 30, "class2img samples per class.")
-flags.DEFINE_integer("num_heldout", None, "Held-out examples for caption/VQA (default: all).")
-flags.DEFINE_integer("batch", 100, "Generation batch size.")
-flags.DEFINE_integer("steps", None, "Override sample.steps.")
-flags.DEFINE_float("cfg", None, "Override sample.guidance.")
+
+
+def define_flags():
+  """The CLI's flags. Defined only when this module is the program, so that `evaluate` can be
+  imported by other CLIs (ablation, bench) that define their own `--workdir`, `--steps`, ..."""
+  flags.DEFINE_string("workdir", None, "A training workdir.", required=True)
+  flags.DEFINE_integer("per_class", 30, "class2img samples per class.")
+  flags.DEFINE_integer("num_heldout", None, "Held-out examples for caption/VQA (default: all).")
+  flags.DEFINE_integer("batch", 100, "Generation batch size.")
+  flags.DEFINE_integer("steps", None, "Override sample.steps.")
+  flags.DEFINE_float("cfg", None, "Override sample.guidance.")
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
@@ -149,4 +154,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

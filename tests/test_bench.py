@@ -1,0 +1,66 @@
+"""experiments/bench.py: the matched-parameter Transformer and the memory guard (no timings)."""
+import os
+import subprocess
+import sys
+
+import jax
+import pytest
+from absl import flags
+
+from experiments import bench
+from mdm_jax.models.mdm import MDM
+from mdm_jax.models.param_count import count_params
+from mdm_jax.training.trainer import model_config
+from test_param_count import abstract_inputs
+
+FLAGS = flags.FLAGS
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def bench_flags():
+  """Parses bench's flags for a small model; restores the defaults afterwards."""
+  FLAGS.unparse_flags()
+  FLAGS(["bench", "--d_model=64", "--n_layers=2", "--model_batch=1", "--repeats=1",
+         "--warmup=0"])
+  yield FLAGS
+  FLAGS.unparse_flags()
+
+
+def _count(c):
+  """The model's parameter count from abstract init (param_count's own tests check it against
+  a by-hand count); independent of the trainer that bench uses."""
+  mc = model_config(c, vocab_size=256, num_classes=10)
+  return count_params(MDM(mc).init, *abstract_inputs(mc), depth=1)["total"]
+
+
+def test_transformer_matches_mamba_parameter_count(bench_flags):
+  m = bench.bench_config("mamba2", 64)
+  t = bench.bench_config("transformer", 64)
+  assert (m.model.backbone, t.model.backbone) == ("mamba2", "transformer")
+  n_m, n_t = _count(m), _count(t)
+  # One SwiGLU hidden unit is 3 * d_model weights per block: the best a width can match.
+  assert abs(n_m - n_t) <= 3 * 64 * 2 / 2 + 1, (n_m, n_t)
+  assert int(t.model.mlp_ratio * 64) > int(m.model.mlp_ratio * 64)  # attention is smaller
+  with pytest.raises(Exception, match="unknown backbone"):
+    bench.bench_config("rwkv", 64)
+
+
+def test_model_bench_skips_a_step_over_the_memory_budget(bench_flags, capsys):
+  FLAGS.image_tokens = ["16"]
+  FLAGS.max_gib = 1e-6
+  FLAGS.model_batch = jax.device_count()  # the conftest's 8 CPU devices split the batch
+  bench.bench_model()
+  out = capsys.readouterr().out
+  assert out.count("skipped, the compiled step needs") == 2
+  assert "| 16 | skipped (memory) |" in out
+
+
+@pytest.mark.parametrize("cli", ["experiments.ablation", "experiments.bench"])
+def test_evaluate_imports_beside_the_clis_that_use_it(cli):
+  """ablation and bench sampler import experiments.evaluate at run time; its CLI flags
+  (--workdir, --steps, ...) must not be defined a second time (each CLI is its own process)."""
+  code = f"import {cli}, experiments.evaluate as e; assert callable(e.evaluate)"
+  proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                        env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
