@@ -4,6 +4,13 @@ r"""Benchmarks. Speed and memory are measured here, not in timed tests.
       fwd+bwd time of the SSD implementations against a naive softmax attention with the same
       heads, per sequence length; prints a markdown table (and ratios) and writes it as JSON to
       --out when given.
+  python -m experiments.bench model [--image_tokens=256,1024,4096,16384] [--max_gib=12]
+      train-step time and compiled memory of MDM against the Transformer backbone at matched
+      parameter counts; a step whose compiled memory exceeds --max_gib is reported, not run.
+  python -m experiments.bench mfu
+      the digits train step's achieved FLOP/s against a matmul peak measured in the same run.
+  python -m experiments.bench sampler --workdir=DIR
+      image sampler and steps against class accuracy and FID on a trained digits run.
 
 Each measurement compiles once, runs ``--warmup`` times, then reports the median of
 ``--repeats`` timed runs (``block_until_ready`` on every output).
