@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import platform
 import statistics
 import time
@@ -172,8 +171,7 @@ def _n_params(c) -> int:
   """Parameters of the model ``c`` builds, from abstract shapes (nothing is allocated)."""
   from mdm_jax.training.trainer import Trainer
   from mdm_jax.training import sharding
-  tr = Trainer(c, sharding.make_mesh(), vocab_size=256, num_classes=10)
-  return sum(math.prod(x.shape) for x in jax.tree.leaves(tr.abstract_state["params"]))
+  return Trainer(c, sharding.make_mesh(), vocab_size=256, num_classes=10).num_params
 
 
 def bench_config(backbone: str, image_tokens: int):
@@ -254,9 +252,8 @@ def bench_model():
         mem = compiled.memory_analysis()
         peak_mib = (None if mem is None else
                     (mem.temp_size_in_bytes + mem.argument_size_in_bytes) / 2**20)
-        n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(tr.abstract_state["params"]))
         if peak_mib is not None and peak_mib > FLAGS.max_gib * 1024:
-          row[backbone] = {"ms": None, "params": n_params, "peak_mib": peak_mib}
+          row[backbone] = {"ms": None, "params": tr.num_params, "peak_mib": peak_mib}
           print(f"  {tokens} tokens, {backbone}: skipped, the compiled step needs "
                 f"{peak_mib / 1024:.1f} GiB > --max_gib={FLAGS.max_gib}", flush=True)
           continue
@@ -267,7 +264,7 @@ def bench_model():
           t0 = time.perf_counter()
           state = jax.block_until_ready(step(state))
           times.append(time.perf_counter() - t0)
-      row[backbone] = {"ms": statistics.median(times) * 1e3, "params": n_params,
+      row[backbone] = {"ms": statistics.median(times) * 1e3, "params": tr.num_params,
                        "peak_mib": peak_mib,
                        "flops": train_step_flops(tr.model_cfg, c.batch_size)}
       print(f"  {tokens} tokens, {backbone}: {row[backbone]}", flush=True)

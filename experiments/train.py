@@ -212,9 +212,8 @@ def main(argv):
   else:
     state, start = restored
     logging.info("Resumed from the checkpoint at step %d", start)
-  n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
   logging.info("Model: %s backbone, %d blocks, %.2fM parameters", trainer.model_cfg.backbone,
-               trainer.model_cfg.n_layers, n_params / 1e6)
+               trainer.model_cfg.n_layers, trainer.num_params / 1e6)
 
   # --- Logging -------------------------------------------------------------------------------
   from tensorboardX import SummaryWriter

@@ -5,7 +5,7 @@ import sys
 
 import jax
 import pytest
-from absl import flags
+from absl import app, flags
 
 from experiments import bench
 from mdm_jax.models.mdm import MDM
@@ -42,7 +42,7 @@ def test_transformer_matches_mamba_parameter_count(bench_flags):
   # One SwiGLU hidden unit is 3 * d_model weights per block: the best a width can match.
   assert abs(n_m - n_t) <= 3 * 64 * 2 / 2 + 1, (n_m, n_t)
   assert int(t.model.mlp_ratio * 64) > int(m.model.mlp_ratio * 64)  # attention is smaller
-  with pytest.raises(Exception, match="unknown backbone"):
+  with pytest.raises(app.UsageError, match="unknown backbone"):
     bench.bench_config("rwkv", 64)
 
 

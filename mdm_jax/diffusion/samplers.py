@@ -54,6 +54,13 @@ def logsnr_time_grid(sched: gaussian.VPSchedule, steps: int, t_end: float,
   return ts.at[0].set(t_start).at[-1].set(t_end)
 
 
+def lambda_midpoints(sched: gaussian.VPSchedule, ts: jnp.ndarray) -> jnp.ndarray:
+  """(len(ts)-1,) times halfway in lambda between consecutive grid times: where singlestep
+  DPM-Solver-2 takes its second evaluation."""
+  lam = sched.lambda_(ts)
+  return sched.t_of_lambda(0.5 * (lam[:-1] + lam[1:]))
+
+
 def _check_steps(steps: int, t_end: float):
   if not isinstance(steps, int) or steps < 1:
     raise ValueError(f"steps must be a positive Python int, got {steps!r}.")
@@ -126,8 +133,7 @@ def dpm_solver(eps_fn: Callable, x_T: jnp.ndarray, sched: gaussian.VPSchedule, *
       return x, x0, h
     x, _, _ = jax.lax.fori_loop(0, steps, body, (x, jnp.zeros_like(x), jnp.float32(1.0)))
   else:
-    lam = sched.lambda_(ts)
-    t_mid = sched.t_of_lambda(0.5 * (lam[:-1] + lam[1:]))
+    t_mid = lambda_midpoints(sched, ts)
 
     def body(i, x):
       t, t_next = ts[i], ts[i + 1]
@@ -330,8 +336,9 @@ def joint_sample(model_fn: Callable, z_T: jnp.ndarray, tokens_T: jnp.ndarray,
     rng: PRNG key.
     steps: shared grid steps. image_solver: "dpm++2m" (DPM-Solver++(2M), ODE), "dpm2"
       (singlestep DPM-Solver-2: a second call per step at the lambda midpoint, with the text
-      held where it is), "ddim" or "ddpm" (ancestral, the Markov ablation). text_method: "analytic", "euler" (SEDD) or
-      "markov" (D3PM ancestral; AbsorbingGraph only; reveals every mask at the end).
+      held where it is), "ddim" or "ddpm" (ancestral, the Markov ablation).
+      text_method: "analytic", "euler" (SEDD) or "markov" (D3PM ancestral; AbsorbingGraph
+      only; reveals every mask at the end).
     image_clean, text_clean: hold that whole modality clean (t = 0; returned unchanged):
       captioning / VQA (image clean), text-to-image (text clean).
     image_mask, image_known: inpainting. image_mask (bool, broadcastable to z_T) is True where
@@ -363,8 +370,7 @@ def joint_sample(model_fn: Callable, z_T: jnp.ndarray, tokens_T: jnp.ndarray,
   b = z_T.shape[0]
   ts = (logsnr_time_grid(sched, steps, t_end) if grid == "logsnr"
         else jnp.linspace(1.0, t_end, steps + 1))
-  lam = sched.lambda_(ts)
-  ts_mid = sched.t_of_lambda(0.5 * (lam[:-1] + lam[1:]))  # DPM-Solver-2's midpoints
+  ts_mid = lambda_midpoints(sched, ts) if image_solver == "dpm2" else None
   zeros = jnp.zeros((b,), jnp.float32)
   t_img_of = lambda t: zeros if image_clean else jnp.full((b,), t)
   t_txt_of = lambda t: zeros if text_clean else jnp.full((b,), t)

@@ -5,6 +5,7 @@ notebook build it directly. Needs no data pipeline (the batch is a dict of array
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -63,6 +64,9 @@ class Trainer:
     self.abstract_state = sharding.abstract_sharded(self._init_state, self.rng, mesh)
     self.state_shardings = jax.tree.map(lambda x: x.sharding, self.abstract_state)
     self.batch_sharding = sharding.batch_sharding(mesh)
+    # From the abstract state: the model's size is known before anything is allocated.
+    self.num_params = sum(math.prod(x.shape)
+                          for x in jax.tree.leaves(self.abstract_state["params"]))
     self.train_step = jax.jit(self._train_step,
                               in_shardings=(self.state_shardings, self.batch_sharding),
                               out_shardings=(self.state_shardings, None),
