@@ -3,7 +3,8 @@ r"""The paper's ablation table at small scale, on the bundled digits.
   python -m experiments.ablation --workdir=/tmp/mdm_ablation [--steps=N]
 
 Trains the full model and each ablation (``no_selection``: dt, B, C input-independent;
-``one_direction``: every layer scans forward; ``markov``: D3PM/DDPM instead of score entropy)
+``one_direction``: every layer scans forward; ``sedd_score``: SEDD's free log-score form instead
+of the softmax form; ``markov``: D3PM/DDPM instead of score entropy)
 with the same budget (steps, batch) and seed, evaluates each with ``experiments.evaluate``, and
 prints a markdown table (also written to ``WORKDIR/ablation.json``). A variant whose workdir
 already holds a finished run is only re-evaluated.
@@ -21,14 +22,16 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "One sub-folder per variant goes here.", required=True)
 flags.DEFINE_integer("steps", None, "Training steps of every variant (the same budget); "
                      "default: the digits config's total_steps.")
-flags.DEFINE_list("variants", ["digits", "no_selection", "one_direction", "markov"],
+flags.DEFINE_list("variants", ["digits", "no_selection", "one_direction", "sedd_score", "markov"],
                   "Configs to compare; the first is the full model.")
 flags.DEFINE_integer("per_class", 30, "class2img samples per class for the metrics.")
 
 LABELS = {"digits": "MDM (full: selection, 4 directions, score entropy)",
           "no_selection": "w/o selection", "one_direction": "1 scan direction",
+          "sedd_score": "SEDD's free log-score form (not a softmax)",
           "markov": "Markov chain (D3PM + DDPM) instead of score entropy"}
-METRICS = ("fid_digits", "class_accuracy", "caption_accuracy", "vqa_accuracy", "cider_d")
+METRICS = ("fid_digits", "class_accuracy", "caption_accuracy", "vqa_accuracy",
+           "vqa_accuracy_sampled", "cider_d")
 
 
 def main(argv):
@@ -50,8 +53,9 @@ def main(argv):
   with open(os.path.join(FLAGS.workdir, "ablation.json"), "w") as f:
     json.dump(rows, f, indent=1)
   print(f"\n{steps} steps each, batch and seed of the digits config.")
-  print("| variant | FID (digits features) | class acc. | caption acc. | VQA acc. | CIDEr-D |")
-  print("|---|---|---|---|---|---|")
+  print("| variant | FID (digits features) | class acc. | caption acc. | VQA acc. (greedy) "
+        "| VQA acc. (sampled) | CIDEr-D |")
+  print("|---|---|---|---|---|---|---|")
   for name, r in rows.items():
     cells = [f"{r[k]:.3f}" if isinstance(r.get(k), float) else "-" for k in METRICS]
     print(f"| {LABELS.get(name, name)} | " + " | ".join(cells) + " |")

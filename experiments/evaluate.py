@@ -13,9 +13,13 @@ Digits (the default run):
     the image's reference captions (every template of its label).
   * vqa: one question per held-out image (cycling through the question types); ``vqa_accuracy``
     is the VQA score against the dataset's own answer (exact match after VQA normalisation).
+    Answers are decoded greedily (``--vqa_temperature=0``: each [MASK] becomes the model's most
+    likely token), as VQA benchmarks decode; ``vqa_accuracy_sampled`` is the same score for
+    answers sampled at the config's ``sample.text_temperature``.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -41,6 +45,7 @@ def define_flags():
   flags.DEFINE_integer("batch", 100, "Generation batch size.")
   flags.DEFINE_integer("steps", None, "Override sample.steps.")
   flags.DEFINE_float("cfg", None, "Override sample.guidance.")
+  flags.DEFINE_float("vqa_temperature", 0.0, "Text temperature of the VQA answers (0: greedy).")
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
@@ -52,14 +57,16 @@ def digits_named(text: str) -> set[int]:
           if w in DIGIT_WORDS or w.isdigit()}
 
 
-def generate_batched(run, task, rng, n, batch, **given):
-  """Generate ``n`` samples in fixed-size batches (one compilation), padding the last."""
+def generate_batched(run, task, rng, n, batch, sample_cfg=None, **given):
+  """Generate ``n`` samples in fixed-size batches (one compilation), padding the last.
+
+  ``sample_cfg`` (a ``generate.SampleConfig``) replaces the run's sampler settings."""
   images, tokens = [], []
   for start in range(0, n, batch):
     idx = np.arange(start, start + batch) % n
     chunk = {k: jnp.asarray(np.asarray(v)[idx]) for k, v in given.items()}
     out_i, out_t = run.trainer.sample(run.state, task, jax.random.fold_in(rng, start), batch,
-                                      **chunk)
+                                      sample_cfg=sample_cfg, **chunk)
     keep = min(batch, n - start)
     images.append(out_i[:keep])
     tokens.append(out_t[:keep])
@@ -76,7 +83,7 @@ def classifier(workdir):
 
 
 def evaluate(workdir: str, *, per_class=30, num_heldout=None, batch=100, overrides=None,
-             tasks=("class2img", "caption", "vqa"), write=True):
+             tasks=("class2img", "caption", "vqa"), write=True, vqa_temperature=0.0):
   from data import pipeline
   run = open_run(workdir, overrides)
   config, tok, mc = run.config, run.tokenizer, run.trainer.model_cfg
@@ -122,14 +129,23 @@ def evaluate(workdir: str, *, per_class=30, num_heldout=None, batch=100, overrid
   if (weights["vqa"] > 0 and heldout and heldout[0]["question"] is not None
       and "vqa" in tasks):
     seqs, plens = vqa_prompts(tok, heldout, mc.max_text_len)
-    _, tokens = generate_batched(run, "vqa", rng, len(heldout), batch,
-                                 images=np.stack([e["image"] for e in heldout]),
-                                 text=seqs, prompt_len=plens)
-    answers = [tok.decode(t[p:]) for t, p in zip(tokens, plens)]
-    results["vqa_accuracy"] = float(vqa.mean_vqa_accuracy(
-        answers, [[e["answer"]] for e in heldout]))
-    results["vqa_examples"] = [{"question": e["question"], "reference": e["answer"], "text": a}
-                               for e, a in list(zip(heldout, answers))[:10]]
+    references = [[e["answer"]] for e in heldout]
+    sampled_t = run.trainer.sample_cfg.text_temperature
+    decodings = {"vqa_accuracy": vqa_temperature}
+    if sampled_t != vqa_temperature:
+      decodings["vqa_accuracy_sampled"] = sampled_t
+    for name, temperature in decodings.items():
+      _, tokens = generate_batched(
+          run, "vqa", rng, len(heldout), batch,
+          sample_cfg=dataclasses.replace(run.trainer.sample_cfg, text_temperature=temperature),
+          images=np.stack([e["image"] for e in heldout]), text=seqs, prompt_len=plens)
+      answers = [tok.decode(t[p:]) for t, p in zip(tokens, plens)]
+      results[name] = float(vqa.mean_vqa_accuracy(answers, references))
+      if name == "vqa_accuracy":
+        results["vqa_temperature"] = float(temperature)
+        results["vqa_examples"] = [
+            {"question": e["question"], "reference": e["answer"], "text": a}
+            for e, a in list(zip(heldout, answers))[:10]]
 
   if write:
     with open(os.path.join(workdir, "eval.json"), "w") as f:
@@ -141,7 +157,8 @@ def main(argv):
   del argv
   overrides = sampler_overrides(FLAGS.steps, FLAGS.cfg)
   results = evaluate(FLAGS.workdir, per_class=FLAGS.per_class, num_heldout=FLAGS.num_heldout,
-                     batch=FLAGS.batch, overrides=overrides)
+                     batch=FLAGS.batch, overrides=overrides,
+                     vqa_temperature=FLAGS.vqa_temperature)
   print(f"\n| metric | value |\n|---|---|")
   for k, v in results.items():
     if isinstance(v, float):

@@ -34,6 +34,8 @@ flags.DEFINE_integer("num", 16, "How many samples.")
 flags.DEFINE_string("out", None, "Output file (.npz / .jsonl; joint: a stem).", required=True)
 flags.DEFINE_integer("steps", None, "Sampler steps (default: the config's).")
 flags.DEFINE_float("cfg", None, "Guidance weight w (default: the config's).")
+flags.DEFINE_float("temperature", None, "Text temperature: 1 samples the model's tokens, 0 takes "
+                   "the most likely (greedy; default: the config's).")
 flags.DEFINE_string("prompt", None, "Caption for t2i (default: held-out captions).")
 flags.DEFINE_integer("label", None, "Class for class/inpaint (default: cycle through classes).")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
@@ -46,7 +48,7 @@ def _stem(path):
 def main(argv):
   del argv
   from data import pipeline
-  overrides = sampler_overrides(FLAGS.steps, FLAGS.cfg)
+  overrides = sampler_overrides(FLAGS.steps, FLAGS.cfg, FLAGS.temperature)
   run = open_run(FLAGS.workdir, overrides)
   task, num, tok = TASK_NAMES[FLAGS.task], FLAGS.num, run.tokenizer
   mc, dc = run.trainer.model_cfg, run.config.data

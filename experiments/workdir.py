@@ -22,13 +22,17 @@ class Run:
   info: dict
 
 
-def sampler_overrides(steps: int | None = None, guidance: float | None = None) -> dict:
-  """The ``open_run`` overrides of the ``--steps`` / ``--cfg`` flags of sample and evaluate."""
+def sampler_overrides(steps: int | None = None, guidance: float | None = None,
+                      temperature: float | None = None) -> dict:
+  """The ``open_run`` overrides of the ``--steps`` / ``--cfg`` / ``--temperature`` flags of
+  sample and evaluate."""
   overrides = {}
   if steps:
     overrides["sample.steps"] = steps
   if guidance is not None:
     overrides["sample.guidance"] = guidance
+  if temperature is not None:
+    overrides["sample.text_temperature"] = temperature
   return overrides
 
 
@@ -37,6 +41,16 @@ def vqa_prompts(tokenizer, examples, max_len: int):
   ``examples`` (``data.pipeline.eval_examples``): int32 (n, max_len), int32 (n,)."""
   seqs, plens = zip(*[tokenizer.encode_vqa(e["question"], "", max_len)[:2] for e in examples])
   return np.stack(seqs), np.asarray(plens, np.int32)
+
+
+def upgrade_saved_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Fills fields that a checkpoint's saved config predates with the behaviour it was trained
+  with (not today's default), so an old workdir samples as it trained."""
+  if "text_score" not in config.model:  # added 2026-11-27; before it, SEDD's form was the only one
+    config.model.text_score = "sedd"
+  if "text_temperature" not in config.sample:  # added with it; before it, always sampled at 1
+    config.sample.text_temperature = 1.0
+  return config
 
 
 def open_run(workdir: str, overrides: dict | None = None) -> Run:
@@ -55,7 +69,7 @@ def open_run(workdir: str, overrides: dict | None = None) -> Run:
   saved = checkpointer.restore_config()
   if saved is None:
     raise FileNotFoundError(f"no checkpoint in {ckpt_dir}")
-  config = ml_collections.ConfigDict(saved)
+  config = upgrade_saved_config(ml_collections.ConfigDict(saved))
   for key, value in (overrides or {}).items():
     node = config
     *path, leaf = key.split(".")

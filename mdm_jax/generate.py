@@ -35,12 +35,14 @@ GEN_TASKS = TASKS + ("inpaint",)
 class SampleConfig:
   """Sampler settings. ``image_solver``/``text_method`` "auto" follow the loss objective:
   DPM-Solver++(2M) + SEDD analytic for score entropy, DDPM + D3PM ancestral for the Markov
-  ablation."""
+  ablation. ``text_temperature`` reshapes which token a [MASK] becomes (1: the model's
+  distribution; 0: its most likely token, greedy decoding)."""
   steps: int = 20
   guidance: float = 0.0
   image_solver: str = "auto"
   text_method: str = "auto"
   t_end: float = 1e-3
+  text_temperature: float = 1.0
 
 
 def _solvers(loss_cfg: LossConfig, sample_cfg: SampleConfig) -> tuple[str, str]:
@@ -146,7 +148,8 @@ def generate(model: MDM, variables, task: str, rng: jax.Array, *, num: int,
       model_fn, z_T, tokens_T, sched, graph, noise, k_sample, steps=sample_cfg.steps,
       image_solver=image_solver, text_method=text_method, image_clean=image_clean,
       text_clean=text_clean, image_mask=latent_mask, image_known=image_known,
-      text_mask=text_mask, text_known=text_known, t_end=sample_cfg.t_end)
+      text_mask=text_mask, text_known=text_known, t_end=sample_cfg.t_end,
+      text_temperature=float(sample_cfg.text_temperature))
   out_images = jnp.clip(bound.decode_image(z0 / scale[0]), -1.0, 1.0)
   if images is not None and task in ("caption", "vqa"):
     out_images = images

@@ -6,6 +6,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import pytest
 
 from experiments import configs
@@ -32,7 +33,7 @@ def _flat(d, prefix=""):
 def test_names_are_the_config_files():
   assert list(configs.NAMES) == CONFIG_FILES
   for name in ("digits", "tiny", "imagenet256", "coco256", "markov", "no_selection",
-               "one_direction"):
+               "one_direction", "sedd_score"):
     assert name in configs.NAMES
 
 
@@ -83,6 +84,7 @@ ABLATIONS = {
     "no_selection": {"model.selective": False},
     "one_direction": {"model.directions": 1},
     "markov": {"loss.objective": "markov", "sample.steps": 100},
+    "sedd_score": {"model.text_score": "sedd"},
 }
 
 
@@ -109,3 +111,15 @@ def test_resolve_and_rewrite_argv(tmp_path):
     configs.resolve("nope")
   with pytest.raises(ValueError, match="unknown config"):
     configs.resolve(str(tmp_path / "missing.py"))
+
+
+def test_saved_config_without_text_score_reopens_with_the_form_it_trained_with():
+  """Checkpoints from before ``model.text_score`` existed were trained with SEDD's form; a
+  reopened workdir must not silently switch them to today's default."""
+  from experiments.workdir import upgrade_saved_config
+  old = configs.load("digits").to_dict()
+  del old["model"]["text_score"]
+  assert upgrade_saved_config(ml_collections.ConfigDict(old)).model.text_score == "sedd"
+  new = configs.load("digits")
+  assert new.model.text_score == "conditional"
+  assert upgrade_saved_config(new).model.text_score == "conditional"

@@ -300,17 +300,68 @@ def test_one_direction_ablation_uses_identity_order_everywhere():
 # ------------------------------------------------------------------------ absorbing log-score
 
 
-def test_absorbing_log_score_matches_hand_formula():
+def _log_score_inputs():
   rs = np.random.RandomState(0)
   b, t, v = 3, 5, 7
   raw = rs.randn(b, t, v + 1).astype(np.float32)
   sigma = np.array([1e-3, 0.3, 4.0], np.float32)  # both sides of the expm1 / exp - 1 switch
   ids = rs.randint(0, v + 1, (b, t)).astype(np.int32)
   ids[0, 0] = v  # [MASK]
-  got = np.asarray(absorbing_log_score(jnp.asarray(raw), jnp.asarray(sigma), jnp.asarray(ids), v))
-  want = (raw.astype(np.float64) - np.log(np.expm1(sigma.astype(np.float64)))[:, None, None]
-          - math.log(v))
   current = np.zeros_like(raw, bool)
   np.put_along_axis(current, ids[..., None], True, axis=-1)
+  return raw, sigma, ids, v, current
+
+
+def test_absorbing_log_score_sedd_matches_hand_formula():
+  raw, sigma, ids, v, current = _log_score_inputs()
+  got = np.asarray(absorbing_log_score(jnp.asarray(raw), jnp.asarray(sigma), jnp.asarray(ids), v,
+                                       "sedd"))
+  want = (raw.astype(np.float64) - np.log(np.expm1(sigma.astype(np.float64)))[:, None, None]
+          - math.log(v))
   assert np.all(got[current] == 0.0)
   np.testing.assert_allclose(got[~current], want[~current], rtol=1e-5, atol=1e-5)
+
+
+def test_absorbing_log_score_conditional_is_softmax_over_e_sigma_minus_1():
+  """At a masked position the scores of the V tokens are p(y) / (e^sigma - 1), p a softmax."""
+  raw, sigma, ids, v, current = _log_score_inputs()
+  got = np.asarray(absorbing_log_score(jnp.asarray(raw), jnp.asarray(sigma), jnp.asarray(ids), v,
+                                       "conditional")).astype(np.float64)
+  r64 = raw.astype(np.float64)[..., :v]
+  p = np.exp(r64) / np.exp(r64).sum(-1, keepdims=True)
+  want = np.log(p) - np.log(np.expm1(sigma.astype(np.float64)))[:, None, None]
+  assert np.all(got[current] == 0.0)
+  tok_cur = current[..., :v]
+  np.testing.assert_allclose(got[..., :v][~tok_cur], want[~tok_cur], rtol=1e-5, atol=1e-5)
+  masked = ids == v
+  # Ratios over the tokens sum to 1 / (e^sigma - 1): the total reverse rate is analytic.
+  total = np.exp(got[..., :v]).sum(-1)
+  want_total = np.broadcast_to(1.0 / np.expm1(sigma.astype(np.float64))[:, None], total.shape)
+  np.testing.assert_allclose(total[masked], want_total[masked], rtol=1e-5)
+
+
+def test_score_entropy_with_conditional_scores_is_the_weighted_cross_entropy():
+  """With RADD's form the denoising score entropy is dsigma / (e^sigma - 1) * CE (hand formula),
+  i.e. the absorbing ELBO: checked at masked positions, 0 at clean ones."""
+  from mdm_jax.diffusion import score_entropy as se
+  raw, sigma, ids, v, _ = _log_score_inputs()
+  rs = np.random.RandomState(1)
+  x0 = rs.randint(0, v, ids.shape).astype(np.int32)
+  x_t = np.where(rs.rand(*ids.shape) < 0.6, v, x0).astype(np.int32)
+  dsigma = np.array([2.0, 0.5, 1.5], np.float32)
+  log_score = absorbing_log_score(jnp.asarray(raw), jnp.asarray(sigma), jnp.asarray(x_t), v,
+                                  "conditional")
+  got = np.asarray(se.score_entropy_loss(log_score, jnp.asarray(sigma)[:, None],
+                                         jnp.asarray(dsigma)[:, None], jnp.asarray(x_t),
+                                         jnp.asarray(x0), se.AbsorbingGraph(v)))
+  r64 = raw.astype(np.float64)[..., :v]
+  logp = r64 - np.log(np.exp(r64).sum(-1, keepdims=True))
+  ce = -np.take_along_axis(logp, x0[..., None], -1)[..., 0]
+  s64 = sigma.astype(np.float64)[:, None]
+  want = np.where(x_t == v, dsigma[:, None] / np.expm1(s64) * ce, 0.0)
+  np.testing.assert_allclose(got, want, rtol=2e-4, atol=1e-5)
+
+
+def test_text_score_form_is_validated():
+  with pytest.raises(ValueError, match="text_score"):
+    MDMConfig(text_score="ratio")

@@ -185,6 +185,58 @@ def test_sedd_clean_mask_held():
                          clean_mask=clean_mask)
 
 
+def test_temper_tokens_matches_power_formula():
+  w = np.array([[0.1, 0.3, 0.0, 0.2], [0.05, 0.05, 0.4, 0.0]], np.float32)
+  for temperature in (1.0, 0.5, 2.0):
+    want = w ** (1 / temperature)
+    want = want / want.sum(-1, keepdims=True) * w.sum(-1, keepdims=True)
+    got = np.asarray(samplers.temper_tokens(jnp.asarray(w), temperature))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+  greedy = np.asarray(samplers.temper_tokens(jnp.asarray(w), 0.0))
+  np.testing.assert_allclose(greedy, [[0, 0.6, 0, 0], [0, 0, 0.5, 0]], atol=1e-7)
+
+
+def _tempered(temperature):
+  """The marginals the samplers must reproduce at ``temperature``: P0^(1/T), renormalised."""
+  if temperature == 0:
+    return np.eye(V)[P0.argmax(-1)]
+  p = P0 ** (1 / temperature)
+  return p / p.sum(-1, keepdims=True)
+
+
+def _sample_text(method, temperature, key, b=4000):
+  graph, noise = se.AbsorbingGraph(V), se.LogLinearNoise()
+  if method == "markov":
+    logits = lambda x, sigma: jnp.broadcast_to(jnp.log(jnp.asarray(P0, jnp.float32)),
+                                               x.shape + (V,))
+    return samplers.markov_sample(logits, graph, noise, (b, L), key, steps=16,
+                                  temperature=temperature)
+  return samplers.sedd_sample(absorbing_log_score(), graph, noise, (b, L), key, steps=16,
+                              method=method, temperature=temperature)
+
+
+@pytest.mark.parametrize("method", ["analytic", "euler", "markov"])
+@pytest.mark.parametrize("temperature", [0.5, 0.0])
+def test_text_temperature_reshapes_the_token_choice(method, temperature):
+  """At temperature T the exact model's samples follow P0^(1/T) (independent positions), and
+  T = 0 gives the argmax at every position: the reveal timing is left alone."""
+  out = np.asarray(jax.jit(lambda key: _sample_text(method, temperature, key))(
+      jax.random.PRNGKey(11)))
+  want = _tempered(temperature)
+  for pos in range(L):
+    freq = np.bincount(out[:, pos], minlength=V + 1) / out.shape[0]
+    assert freq[V:].sum() == 0, "a [MASK] survived"
+    np.testing.assert_allclose(freq[:V], want[pos], atol=0.03)
+
+
+def test_text_temperature_is_validated():
+  with pytest.raises(ValueError, match=">= 0"):
+    _sample_text("analytic", -1.0, jax.random.PRNGKey(0), b=2)
+  with pytest.raises(ValueError, match="absorbing graph only"):
+    samplers.sedd_sample(uniform_log_score, se.UniformGraph(V), se.GeometricNoise(), (2, L),
+                         jax.random.PRNGKey(0), steps=2, method="analytic", temperature=0.0)
+
+
 # -------------------------------------------------------------------------------- joint
 
 B_JOINT = 2500
@@ -290,3 +342,19 @@ def test_joint_markov_ablation_path():
   _marginals_ok(tokens)
   with pytest.raises(ValueError, match="image_solver"):
     _joint(model_fn, z_T, GRAPH.sample_limit(None, (B_JOINT, L)), image_solver="heun")
+
+
+@pytest.mark.parametrize("text_method", ["analytic", "markov"])
+def test_joint_greedy_text_takes_the_argmax_everywhere(text_method):
+  """text_temperature reaches the joint sampler's text steps (greedy: P0's argmax per position);
+  the image is held clean so only the text path runs."""
+  b = 64
+  z_T = jnp.zeros((b, 2))
+  tokens_T = GRAPH.sample_limit(None, (b, L))
+  model_fn = _joint_model()
+  if text_method == "markov":
+    model_fn = lambda z, ti, x, tt: (z, jnp.broadcast_to(
+        jnp.log(jnp.asarray(P0, jnp.float32)), x.shape + (V,)))
+  _, tokens = _joint(model_fn, z_T, tokens_T, steps=8, image_clean=True, text_method=text_method,
+                     text_temperature=0.0)
+  np.testing.assert_array_equal(np.asarray(tokens), np.broadcast_to(P0.argmax(-1), (b, L)))

@@ -196,8 +196,10 @@ def cli_outputs(runs, compile_cache, tmp_path_factory):
   assert configs.load("tiny").sample.num == NUM
   out = tmp_path_factory.mktemp("cli")
   workdir = str(runs["b_dir"])
+  greedy = {"vqa": ["--temperature=0"]}  # the flag's semantics: tests/test_samplers.py
   procs = {task: start("experiments.sample", [f"--workdir={workdir}", f"--task={task}",
-                                              f"--num={NUM}", f"--out={out / task}"],
+                                              f"--num={NUM}", f"--out={out / task}",
+                                              *greedy.get(task, [])],
                        out / f"{task}.log", compile_cache)
            for task in ("class", "caption", "vqa", "joint")}
   results = {name: finish(p) for name, p in procs.items()}
@@ -278,7 +280,9 @@ def test_evaluate(cli_outputs, runs):
     result = json.load(f)
   assert result["step"] == 6
   # 2 per class x 10 classes, and 10 held-out images: accuracies are counts over those.
-  for key, n in (("class_accuracy", 20), ("caption_accuracy", 10), ("vqa_accuracy", 10)):
+  assert result["vqa_temperature"] == 0.0   # greedy answers, and sampled ones beside them
+  for key, n in (("class_accuracy", 20), ("caption_accuracy", 10), ("vqa_accuracy", 10),
+                 ("vqa_accuracy_sampled", 10)):
     assert 0.0 <= result[key] <= 1.0
     assert abs(result[key] * n - round(result[key] * n)) < 1e-6, (key, result[key])
   assert [r["label"] for r in result["caption_examples"]] == _heldout_labels(10)

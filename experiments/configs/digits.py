@@ -27,7 +27,7 @@ def get_config():
       vocab_size=256, num_classes=10,     # both reset from the data at run time
       vae_width=128, vae_depth=2, latent_dim=4,
       backbone="mamba2", d_model=128, n_layers=6, mlp_ratio=0.0, n_pad_tokens=2,
-      row_end_tokens=False, directions=4,
+      row_end_tokens=False, directions=4, text_score="conditional",
       d_state=16, d_conv=4, expand=2, headdim=64, ngroups=1, selective=True,
       chunk_size=16, ssd_impl="auto", attn_heads=4,
       dtype="float32", remat=False, scan_layers=True))
@@ -40,6 +40,7 @@ def get_config():
 
   c.sample = ml_collections.ConfigDict(dict(
       steps=50, guidance=3.0, image_solver="auto", text_method="auto", t_end=1e-3,
+      text_temperature=1.0,
       num=40))
 
   c.optim = ml_collections.ConfigDict(dict(

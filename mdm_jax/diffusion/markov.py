@@ -63,16 +63,21 @@ def absorbing_elbo_loss(x0_logits: jnp.ndarray, sigma, dsigma, x_t: jnp.ndarray,
 
 
 def absorbing_ancestral_step(rng: jax.Array, x: jnp.ndarray, x0_logits: jnp.ndarray,
-                             sigma_t, sigma_s, graph: AbsorbingGraph) -> jnp.ndarray:
+                             sigma_t, sigma_s, graph: AbsorbingGraph,
+                             temperature: float = 1.0) -> jnp.ndarray:
   """One D3PM ancestral step of the absorbing chain from noise level sigma_t to sigma_s < sigma_t.
 
   sigma_s = 0 reveals every masked token. x (..., ) int, x0_logits (..., V) or (..., V+1).
+  A revealed token is drawn from softmax(logits / temperature); temperature 0 takes the argmax.
   """
   logits = _token_logits(x0_logits, x, graph)
   sigma_t = broadcast_to_tokens(sigma_t, x)
   sigma_s = broadcast_to_tokens(sigma_s, x)
   p_reveal = (jnp.exp(-sigma_s) - jnp.exp(-sigma_t)) / -jnp.expm1(-sigma_t)
   k_reveal, k_tok = jax.random.split(rng)
-  tokens = jax.random.categorical(k_tok, logits, axis=-1).astype(x.dtype)
+  if temperature == 0:
+    tokens = jnp.argmax(logits, -1).astype(x.dtype)
+  else:
+    tokens = jax.random.categorical(k_tok, logits / temperature, axis=-1).astype(x.dtype)
   reveal = (x == graph.mask_id) & (jax.random.uniform(k_reveal, x.shape) < p_reveal)
   return jnp.where(reveal, tokens, x)

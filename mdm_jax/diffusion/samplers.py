@@ -191,26 +191,56 @@ def _scores(graph, x, log_score):
   return jnp.exp(jnp.where(on_x, 0.0, log_score.astype(jnp.float32)))
 
 
-def _sedd_update(graph, noise, method, rng, x, log_score, t, t_next):
+def _check_temperature(graph, temperature):
+  if not isinstance(temperature, (int, float)) or temperature < 0:
+    raise ValueError(f"text temperature must be a Python number >= 0, got {temperature!r}.")
+  if temperature != 1.0 and not graph.absorb:
+    raise ValueError("a text temperature other than 1 is defined for the absorbing graph only "
+                     "(it reshapes which token a [MASK] becomes, not when).")
+
+
+def temper_tokens(weights: jnp.ndarray, temperature: float) -> jnp.ndarray:
+  """Reshapes unnormalised token weights (..., V) >= 0 to ``w^(1/T)``, keeping their total.
+
+  Applied to the token entries of an absorbing step's transition weights, it changes which token
+  a [MASK] becomes and leaves the chance that it is revealed now (the [MASK] entry) alone.
+  ``temperature`` 1 returns ``weights``; 0 puts the whole mass on the argmax (greedy decoding,
+  as VQA benchmarks decode answers).
+  """
+  if temperature == 1.0:
+    return weights
+  total = weights.sum(-1, keepdims=True)
+  if temperature == 0:
+    shaped = jax.nn.one_hot(jnp.argmax(weights, -1), weights.shape[-1], dtype=weights.dtype)
+  else:
+    logw = jnp.where(weights > 0, jnp.log(jnp.where(weights > 0, weights, 1.0)), -jnp.inf)
+    shaped = jax.nn.softmax(logw / temperature, axis=-1)
+  return total * shaped
+
+
+def _sedd_update(graph, noise, method, rng, x, log_score, t, t_next, temperature=1.0):
   """One SEDD predictor step from t to t_next given log-scores at (x, sigma(t))."""
   score = _scores(graph, x, log_score)
   sigma, dsigma = noise(t)
   if method == "euler":
     rate = (t - t_next) * dsigma * graph.reverse_rate(x, score)
-    return graph.sample_rate(rng, x, rate)
-  # analytic: Tweedie tau-leaping with exact transitions over [sigma(t_next), sigma(t)].
-  dsig = sigma - noise(t_next)[0]
-  probs = graph.staggered_score(score, dsig) * graph.transp_transition(x, dsig)
+    probs = jax.nn.one_hot(x, graph.dim) + rate  # graph.sample_rate's weights
+  else:
+    # analytic: Tweedie tau-leaping with exact transitions over [sigma(t_next), sigma(t)].
+    dsig = sigma - noise(t_next)[0]
+    probs = graph.staggered_score(score, dsig) * graph.transp_transition(x, dsig)
+  if graph.absorb and temperature != 1.0:
+    probs = jnp.concatenate([temper_tokens(probs[..., :-1], temperature), probs[..., -1:]], -1)
   return se.sample_categorical(rng, probs)
 
 
-def _sedd_denoise(graph, noise, rng, x, log_score, t):
+def _sedd_denoise(graph, noise, rng, x, log_score, t, temperature=1.0):
   """SEDD's final denoising step at t: removes all the remaining noise (never returns MASK)."""
   sigma = noise(t)[0]
   score = _scores(graph, x, log_score)
   probs = graph.staggered_score(score, sigma) * graph.transp_transition(x, sigma)
   if graph.absorb:
-    probs = probs[..., :-1]
+    probs = temper_tokens(probs[..., :-1], temperature)
   return se.sample_categorical(rng, probs)
 
 
@@ -228,7 +258,7 @@ def sedd_sample(log_score_fn: Callable, graph: se.Graph, noise, shape, rng: jax.
                 steps: int, method: str = "euler", denoise: bool = True,
                 clean_mask: Optional[jnp.ndarray] = None,
                 clean_tokens: Optional[jnp.ndarray] = None,
-                t_end: float = 1e-5) -> jnp.ndarray:
+                t_end: float = 1e-5, temperature: float = 1.0) -> jnp.ndarray:
   """SEDD sampling (SEDD's ``get_pc_sampler``) from the graph's limit distribution.
 
   Args:
@@ -244,10 +274,13 @@ def sedd_sample(log_score_fn: Callable, graph: se.Graph, noise, shape, rng: jax.
     clean_mask, clean_tokens: optional bool / int arrays of ``shape``; those positions are held
       at clean_tokens (set before every evaluation and in the output): infilling, prompts,
       VQA questions.
+    temperature: AbsorbingGraph only: which token a [MASK] becomes is drawn from the model's
+      weights to the power 1/temperature (0: the most likely one); see ``temper_tokens``.
   Returns:
     (b, ...) int32 tokens.
   """
   _check_steps(steps, t_end)
+  _check_temperature(graph, temperature)
   if method not in SEDD_METHODS:
     raise ValueError(f"method must be one of {SEDD_METHODS}, got {method!r}.")
   shape = _check_text_shape(shape, clean_mask, clean_tokens)
@@ -259,31 +292,34 @@ def sedd_sample(log_score_fn: Callable, graph: se.Graph, noise, shape, rng: jax.
   def body(i, x):
     t, t_next = ts[i], ts[i + 1]
     log_score = log_score_fn(x, sigma_vec(t))
-    x = _sedd_update(graph, noise, method, jax.random.fold_in(rng, i), x, log_score, t, t_next)
+    x = _sedd_update(graph, noise, method, jax.random.fold_in(rng, i), x, log_score, t, t_next,
+                     temperature)
     return _hold_clean(x, clean_mask, clean_tokens)
 
   x = jax.lax.fori_loop(0, steps, body, x)
   if denoise:
     t = ts[-1]
     x = _sedd_denoise(graph, noise, jax.random.fold_in(rng, steps), x,
-                      log_score_fn(x, sigma_vec(t)), t)
+                      log_score_fn(x, sigma_vec(t)), t, temperature)
     x = _hold_clean(x, clean_mask, clean_tokens)
   return x
 
 
 def markov_sample(x0_logits_fn: Callable, graph: se.AbsorbingGraph, noise, shape,
                   rng: jax.Array, *, steps: int, clean_mask: Optional[jnp.ndarray] = None,
-                  clean_tokens: Optional[jnp.ndarray] = None) -> jnp.ndarray:
+                  clean_tokens: Optional[jnp.ndarray] = None,
+                  temperature: float = 1.0) -> jnp.ndarray:
   """D3PM ancestral sampling of the absorbing chain (Markov ablation), uniform t grid 1 -> 0.
 
   Args:
     x0_logits_fn: (x_t (b, ...) int32, sigma (b,) float32) -> (b, ..., V) or (..., V+1) logits
       of p_theta(x0 | x_t).
     graph: AbsorbingGraph. noise: e.g. LogLinearNoise; the last step reveals every mask.
-    shape, steps, clean_mask, clean_tokens: as in ``sedd_sample``.
+    shape, steps, clean_mask, clean_tokens, temperature: as in ``sedd_sample``.
   Returns:
     (b, ...) int32 tokens, no [MASK].
   """
+  _check_temperature(graph, temperature)
   if not isinstance(steps, int) or steps < 1:
     raise ValueError(f"steps must be a positive Python int, got {steps!r}.")
   shape = _check_text_shape(shape, clean_mask, clean_tokens)
@@ -295,7 +331,7 @@ def markov_sample(x0_logits_fn: Callable, graph: se.AbsorbingGraph, noise, shape
     sigma_s = jnp.where(i == steps - 1, 0.0, noise(ts[i + 1])[0])
     logits = x0_logits_fn(x, jnp.full((shape[0],), sigma_t))
     x = markov.absorbing_ancestral_step(jax.random.fold_in(rng, i), x, logits, sigma_t, sigma_s,
-                                        graph)
+                                        graph, temperature)
     return _hold_clean(x, clean_mask, clean_tokens)
 
   return jax.lax.fori_loop(0, steps, body, x)
@@ -313,7 +349,8 @@ def joint_sample(model_fn: Callable, z_T: jnp.ndarray, tokens_T: jnp.ndarray,
                  text_mask: Optional[jnp.ndarray] = None,
                  text_known: Optional[jnp.ndarray] = None,
                  grid: str = "logsnr", t_end: float = 1e-3,
-                 denoise: bool = True) -> tuple[jnp.ndarray, jnp.ndarray]:
+                 denoise: bool = True,
+                 text_temperature: float = 1.0) -> tuple[jnp.ndarray, jnp.ndarray]:
   """Samples image latents and text tokens together, one network call per step for both.
 
   Both modalities share one time grid ``ts`` (steps+1 points from 1 to t_end): uniform in the
@@ -349,6 +386,7 @@ def joint_sample(model_fn: Callable, z_T: jnp.ndarray, tokens_T: jnp.ndarray,
       clean inside a diffused text (as ``sedd_sample``'s clean_mask / clean_tokens).
     grid: "logsnr" or "linear". t_end: last grid time.
     denoise: take the final denoising call (see above); otherwise return the state at t_end.
+    text_temperature: as ``sedd_sample``'s temperature (0: greedy tokens, e.g. VQA answers).
   Returns:
     (z_0 (shape and dtype of z_T), tokens (b, L) int32).
   """
@@ -366,6 +404,7 @@ def joint_sample(model_fn: Callable, z_T: jnp.ndarray, tokens_T: jnp.ndarray,
   if z_T.shape[0] != tokens_T.shape[0]:
     raise ValueError(f"batch sizes differ: z_T {z_T.shape}, tokens_T {tokens_T.shape}.")
   _check_text_shape(tokens_T.shape, text_mask, text_known)
+  _check_temperature(graph, text_temperature)
 
   b = z_T.shape[0]
   ts = (logsnr_time_grid(sched, steps, t_end) if grid == "logsnr"
@@ -412,9 +451,11 @@ def joint_sample(model_fn: Callable, z_T: jnp.ndarray, tokens_T: jnp.ndarray,
       if text_method == "markov":
         sigma_s = noise(t_next)[0] if denoise else jnp.where(i == steps - 1, 0.0,
                                                              noise(t_next)[0])
-        x = markov.absorbing_ancestral_step(key, x, text_out, noise(t)[0], sigma_s, graph)
+        x = markov.absorbing_ancestral_step(key, x, text_out, noise(t)[0], sigma_s, graph,
+                                            text_temperature)
       else:
-        x = _sedd_update(graph, noise, text_method, key, x, text_out, t, t_next)
+        x = _sedd_update(graph, noise, text_method, key, x, text_out, t, t_next,
+                         text_temperature)
       x = hold_text(x)
     return z, x, x0_prev, h_prev
 
@@ -429,9 +470,10 @@ def joint_sample(model_fn: Callable, z_T: jnp.ndarray, tokens_T: jnp.ndarray,
     if not text_clean:
       key = jax.random.fold_in(rng_txt, steps)
       if text_method == "markov":
-        x = markov.absorbing_ancestral_step(key, x, text_out, noise(t)[0], 0.0, graph)
+        x = markov.absorbing_ancestral_step(key, x, text_out, noise(t)[0], 0.0, graph,
+                                            text_temperature)
       else:
-        x = _sedd_denoise(graph, noise, key, x, text_out, t)
+        x = _sedd_denoise(graph, noise, key, x, text_out, t, text_temperature)
       x = hold_text(x)
   if image_mask is not None and not image_clean:
     z = jnp.where(jnp.asarray(image_mask, bool), image_known.astype(jnp.float32), z)

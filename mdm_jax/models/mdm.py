@@ -59,6 +59,7 @@ from mdm_jax.models.vae import UnifiedVAE, patchify, unpatchify
 TASKS = ("class2img", "t2i", "caption", "vqa", "joint", "text")
 TASK_IDS = {name: i for i, name in enumerate(TASKS)}
 N_FIXED_PREFIX = 4  # t_img, t_txt, class, task
+TEXT_SCORES = ("conditional", "sedd")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +85,7 @@ class MDMConfig:
   text_id_embed: bool = True        # also embed the noised ids (not only their VAE latents)
   row_end_tokens: bool = False      # DiM's learnable tokens at the end of each grid row
   directions: int = 4               # 4 (paper) or 1 ("1 scan direction" ablation)
+  text_score: str = "conditional"   # absorbing log-score form: "conditional" or "sedd"
   # Mamba-2 mixer.
   d_state: int = 64
   d_conv: int = 4
@@ -105,6 +107,8 @@ class MDMConfig:
       raise ValueError(f"model.backbone must be 'mamba2' or 'transformer', got {self.backbone!r}")
     if self.directions not in (1, 4):
       raise ValueError(f"model.directions must be 4 or 1, got {self.directions}")
+    if self.text_score not in TEXT_SCORES:
+      raise ValueError(f"model.text_score must be one of {TEXT_SCORES}, got {self.text_score!r}")
     if self.image_size % self.patch_size:
       raise ValueError(f"model.image_size {self.image_size} must be a multiple of "
                        f"model.patch_size {self.patch_size}")
@@ -343,18 +347,35 @@ class Denoiser(nn.Module):
       h_img = scan_order.remove_row_end_tokens(h_img, *cfg.grid)
     eps = self.eps_head(h_img).astype(jnp.float32)
     raw = self.score_head(x[:, n_pre + n_img:]).astype(jnp.float32)
-    return eps, absorbing_log_score(raw, sigma_txt, ids_t, cfg.vocab_size)
+    return eps, absorbing_log_score(raw, sigma_txt, ids_t, cfg.vocab_size, cfg.text_score)
 
 
-def absorbing_log_score(raw, sigma, ids_t, vocab_size):
-  """SEDD's absorbing parameterisation of the network output (b, T, V+1) -> log-scores.
+def absorbing_log_score(raw, sigma, ids_t, vocab_size, form="conditional"):
+  """The network output (b, T, V+1) -> absorbing log-scores (b, T, V+1), float32.
 
-  Subtracts log(e^sigma - 1) + log V (the log-ratio of an uninformed model) and fixes the
-  current token's own entry to 0.
+  At a masked position the true concrete score is ``p(x0_i = y | unmasked) / (e^sigma - 1)``
+  (Ou et al. 2024, "Your absorbing discrete diffusion secretly models the conditional
+  distributions of clean data"): a time-free conditional times an analytic factor.
+
+  * ``form="conditional"`` builds exactly that: ``log_softmax(raw[..., :V]) - log(e^sigma - 1)``
+    (RADD's form). The score entropy then equals the absorbing ELBO's weighted cross-entropy,
+    and the token entries compete through the softmax. On the digits run this is what makes
+    the yes/no VQA answers learnable (README, "VQA and the score parameterisation").
+  * ``form="sedd"`` is SEDD's: ``raw - log(e^sigma - 1) - log V``, each entry free (the
+    log-ratio of an uninformed model at init; the normaliser must be learnt).
+
+  Either way the current token's own entry is 0 (ratio 1); the [MASK] column is only read there.
   """
   sigma = sigma.astype(jnp.float32)[:, None, None]
   esigm1 = jnp.where(sigma < 0.5, jnp.expm1(sigma), jnp.exp(sigma) - 1.0)
-  raw = raw - jnp.log(jnp.maximum(esigm1, 1e-12)) - math.log(vocab_size)
+  log_esigm1 = jnp.log(jnp.maximum(esigm1, 1e-12))
+  if form == "conditional":
+    tokens = jax.nn.log_softmax(raw[..., :vocab_size], axis=-1)
+    raw = jnp.concatenate([tokens, raw[..., vocab_size:]], axis=-1) - log_esigm1
+  elif form == "sedd":
+    raw = raw - log_esigm1 - math.log(vocab_size)
+  else:
+    raise ValueError(f"absorbing log-score form must be one of {TEXT_SCORES}, got {form!r}")
   current = jax.nn.one_hot(ids_t, vocab_size + 1, dtype=bool)
   return jnp.where(current, 0.0, raw)
 

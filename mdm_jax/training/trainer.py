@@ -120,12 +120,17 @@ class Trainer:
     return new_state, terms
 
   # --- sampling -------------------------------------------------------------------------
-  def sample(self, state, task: str, rng, num: int, **given):
-    """Generate with the EMA parameters; one compiled function per (task, num)."""
-    key = (task, num, tuple(sorted(given)))
+  def sample(self, state, task: str, rng, num: int, *,
+             sample_cfg: gen.SampleConfig | None = None, **given):
+    """Generate with the EMA parameters; one compiled function per (task, num, sampler).
+
+    ``sample_cfg`` replaces the config's sampler settings for this call (e.g. greedy answers).
+    """
+    sample_cfg = sample_cfg or self.sample_cfg
+    key = (task, num, tuple(sorted(given)), sample_cfg)
     if key not in self._samplers:
       fn = functools.partial(gen.generate, self.model, task=task, num=num,
-                             loss_cfg=self.loss_cfg, sample_cfg=self.sample_cfg)
+                             loss_cfg=self.loss_cfg, sample_cfg=sample_cfg)
       self._samplers[key] = jax.jit(lambda variables, rng, **kw: fn(variables, rng=rng, **kw))
     variables = {"params": state["ema"], "latent_stats": state["latent_stats"]}
     with sharding.mesh_context(self.mesh):
