@@ -30,6 +30,10 @@ from mdm_jax.training import checkpoint as ckpt_lib
 from mdm_jax.training import sharding
 from mdm_jax.training.trainer import Trainer, model_config
 
+if __name__ == "__main__":
+  # Before DEFINE_config_file, which already applies sys.argv's overrides to the default config:
+  # names become paths and unknown override fields get a clear error.
+  sys.argv = config_registry.rewrite_argv(sys.argv)
 config_flags.DEFINE_config_file(
     "config", config_registry.resolve("digits"),
     f"Config name ({', '.join(config_registry.NAMES)}) or file; default: digits.", lock_config=True)
@@ -102,8 +106,9 @@ def dry_run(config):
   mesh_cfg = dict(config.mesh)
   mesh = sharding.make_mesh(**mesh_cfg)
   trainer = Trainer(config, mesh, vocab_size=mc.vocab_size, num_classes=mc.num_classes)
-  batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=trainer.batch_sharding),
-                       jax.eval_shape(lambda: trainer.dummy_batch(config.batch_size)))
+  batch = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=trainer.batch_sharding),
+      jax.eval_shape(lambda: trainer.dummy_batch(config.batch_size)))
   t0 = time.time()
   with sharding.mesh_context(mesh):
     compiled = trainer.train_step.lower(trainer.abstract_state, batch).compile()
@@ -269,5 +274,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  sys.argv = config_registry.rewrite_argv(sys.argv)
   app.run(main)

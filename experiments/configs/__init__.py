@@ -33,13 +33,37 @@ def load(name_or_path: str):
   return module.get_config()
 
 
+def check_override_fields(config, argv: list[str], name: str = "the config") -> None:
+  """Raises a ValueError naming the field and the fields that exist, for every
+  ``--config.a.b=value`` in argv whose path is not in ``config`` (ml_collections would fail
+  later with a bare ``AttributeError: 'b'``)."""
+  for arg in argv:
+    if not arg.startswith("--config."):
+      continue
+    path = arg[len("--config."):].split("=", 1)[0]
+    node, walked = config, []
+    for key in path.split("."):
+      if not hasattr(node, "keys") or key not in node:
+        where = ".".join(walked) or "the top level"
+        known = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else "(not a section)"
+        raise ValueError(
+            f"unknown config field {path!r} (from {arg}): {name} has no {key!r} in {where}. "
+            f"Fields there: {known}")
+      node, walked = node[key], walked + [key]
+
+
 def rewrite_argv(argv: list[str]) -> list[str]:
-  """Turns ``--config=NAME`` into ``--config=PATH`` before absl parses flags."""
-  out = []
+  """Turns ``--config=NAME`` into ``--config=PATH`` before absl parses flags, and checks that
+  every ``--config.a.b=...`` override names a field of that config (default: digits)."""
+  out, chosen = [], "digits"
   for i, arg in enumerate(argv):
     if arg.startswith("--config="):
-      arg = "--config=" + resolve(arg.split("=", 1)[1])
+      chosen = arg.split("=", 1)[1]
+      arg = "--config=" + resolve(chosen)
     elif arg == "--config" and i + 1 < len(argv):
-      argv[i + 1] = resolve(argv[i + 1])
+      chosen = argv[i + 1]
+      argv[i + 1] = resolve(chosen)
     out.append(arg)
+  if any(a.startswith("--config.") for a in out):
+    check_override_fields(load(chosen), out, f"config {chosen!r}")
   return out
