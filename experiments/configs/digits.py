@@ -3,7 +3,8 @@
 Every task trains together (class-to-image, text-to-image, captioning, VQA, joint, text) with
 captions and VQA pairs made from the labels through varied templates; a BPE tokenizer is trained
 on the fly and saved in the workdir. Budgeted for a 2-core CPU: finishes with its samples in
-about 16 minutes including compilation (the README records the measured run and its quality).
+15 to 19 minutes including compilation, measured on different days (the README records the
+measured run and its quality).
 """
 import ml_collections
 

@@ -224,7 +224,7 @@ def _sedd_update(graph, noise, method, rng, x, log_score, t, t_next, temperature
   sigma, dsigma = noise(t)
   if method == "euler":
     rate = (t - t_next) * dsigma * graph.reverse_rate(x, score)
-    probs = jax.nn.one_hot(x, graph.dim) + rate  # graph.sample_rate's weights
+    probs = jax.nn.one_hot(x, graph.dim) + rate  # one Euler (tau-leaping) jump
   else:
     # analytic: Tweedie tau-leaping with exact transitions over [sigma(t_next), sigma(t)].
     dsig = sigma - noise(t_next)[0]

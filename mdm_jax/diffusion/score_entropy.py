@@ -114,10 +114,6 @@ class _Graph:
     rate = jnp.where(on_i, 0.0, rate)
     return jnp.where(on_i, -rate.sum(-1, keepdims=True), rate)
 
-  def sample_rate(self, rng: jax.Array, i: jnp.ndarray, rate: jnp.ndarray) -> jnp.ndarray:
-    """One Euler (tau-leaping) jump: a draw from onehot(i) + rate (rate already times dt)."""
-    return sample_categorical(rng, jax.nn.one_hot(i, self.dim) + rate)
-
 
 @dataclasses.dataclass(frozen=True)
 class AbsorbingGraph(_Graph):
