@@ -95,6 +95,7 @@ def evaluate(workdir: str, *, per_class=30, num_heldout=None, batch=100, overrid
                                    image_size=config.data.image_size,
                                    channels=config.data.channels, data_dir=config.data.data_dir)
   is_digits = config.data.name == "digits"
+  heldout_images = np.stack([e["image"] for e in heldout]) if heldout else None
 
   if weights["class2img"] > 0 and "class2img" in tasks:
     t0 = time.time()
@@ -105,17 +106,15 @@ def evaluate(workdir: str, *, per_class=30, num_heldout=None, batch=100, overrid
       params = classifier(workdir)
       extractor = digits_classifier.DigitsFeatureExtractor(params)
       results["class_accuracy"] = float(digits_classifier.digits_accuracy(params, images, labels))
-      real = np.stack([e["image"] for e in heldout])
       f_fake, logits = extractor.features(images)
-      f_real, _ = extractor.features(real)
+      f_real, _ = extractor.features(heldout_images)
       results["fid_digits"] = image_metrics.frechet_distance_from_features(f_real, f_fake)
       results["is_digits"] = image_metrics.inception_score(np.asarray(jax.nn.softmax(logits)))
       p, r = image_metrics.precision_recall(f_real, f_fake, k=3)
       results["precision"], results["recall"] = p, r
 
   if weights["caption"] > 0 and heldout and "caption" in tasks:
-    images = np.stack([e["image"] for e in heldout])
-    _, tokens = generate_batched(run, "caption", rng, len(heldout), batch, images=images)
+    _, tokens = generate_batched(run, "caption", rng, len(heldout), batch, images=heldout_images)
     captions = [tok.decode(t) for t in tokens]
     refs = [e["captions"] for e in heldout]
     results["bleu4"] = text_metrics.corpus_bleu(captions, refs)
@@ -138,7 +137,7 @@ def evaluate(workdir: str, *, per_class=30, num_heldout=None, batch=100, overrid
       _, tokens = generate_batched(
           run, "vqa", rng, len(heldout), batch,
           sample_cfg=dataclasses.replace(run.trainer.sample_cfg, text_temperature=temperature),
-          images=np.stack([e["image"] for e in heldout]), text=seqs, prompt_len=plens)
+          images=heldout_images, text=seqs, prompt_len=plens)
       answers = [tok.decode(t[p:]) for t, p in zip(tokens, plens)]
       results[name] = float(vqa.mean_vqa_accuracy(answers, references))
       if name == "vqa_accuracy":

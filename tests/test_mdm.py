@@ -17,6 +17,7 @@ import numpy as np
 import optax
 import pytest
 
+from mdm_jax.diffusion import score_entropy as se
 from mdm_jax.losses import LossConfig, mdm_loss
 from mdm_jax.models.mdm import MDM, TASKS, Denoiser, MDMConfig, absorbing_log_score
 from tiny_mdm import FAST_COMPILE, TEXT_LEN, VOCAB, key, randomize_zero_kernels, tiny_config
@@ -343,7 +344,6 @@ def test_absorbing_log_score_conditional_is_softmax_over_e_sigma_minus_1():
 def test_score_entropy_with_conditional_scores_is_the_weighted_cross_entropy():
   """With RADD's form the denoising score entropy is dsigma / (e^sigma - 1) * CE (hand formula),
   i.e. the absorbing ELBO: checked at masked positions, 0 at clean ones."""
-  from mdm_jax.diffusion import score_entropy as se
   raw, sigma, ids, v, _ = _log_score_inputs()
   rs = np.random.RandomState(1)
   x0 = rs.randint(0, v, ids.shape).astype(np.int32)
