@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pytest
+import scipy.linalg
 
 from mdm_jax.evaluation import image_metrics
 
@@ -31,15 +32,51 @@ def test_frechet_distance_commuting_full_covariances():
   np.testing.assert_allclose(got, _closed_form_commuting(mu1, a, mu2, b), rtol=1e-7)
 
 
-def test_frechet_distance_identical_is_zero_and_degenerate_is_finite():
+def test_frechet_distance_identical_is_zero_and_zero_covariances_leave_the_mean_term():
   rng = np.random.default_rng(2)
   m = rng.normal(size=(4, 4))
   sigma = m @ m.T
   mu = rng.normal(size=4)
   assert abs(image_metrics.frechet_distance(mu, sigma, mu, sigma)) < 1e-8
-  # Zero covariances: only the mean term is left.
+  # Zero covariances: only the mean term is left (no eps offset biases it).
   got = image_metrics.frechet_distance(np.zeros(3), np.zeros((3, 3)), np.ones(3), np.zeros((3, 3)))
-  np.testing.assert_allclose(got, 3.0, atol=1e-6)
+  np.testing.assert_allclose(got, 3.0, rtol=1e-12)
+
+
+def test_frechet_distance_singular_covariances_match_the_closed_form():
+  # Rank-deficient commuting covariances (zeros on the shared eigenbasis): the product is
+  # singular, which is where sqrtm-based FIDs fall back to an eps offset.
+  rng = np.random.default_rng(4)
+  q, _ = np.linalg.qr(rng.normal(size=(6, 6)))
+  a = np.array([2.0, 0.0, 1.5, 0.0, 0.3, 0.0])
+  b = np.array([0.0, 0.0, 0.7, 1.1, 2.0, 0.0])
+  mu1, mu2 = rng.normal(size=6), rng.normal(size=6)
+  got = image_metrics.frechet_distance(mu1, q @ np.diag(a) @ q.T, mu2, q @ np.diag(b) @ q.T)
+  # A zero eigenvalue comes back as float64 round-off (~1e-16), whose root is ~1e-8: the
+  # tolerance is that, per zero direction, not an eps offset's bias (~eps * d = 6e-6).
+  np.testing.assert_allclose(got, _closed_form_commuting(mu1, a, mu2, b), rtol=0, atol=1e-7)
+
+
+def test_frechet_distance_fewer_samples_than_dims_is_the_nonsingular_limit():
+  # 5 samples in 8 dims give rank-4 covariances. With a vanishing ridge the product is
+  # nonsingular and scipy's sqrtm (the oracle) is well-posed; its limit is the exact value.
+  rng = np.random.default_rng(5)
+  f1, f2 = rng.normal(size=(5, 8)), rng.normal(0.5, 2.0, size=(5, 8))
+  got = image_metrics.frechet_distance_from_features(f1, f2)
+  m1, s1 = np.mean(f1, axis=0), np.cov(f1, rowvar=False)
+  m2, s2 = np.mean(f2, axis=0), np.cov(f2, rowvar=False)
+  ridge = np.eye(8) * 1e-9
+  root = scipy.linalg.sqrtm((s1 + ridge) @ (s2 + ridge)).real
+  limit = np.sum((m1 - m2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * np.trace(root)
+  np.testing.assert_allclose(got, limit, rtol=1e-5)
+
+
+def test_frechet_distance_rejects_a_matrix_that_is_not_a_covariance():
+  with pytest.raises(ValueError, match="negative eigenvalue"):
+    image_metrics.frechet_distance(np.zeros(2), -np.eye(2), np.zeros(2), np.eye(2))
+  with pytest.raises(ValueError, match="not symmetric"):
+    image_metrics.frechet_distance(np.zeros(2), np.array([[1.0, 0.5], [0.0, 1.0]]),
+                                   np.zeros(2), np.eye(2))
 
 
 def test_frechet_distance_from_features_matches_1d_formula():

@@ -4,8 +4,10 @@ These follow the ADM evaluation suite (Dhariwal & Nichol, 2021, ``guided-diffusi
 so numbers are comparable with ADM/DiT tables when the features come from the same network:
 
 * Frechet distance between Gaussians fitted to two feature sets (FID when the features are
-  InceptionV3 pool_3 activations), with pytorch-fid's / ADM's handling of a singular product
-  (retry with ``eps * I`` added) and of the complex round-off ``scipy.linalg.sqrtm`` returns.
+  InceptionV3 pool_3 activations). The trace of ``(sigma1 sigma2)^(1/2)`` comes from two
+  symmetric eigendecompositions instead of ``scipy.linalg.sqrtm``: exact for singular
+  covariances (where pytorch-fid and ADM retry with ``eps * I`` added) and the same on every
+  numpy/scipy release.
 * Inception Score ``exp(E_x KL(p(y|x) || p(y)))`` averaged over splits of ``split_size``.
 * Improved precision and recall (Kynkaenniemi et al., 2019): the k-NN manifold estimate with
   k = 3, squared Euclidean distances, and "inside" meaning ``d(x, r) <= radius_k(r)`` for some
@@ -17,12 +19,10 @@ jit-compiled jax so memory stays at one ``row_batch x col_batch`` block.
 from __future__ import annotations
 
 import functools
-import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.linalg
 
 
 def gaussian_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -41,17 +41,45 @@ def gaussian_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   return features.mean(axis=0), np.atleast_2d(np.cov(features, rowvar=False))
 
 
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
-                     eps: float = 1e-6) -> float:
+def _trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
+  """``tr((sigma1 sigma2)^(1/2))`` for symmetric PSD (d, d) matrices, exact when singular.
+
+  ``sigma1 sigma2`` has the eigenvalues of the symmetric PSD ``s = r sigma2 r`` with
+  ``r = sigma1^(1/2)`` (``AB`` and ``BA`` share eigenvalues), so the trace of its principal root
+  is ``sum(sqrt(eig(s)))``. Two symmetric eigendecompositions need neither the ``eps * I`` retry
+  that pytorch-fid and ADM wrap around ``scipy.linalg.sqrtm`` for a singular product (fewer
+  samples than feature dimensions, a zero covariance) nor its complex round-off, and they give
+  the same value on every scipy/numpy release (``sqrtm``'s handling of singular input has
+  changed between releases, and the retry biases the result by about ``eps * d``).
+  """
+  w1, v1 = np.linalg.eigh(sigma1)
+  root1 = (v1 * np.sqrt(np.clip(w1, 0.0, None))) @ v1.T
+  s = root1 @ sigma2 @ root1
+  w = np.linalg.eigvalsh((s + s.T) / 2.0)
+  return float(np.sum(np.sqrt(np.clip(w, 0.0, None))))
+
+
+def _check_covariance(name: str, sigma: np.ndarray) -> None:
+  scale = max(float(np.max(np.abs(sigma))), 1e-300)
+  if not np.allclose(sigma, sigma.T, rtol=0.0, atol=1e-8 * scale):
+    raise ValueError(f"FID: {name} is not symmetric; pass a covariance matrix "
+                     "(e.g. from gaussian_statistics).")
+  lowest = float(np.linalg.eigvalsh(sigma)[0])
+  if lowest < -1e-6 * scale:
+    raise ValueError(f"FID: {name} has a negative eigenvalue {lowest:g}; a covariance is "
+                     "positive semi-definite.")
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
+                     sigma2: np.ndarray) -> float:
   """Frechet (2-Wasserstein) distance between N(mu1, sigma1) and N(mu2, sigma2).
 
-  ``|mu1 - mu2|^2 + tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^(1/2))``.
+  ``|mu1 - mu2|^2 + tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^(1/2))``, with the trace of the root
+  computed exactly for singular covariances too (see ``_trace_sqrt_product``).
 
   Args:
     mu1, mu2: (d,) means.
-    sigma1, sigma2: (d, d) covariances.
-    eps: diagonal offset added to both covariances when their product's square root is not
-      finite (a singular product, e.g. fewer samples than feature dimensions).
+    sigma1, sigma2: (d, d) symmetric positive semi-definite covariances.
 
   Returns:
     The distance as a Python float.
@@ -65,25 +93,16 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
   if sigma1.shape != (d, d) or sigma2.shape != (d, d):
     raise ValueError(f"covariances must be ({d}, {d}) to match the means, got {sigma1.shape} and "
                      f"{sigma2.shape}.")
+  _check_covariance("sigma1", sigma1)
+  _check_covariance("sigma2", sigma2)
   diff = mu1 - mu2
-  covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
-  if not np.isfinite(covmean).all():
-    warnings.warn(f"FID: sqrtm(sigma1 sigma2) is singular; adding {eps} to the diagonals.")
-    offset = np.eye(d) * eps
-    covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
-  if np.iscomplexobj(covmean):
-    if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
-      raise ValueError(f"FID: sqrtm(sigma1 sigma2) has an imaginary component of "
-                       f"{np.max(np.abs(covmean.imag)):g}; are the covariances PSD?")
-    covmean = covmean.real
-  return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
+  return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2)
+               - 2.0 * _trace_sqrt_product(sigma1, sigma2))
 
 
-def frechet_distance_from_features(features1: np.ndarray, features2: np.ndarray,
-                                   eps: float = 1e-6) -> float:
+def frechet_distance_from_features(features1: np.ndarray, features2: np.ndarray) -> float:
   """FID-style distance between two (n, d) feature sets (Gaussian fit, then closed form)."""
-  return frechet_distance(*gaussian_statistics(features1), *gaussian_statistics(features2),
-                          eps=eps)
+  return frechet_distance(*gaussian_statistics(features1), *gaussian_statistics(features2))
 
 
 def inception_score(probs: np.ndarray, split_size: int = 5000) -> float:
