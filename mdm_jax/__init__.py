@@ -1,6 +1,6 @@
 """mdm-jax: Multi-Modal Diffusion Mamba in JAX/Flax.
 
-The model and diffusion modules import with jax, flax, optax, chex and einops alone; the data
+The model and diffusion modules import with jax, flax, optax and einops alone; the data
 stack (grain, tensorflow-datasets, sentencepiece) is only needed by ``data/`` and the
 ``experiments/`` entry points.
 """
