@@ -65,7 +65,7 @@ def open_run(workdir: str, overrides: dict | None = None) -> Run:
   if not os.path.isdir(ckpt_dir):
     raise FileNotFoundError(f"{workdir} has no checkpoints/: train first with "
                             f"`python -m experiments.train --workdir={workdir}`")
-  checkpointer = ckpt_lib.Checkpointer(workdir)
+  checkpointer = ckpt_lib.Checkpointer(workdir, read_only=True)  # a reader changes nothing
   saved = checkpointer.restore_config()
   if saved is None:
     raise FileNotFoundError(f"no checkpoint in {ckpt_dir}")

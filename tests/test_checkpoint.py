@@ -209,3 +209,101 @@ def test_bad_config_is_a_clear_error(tmp_path):
   with ckpt_lib.Checkpointer(tmp_path) as ckpt:
     with pytest.raises(ValueError, match="not JSON-serialisable"):
       ckpt.save(1, make_state(1), config_dict={"f": object()})
+
+
+def _save_steps(workdir, steps, **kw):
+  with ckpt_lib.Checkpointer(workdir, max_to_keep=None) as ckpt:
+    for step in steps:
+      ckpt.save(step, make_state(step), config_dict={"step": step}, **kw)
+
+
+def test_bytes_changed_after_the_save_are_caught_by_the_digests(tmp_path, caplog):
+  # Step 2's arrays replaced by step 1's: every file decodes, the shapes match, and only the
+  # digests written with step 2 can tell (as with bytes overwritten inside an array file).
+  _save_steps(tmp_path, (1, 2))
+  root = tmp_path / "checkpoints"
+  shutil.rmtree(root / "2" / "state")
+  shutil.copytree(root / "1" / "state", root / "2" / "state")
+  ckpt = ckpt_lib.Checkpointer(tmp_path)
+  with caplog.at_level(logging.WARNING):
+    restored, step = ckpt.restore_latest(abstract_of(make_state(0)))
+  assert step == 1
+  assert_state_equal(restored, make_state(1))
+  assert "do not match the digests written with step 2" in caplog.text
+  ckpt.close()
+
+
+def test_random_bytes_inside_an_array_file_fall_back_to_the_previous_step(tmp_path):
+  with ckpt_lib.Checkpointer(tmp_path) as ckpt:
+    for step in (1, 2):
+      state = make_state(step, width=256)
+      ckpt.save(step, state)
+  files = [os.path.join(root, f) for root, _, fs in os.walk(tmp_path / "checkpoints" / "2" /
+                                                            "state" / "d") for f in fs]
+  largest = max(files, key=os.path.getsize)
+  size = os.path.getsize(largest)
+  with open(largest, "r+b") as fh:  # 64 random bytes in the middle, the size unchanged
+    fh.seek(size // 2)
+    fh.write(np.random.default_rng(0).bytes(64))
+  assert os.path.getsize(largest) == size
+  with ckpt_lib.Checkpointer(tmp_path) as ckpt:
+    restored, step = ckpt.restore_latest(abstract_of(make_state(0, width=256)))
+  assert step == 1
+  assert_state_equal(restored, make_state(1, width=256))
+
+
+def test_digest_sees_a_swap_and_every_dtype():
+  x = jnp.arange(6, dtype=jnp.float32)
+  swapped = x[jnp.array([1, 0, 2, 3, 4, 5])]
+  state = {"f": x, "b": jnp.ones((2, 3), jnp.bfloat16), "i": jnp.arange(4),
+           "m": jnp.array([True, False]), "k": jax.random.key(0)}
+  table, bad = ckpt_lib.state_digests(state)
+  assert not bad and len(table) == 5
+  # The plain sum is blind to a swap; the position-weighted one is not.
+  other, _ = ckpt_lib.state_digests(dict(state, f=swapped))
+  assert other["['f']"][0] == table["['f']"][0] and other["['f']"][1] != table["['f']"][1]
+  # Hand formula for the plain word sum of a float32 leaf.
+  words = np.asarray(x).view(np.uint32).astype(np.uint64).sum() % 2**32
+  assert table["['f']"][0] == int(words)
+
+
+@pytest.mark.parametrize("where", ["params", "opt_state", "ema"])
+def test_a_non_finite_state_is_never_saved(tmp_path, where):
+  # What --config.optim.lr=1e38 gives: the loss before the update is finite, the state after
+  # it is not.
+  _save_steps(tmp_path, (1,))
+  state = make_state(2)
+  leaves, treedef = jax.tree.flatten(state[where])
+  leaves[0] = leaves[0].at[0].set(jnp.inf) if leaves[0].ndim else jnp.inf * leaves[0]
+  state[where] = jax.tree.unflatten(treedef, leaves)
+  with ckpt_lib.Checkpointer(tmp_path) as ckpt:
+    with pytest.raises(FloatingPointError, match=rf"step 2: \['{where}'\]"):
+      ckpt.save(2, state)
+    assert ckpt.all_steps() == [1]
+
+
+def test_a_reader_changes_nothing_in_the_workdir(tmp_path):
+  _save_steps(tmp_path, (1, 2))
+  # A running trainer's save in progress, and a refused (garbled) newest checkpoint.
+  in_progress = tmp_path / "checkpoints" / "3.orbax-checkpoint-tmp-1700000000"
+  (in_progress / "state").mkdir(parents=True)
+  _garble_metadata(tmp_path / "checkpoints" / "2")
+  before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+  with ckpt_lib.Checkpointer(tmp_path, read_only=True) as reader:
+    _, step = reader.restore_latest(abstract_of(make_state(0)))
+    assert step == 1
+    with pytest.raises(PermissionError, match="read-only"):
+      reader.save(4, make_state(4))
+  assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
+
+
+def test_an_unreadable_config_falls_back_to_the_previous_one(tmp_path, caplog):
+  _save_steps(tmp_path, (1, 2))
+  for f in (tmp_path / "checkpoints" / "2" / "config").iterdir():
+    f.write_bytes(b"\x00garbage{")
+  with ckpt_lib.Checkpointer(tmp_path, read_only=True) as reader:
+    with caplog.at_level(logging.WARNING):
+      assert reader.restore_config() == {"step": 1}
+      _, step = reader.restore_latest(abstract_of(make_state(0)))
+  assert step == 1
+  assert "Refusing the config of checkpoint 2" in caplog.text

@@ -1,11 +1,17 @@
 """Orbax checkpointing of the train state, data-iterator state and config.
 
-Layout: `workdir/checkpoints/<step>/{state, data_iter, config}`:
+Layout: `workdir/checkpoints/<step>/{state, data_iter, config, integrity}`:
   state      the train-state pytree (params, opt_state, ema, step, rng, ...),
              written by `ocp.args.StandardSave` (sharded, multi-host safe);
   data_iter  the grain iterator position (grain's orbax handler, one JSON file per
              process), present when an iterator was passed;
-  config     the run config as JSON.
+  config     the run config as JSON;
+  integrity  two 32-bit digests of every state leaf's bits (JSON), verified on restore.
+
+Nothing non-finite is saved: `save` refuses a state with a NaN or Inf anywhere
+(parameters, EMA, optimizer moments), since the loss computed before an update cannot
+see what the update wrote. Bytes changed on disk after a save (the file size intact)
+restore without an error from orbax; the digests catch them.
 
 Writes are atomic: orbax writes into `<step>.orbax-checkpoint-tmp-*` and renames it
 (or writes a commit marker on object stores) when finished, and only finalised step
@@ -13,11 +19,14 @@ directories are listed, so a crash mid-write never yields a half checkpoint; lef
 tmp directories are deleted when a Checkpointer opens the directory.
 
 Restoring walks back from the newest step: a checkpoint that does not restore
-(unreadable or truncated file, missing item, structure or shape different from the
-expected state) is refused with a logged reason, and the next older one is tried.
-Refused checkpoints newer than the one resumed from are moved to
-`workdir/refused_checkpoints/` (kept for inspection, and so that re-saving those
-step numbers works).
+(unreadable or truncated file, missing item, undecodable config, structure or shape
+different from the expected state, digests that do not match) is refused with a
+logged reason, and the next older one is tried. A trainer's Checkpointer moves refused
+checkpoints newer than the one resumed from to `workdir/refused_checkpoints/` (kept
+for inspection, and so that re-saving those step numbers works). A reader's
+(`read_only=True`: sample, evaluate, the notebook) changes nothing on disk: it neither
+deletes left-over tmp directories (they may be a running trainer's save in progress)
+nor moves refused checkpoints.
 
 grain is imported lazily, so this module imports without the data stack.
 """
@@ -31,6 +40,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
@@ -117,6 +127,70 @@ def _to_restore_target(leaf: Any) -> Any:
   return ocp.utils.to_shape_dtype_struct(leaf)
 
 
+_DIGEST_FORMAT = 1
+_GOLDEN = 0x9E3779B1  # odd multiplier (2^32 / golden ratio) spreading positions over 32 bits
+
+
+def _as_bits(x: jax.Array) -> jax.Array:
+  """A leaf's raw bits as an unsigned integer array (PRNG keys by their key data)."""
+  if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+    x = jax.random.key_data(x)
+  if x.dtype == jnp.bool_:
+    return x.astype(jnp.uint8)
+  unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}[x.dtype.itemsize]
+  return jax.lax.bitcast_convert_type(x, unsigned)  # 8-byte leaves gain a trailing dim of 2
+
+
+def _leaf_digest(x: jax.Array) -> jax.Array:
+  """(2,) uint32: the wrapping sum of the leaf's words, and of words times an odd hash of
+  their position (so swapped or shifted bytes change it too). Built from per-dimension
+  iotas, not a reshape, so a sharded leaf is digested where it lies (one all-reduce)."""
+  u = _as_bits(x).astype(jnp.uint32)
+  position = jnp.zeros(u.shape, jnp.uint32)
+  stride = 1
+  for d in reversed(range(u.ndim)):
+    position = position + jax.lax.broadcasted_iota(jnp.uint32, u.shape, d) * jnp.uint32(
+        stride % 2**32)
+    stride *= u.shape[d]
+  weight = position * jnp.uint32(_GOLDEN) + jnp.uint32(1)
+  return jnp.stack([jnp.sum(u, dtype=jnp.uint32), jnp.sum(u * weight, dtype=jnp.uint32)])
+
+
+def _leaf_finite(x: jax.Array) -> jax.Array:
+  if jnp.issubdtype(x.dtype, jnp.inexact):
+    return jnp.all(jnp.isfinite(x))
+  return jnp.asarray(True)
+
+
+@jax.jit
+def _inspect_state(state: PyTree) -> tuple[PyTree, PyTree]:
+  """Per leaf: its digest and whether it is finite (one pass over the state on device)."""
+  return jax.tree.map(_leaf_digest, state), jax.tree.map(_leaf_finite, state)
+
+
+def state_digests(state: PyTree) -> tuple[dict[str, list[int]], list[str]]:
+  """Digests of every leaf ({path: [sum, weighted sum]}) and the paths of non-finite
+  leaves, for a state of (possibly sharded, multi-host) jax or numpy arrays."""
+  digests, finite = jax.device_get(_inspect_state(state))
+  paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(state)[0]]
+  table = {p: [int(v) for v in np.asarray(d)] for p, d in zip(paths, jax.tree.leaves(digests))}
+  bad = [p for p, ok in zip(paths, jax.tree.leaves(finite)) if not bool(ok)]
+  return table, bad
+
+
+def _check_digests(step: int, state: PyTree, saved: Mapping[str, Any]) -> None:
+  if saved.get("format") != _DIGEST_FORMAT:
+    raise ValueError(f"integrity record of step {step} has unknown format {saved.get('format')}")
+  digests, _ = state_digests(state)
+  expected = saved.get("leaves", {})
+  wrong = [p for p, d in digests.items() if expected.get(p) != d]
+  if wrong:
+    shown = ", ".join(wrong[:5]) + (f" and {len(wrong) - 5} more" if len(wrong) > 5 else "")
+    raise ValueError(
+        f"the restored arrays do not match the digests written with step {step}: {shown} "
+        "changed on disk after the save (corrupted files)")
+
+
 def _check_matches(restored: PyTree, target: PyTree) -> None:
   """Raises ValueError if `restored` differs from `target` in structure or shapes."""
   r_struct, t_struct = jax.tree.structure(restored), jax.tree.structure(target)
@@ -154,8 +228,9 @@ class Checkpointer:
       max_to_keep: int | None = 3,
       save_interval_steps: int = 1,
       async_save: bool = True,
+      read_only: bool = False,
   ):
-    """Opens (creating if needed) `workdir/checkpoints`.
+    """Opens (creating if needed, unless `read_only`) `workdir/checkpoints`.
 
     Args:
       workdir: run directory (local path or a path epath understands, e.g. gs://).
@@ -163,20 +238,27 @@ class Checkpointer:
       save_interval_steps: `save` without `force` skips steps not divisible by it.
       async_save: write in a background thread (`save` returns after the
         device-to-host copy); call `wait()` or `close()` before exiting.
+      read_only: for readers of another process's run (sample, evaluate): nothing in
+        the workdir is created, deleted or moved, and `save` is refused.
     """
     if max_to_keep is not None and max_to_keep < 1:
       raise ValueError(f"max_to_keep={max_to_keep} must be >= 1 or None.")
     self.workdir = epath.Path(workdir)
     self.directory = self.workdir / "checkpoints"
     self.refused_directory = self.workdir / "refused_checkpoints"
+    self.read_only = read_only
+    self._save_interval_steps = save_interval_steps
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
             save_interval_steps=save_interval_steps,
             enable_async_checkpointing=async_save,
-            cleanup_tmp_directories=True,
-            create=True,
+            # A tmp directory may be a running trainer's save in progress: only the
+            # trainer itself (the writer) may delete them.
+            cleanup_tmp_directories=not read_only,
+            create=not read_only,
+            read_only=read_only,
         ))
 
   def all_steps(self) -> list[int]:
@@ -207,8 +289,23 @@ class Checkpointer:
 
     Returns:
       Whether a checkpoint was started (False when skipped by the interval).
+
+    Raises:
+      FloatingPointError: some leaf of `state` holds a NaN or Inf (nothing is written).
     """
-    items = {"state": ocp.args.StandardSave(state)}
+    if self.read_only:
+      raise PermissionError(f"this Checkpointer opened {self.directory} read-only")
+    if not force and int(step) % self._save_interval_steps:  # skip the digest pass too
+      return False
+    digests, bad = state_digests(state)
+    if bad:
+      shown = ", ".join(bad[:8]) + (f" and {len(bad) - 8} more" if len(bad) > 8 else "")
+      raise FloatingPointError(
+          f"Non-finite values in the state to be saved at step {step}: {shown}. It is not"
+          " checkpointed; the previous checkpoint is kept. Resume from it with a lower learning"
+          " rate or stronger gradient clipping.")
+    items = {"state": ocp.args.StandardSave(state),
+             "integrity": ocp.args.JsonSave({"format": _DIGEST_FORMAT, "leaves": digests})}
     if data_iter is not None:
       items["data_iter"] = _grain_args(data_iter, save=True)
     if config_dict is not None:
@@ -235,9 +332,16 @@ class Checkpointer:
     items = {"state": ocp.args.StandardRestore(target)}
     if data_iter is not None:
       items["data_iter"] = _grain_args(data_iter, save=False)
+    for name in ("config", "integrity"):  # restored only to check them, when present
+      if (self.directory / str(step) / name).exists():
+        items[name] = ocp.args.JsonRestore()
     restored = self._manager.restore(int(step), args=ocp.args.Composite(**items))
     state = restored["state"]
     _check_matches(state, target)
+    if "integrity" in items:
+      _check_digests(step, state, restored["integrity"])
+    else:
+      _log.info("Checkpoint %d predates integrity digests; restored unverified.", step)
     return state
 
   def restore_latest(
@@ -276,7 +380,10 @@ class Checkpointer:
         if data_iter is not None:
           data_iter.set_state(iter_state)  # undo a partial restore.
         continue
-      if refused:
+      if refused and self.read_only:
+        _log.warning("Restored step %d; newer checkpoint(s) %s were refused (left in"
+                     " place: read-only).", step, [s for s, _ in refused])
+      elif refused:
         self._set_aside([s for s, _ in refused])
         _log.warning(
             "Resumed from step %d; newer checkpoint(s) %s were refused and moved"
@@ -290,13 +397,26 @@ class Checkpointer:
         " away).")
 
   def restore_config(self, step: int | None = None) -> dict[str, Any] | None:
-    """The config saved with checkpoint `step` (default: latest), or None."""
-    step = self.latest_step() if step is None else step
-    if step is None:
-      return None
-    restored = self._manager.restore(
-        int(step), args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-    return restored["config"]
+    """The config saved with checkpoint `step`; by default the newest one that decodes
+    (an unreadable config is logged and the next older checkpoint's is used). None when
+    there is no checkpoint."""
+    steps = self.all_steps() if step is None else [step]
+    errors = []
+    for s in reversed(steps):
+      try:
+        restored = self._manager.restore(
+            int(s), args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+        return restored["config"]
+      except Exception as e:  # pylint: disable=broad-except
+        if step is not None:
+          raise
+        _log.warning("Refusing the config of checkpoint %d: %s: %s", s, type(e).__name__,
+                     str(e)[:_MAX_REASON_CHARS])
+        errors.append(s)
+    if errors:
+      raise NoUsableCheckpointError(
+          f"no checkpoint in {self.directory} has a readable config (steps {errors})")
+    return None
 
   def _set_aside(self, steps: list[int]) -> None:
     """Moves refused step directories out of `checkpoints/` (process 0 only)."""
