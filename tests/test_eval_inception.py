@@ -5,6 +5,7 @@ import pickle
 
 import numpy as np
 import pytest
+from safetensors import numpy as safetensors_numpy
 
 from mdm_jax.evaluation import feature_extractor
 from mdm_jax.evaluation import inception
@@ -75,15 +76,14 @@ def test_preprocessing_maps_uint8_range_to_minus_one_one():
   np.testing.assert_allclose(np.asarray(inception.preprocess_images(white * 0)), -1.0)
 
 
-def test_pickle_weights_and_torchvision_head_load(weights_file, tmp_path):
+def test_safetensors_weights_and_torchvision_head_load(weights_file, tmp_path):
   _, shapes = weights_file
   state = _random_state_dict(shapes, seed=1)
   state["fc.weight"] = state["fc.weight"][:1000]
   state["fc.bias"] = state["fc.bias"][:1000]
   state["AuxLogits.fc.weight"] = np.zeros((1000, 768), np.float32)  # ignored
-  path = tmp_path / "torchvision.pkl"
-  with open(path, "wb") as f:
-    pickle.dump(state, f)
+  path = tmp_path / "torchvision.safetensors"
+  safetensors_numpy.save_file(state, str(path))
   model, variables = inception.load_inception(str(path))
   assert model.num_classes == 1000 and not model.fid_variant
   np.testing.assert_array_equal(  # OIHW -> HWIO
@@ -91,6 +91,23 @@ def test_pickle_weights_and_torchvision_head_load(weights_file, tmp_path):
       state["Conv2d_1a_3x3.conv.weight"].transpose(2, 3, 1, 0))
   np.testing.assert_array_equal(variables["batch_stats"]["Mixed_7c"]["branch1x1"]["bn"]["var"],
                                 state["Mixed_7c.branch1x1.bn.running_var"])
+
+
+def test_pickled_weights_are_refused_unread(tmp_path):
+  path = tmp_path / "w.pkl"
+  with open(path, "wb") as f:
+    pickle.dump(_Boom(), f)  # would raise on load, were it unpickled
+  with pytest.raises(ValueError, match="not loaded .unpickling runs arbitrary code"):
+    inception.load_inception(str(path))
+
+
+class _Boom:
+  def __reduce__(self):
+    return (_explode, ())
+
+
+def _explode():
+  raise AssertionError("a pickle was loaded")
 
 
 def test_load_errors_name_what_was_expected(weights_file, tmp_path):

@@ -6,8 +6,8 @@ in Mixed_7c), i.e. the port of the TF "2015-12-05" graph that FID and ADM's eval
 returns the 2048-d ``pool_3`` features and the ``fc`` logits (1008 classes for the FID
 weights, 1000 for torchvision's ImageNet weights).
 
-Nothing is downloaded: weights come from a user-supplied ``.npz`` (or ``.pkl`` holding a dict)
-whose keys and layouts are those of the PyTorch ``state_dict`` (``Conv2d_1a_3x3.conv.weight``
+Nothing is downloaded: weights come from a user-supplied ``.npz`` (or ``.safetensors``, with the
+``safetensors`` package installed) whose keys and layouts are those of the PyTorch ``state_dict`` (``Conv2d_1a_3x3.conv.weight``
 (O, I, kh, kw), ``*.bn.weight/bias/running_mean/running_var``, ``fc.weight`` (classes, 2048),
 ``fc.bias``). Where PyTorch and pytorch-fid are installed, produce the file once with::
 
@@ -16,7 +16,8 @@ whose keys and layouts are those of the PyTorch ``state_dict`` (``Conv2d_1a_3x3.
     net = fid_inception_v3()   # fetches pt_inception-2015-12-05-6726825d.pth
     np.savez("pt_inception.npz", **{k: v.numpy() for k, v in net.state_dict().items()})
 
-``num_batches_tracked`` and ``AuxLogits.*`` entries are ignored. Preprocessing is
+Pickle files are refused: loading one runs whatever code it holds. ``num_batches_tracked`` and
+``AuxLogits.*`` entries are ignored. Preprocessing is
 pytorch-fid's: uint8 -> [0, 1], bilinear resize to 299x299 (half-pixel centres, no
 antialiasing, as ``F.interpolate(align_corners=False)``), then ``2x - 1``. Grayscale images are
 repeated to 3 channels. Features match the TF-graph evaluator closely but not bit-for-bit (its
@@ -25,7 +26,6 @@ resize differs slightly), as with pytorch-fid itself.
 from __future__ import annotations
 
 import os
-import pickle
 from collections.abc import Mapping
 from typing import Any
 
@@ -244,14 +244,19 @@ def _read_weights_file(path: str) -> dict[str, np.ndarray]:
   if path.endswith(".npz"):
     with np.load(path, allow_pickle=False) as data:
       return {k: data[k] for k in data.files}
-  if path.endswith((".pkl", ".pickle")):
-    with open(path, "rb") as f:
-      data = pickle.load(f)
-    if not isinstance(data, Mapping):
-      raise ValueError(f"{path!r} must pickle a dict of PyTorch state_dict names to arrays, got "
-                       f"{type(data).__name__}.")
-    return {str(k): np.asarray(v) for k, v in data.items()}
-  raise ValueError(f"InceptionV3 weights must be a .npz or .pkl file, got {path!r}.")
+  if path.endswith(".safetensors"):
+    try:
+      from safetensors.numpy import load_file  # optional: only for this format
+    except ImportError as e:
+      raise ImportError(f"{path!r} is a .safetensors file: `pip install safetensors` to read it, "
+                        "or convert it to .npz.") from e
+    return dict(load_file(path))
+  if path.endswith((".pkl", ".pickle", ".pt", ".pth")):
+    raise ValueError(
+        f"{path!r}: pickled weights are not loaded (unpickling runs arbitrary code). Convert "
+        "the state_dict once where you trust the file: np.savez('w.npz', **{k: v.numpy() for "
+        "k, v in state_dict.items()}).")
+  raise ValueError(f"InceptionV3 weights must be a .npz or .safetensors file, got {path!r}.")
 
 
 def _summarise(items: list[str], limit: int = 8) -> str:
@@ -264,7 +269,7 @@ def load_inception(path: str, fid_variant: bool | None = None
   """Builds InceptionV3 and its variables from a PyTorch-layout weights file.
 
   Args:
-    path: .npz or .pkl of PyTorch ``state_dict`` names -> arrays (see the module docstring).
+    path: .npz or .safetensors of PyTorch ``state_dict`` names -> arrays (module docstring).
     fid_variant: FID blocks or torchvision blocks; by default FID iff ``fc`` has 1008 classes.
 
   Returns:
