@@ -45,6 +45,19 @@ def _is_image(name: str) -> bool:
   return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
+def _check_name(path: str) -> str:
+  """`path` (from os.listdir/os.walk) if it is valid UTF-8; names that are not come back
+  with surrogate escapes and could not be stored in the records' JSON headers."""
+  try:
+    path.encode("utf-8")
+  except UnicodeEncodeError:
+    raw = os.fsencode(path)
+    raise ValueError(
+        f"The file or folder name {raw!r} is not valid UTF-8 (shown as bytes); rename it, "
+        "e.g. `convmv -f latin1 -t utf-8 --notest -r SRC`.") from None
+  return path
+
+
 def _images_under(root: str) -> list[str]:
   """Image paths under `root` (recursive), sorted, relative to `root`."""
   found = []
@@ -52,7 +65,7 @@ def _images_under(root: str) -> list[str]:
     dirnames.sort()
     for f in filenames:
       if _is_image(f):
-        found.append(os.path.relpath(os.path.join(dirpath, f), root))
+        found.append(_check_name(os.path.relpath(os.path.join(dirpath, f), root)))
   return sorted(found)
 
 
@@ -79,7 +92,7 @@ def scan(src: str) -> tuple[list[dict[str, Any]], tuple[str, ...] | None, str]:
   captions_path = os.path.join(src, CAPTIONS_FILE)
   if os.path.exists(captions_path):
     return (*_scan_captions(src, captions_path), "captions")
-  classes = sorted(d for d in os.listdir(src)
+  classes = sorted(_check_name(d) for d in os.listdir(src)
                    if os.path.isdir(os.path.join(src, d)))
   entries = []
   for label, name in enumerate(classes):
@@ -96,26 +109,45 @@ def scan(src: str) -> tuple[list[dict[str, Any]], tuple[str, ...] | None, str]:
   return [{"file": f, "label": -1, "captions": []} for f in flat], None, "flat"
 
 
+def _inside(src: str, file: str, where: str) -> str:
+  """`file` normalised, if it is a relative path that stays inside `src`."""
+  norm = os.path.normpath(file)
+  if os.path.isabs(file) or norm == ".." or norm.startswith(".." + os.sep):
+    raise ValueError(f"{where}: 'file' {file!r} points outside the source folder {src}; "
+                     "give paths relative to it (no absolute paths, no '..').")
+  return norm
+
+
 def _scan_captions(src: str, path: str):
   by_file: dict[str, dict[str, Any]] = {}
-  with open(path, encoding="utf-8") as f:
-    for lineno, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-        file, caption = row["file"], row["caption"]
-      except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ValueError(
-            f"{path}:{lineno}: expected a JSON object with 'file' and "
-            f"'caption' (and optionally 'label'), got {line.strip()[:200]!r} "
-            f"({e}).") from e
-      if not isinstance(caption, str) or not caption.strip():
-        raise ValueError(f"{path}:{lineno}: 'caption' must be a non-empty "
-                         "string.")
-      entry = by_file.setdefault(
-          file, {"file": file, "label": row.get("label"), "captions": []})
-      entry["captions"].append(caption.strip())
+  with open(path, "rb") as f:
+    raw_lines = f.read().splitlines()
+  for lineno, raw in enumerate(raw_lines, 1):
+    try:
+      line = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+      raise ValueError(
+          f"{path}:{lineno}: not valid UTF-8 ({e.reason} at byte {e.start}); re-save the "
+          "file as UTF-8, e.g. `iconv -f latin1 -t utf-8`.") from None
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+      file, caption = row["file"], row["caption"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+      raise ValueError(
+          f"{path}:{lineno}: expected a JSON object with 'file' and "
+          f"'caption' (and optionally 'label'), got {line.strip()[:200]!r} "
+          f"({e}).") from e
+    if not isinstance(file, str):
+      raise ValueError(f"{path}:{lineno}: 'file' must be a string path.")
+    file = _inside(src, file, f"{path}:{lineno}")
+    if not isinstance(caption, str) or not caption.strip():
+      raise ValueError(f"{path}:{lineno}: 'caption' must be a non-empty "
+                       "string.")
+    entry = by_file.setdefault(
+        file, {"file": file, "label": row.get("label"), "captions": []})
+    entry["captions"].append(caption.strip())
   if not by_file:
     raise _no_images(src)
   entries = [by_file[k] for k in sorted(by_file)]
@@ -173,6 +205,7 @@ def prepare(src: str, out: str, *, image_size: int | None = None,
   Returns:
     stats: {'images': written, 'converted': images whose channels changed,
     'converted_from': {mode: count}, 'unreadable': [(file, reason)],
+    'uncaptioned': images in SRC that captions.jsonl does not list (left out),
     'splits': {split: count}, 'layout': ..., 'num_classes': ...}; also
     written to OUT/metadata.json.
   """
@@ -181,6 +214,13 @@ def prepare(src: str, out: str, *, image_size: int | None = None,
   if not 0.0 <= test_fraction < 1.0:
     raise ValueError(f"test_fraction={test_fraction} must be in [0, 1).")
   entries, class_names, layout = scan(src)
+  uncaptioned = 0
+  if layout == "captions":
+    listed = {e["file"] for e in entries}
+    uncaptioned = sum(1 for f in _images_under(src) if f not in listed)
+    if uncaptioned:
+      logging.warning("%d images in %s are not listed in %s and are left out.", uncaptioned,
+                      src, CAPTIONS_FILE)
   os.makedirs(out, exist_ok=True)
   writers, counts = {}, collections.Counter()
   converted_from, unreadable = collections.Counter(), []
@@ -222,6 +262,7 @@ def prepare(src: str, out: str, *, image_size: int | None = None,
       "converted": sum(converted_from.values()),
       "converted_from": dict(converted_from),
       "unreadable": unreadable,
+      "uncaptioned": uncaptioned,
       "splits": dict(counts),
       "layout": layout,
       "num_classes": (len(class_names) if class_names else

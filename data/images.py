@@ -19,16 +19,38 @@ def check_channels(channels: int) -> int:
   return channels
 
 
+# Integer modes wider than 8 bits: PIL's own convert("L") clips them at 255 (a 16-bit
+# image becomes nearly solid white), so they are rescaled from their full range instead.
+_WIDE_INTEGER_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def _wide_to_grey(img: Image.Image) -> Image.Image:
+  """A 16-bit grey image (PIL modes I;16*, or I holding 16-bit values) as 8-bit L:
+  round(v * 255 / 65535), i.e. the nearest 8-bit level."""
+  values = np.asarray(img, dtype=np.int64)
+  if values.min() < 0 or values.max() > 65535:
+    raise ValueError(f"mode {img.mode} image has values in [{values.min()}, {values.max()}],"
+                     " outside the 16-bit range [0, 65535]; convert it to 8 or 16 bits first.")
+  return Image.fromarray(np.round(values * (255.0 / 65535.0)).astype(np.uint8), mode="L")
+
+
 def convert_mode(img: Image.Image, channels: int) -> tuple[Image.Image, bool]:
   """`img` in the mode of `channels` (L or RGB); True if it had to change.
 
   Transparent pixels are composited on white (dropping alpha would show the
   arbitrary colours stored under them); grey to RGB repeats the value; RGB to
-  grey uses PIL's ITU-R 601 luma.
+  grey uses PIL's ITU-R 601 luma; 16-bit grey is scaled to 8 bits over its full
+  range. Floating-point images (mode F) have no agreed range and are refused.
   """
   mode = _MODES[check_channels(channels)]
   if img.mode == mode:
     return img, False
+  if img.mode == "F":
+    raise ValueError("floating-point (mode F) images have no fixed value range; save them "
+                     "as 8- or 16-bit PNG/TIFF first.")
+  if img.mode in _WIDE_INTEGER_MODES:
+    grey = _wide_to_grey(img)
+    return (grey if mode == "L" else grey.convert(mode)), True
   if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and
                                          "transparency" in img.info):
     rgba = img.convert("RGBA")

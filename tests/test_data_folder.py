@@ -230,3 +230,57 @@ def test_prepare_command_line(tmp_path):
   assert stats["images"] == 2 and stats["converted"] == 1
   assert stats["converted_from"] == {"RGB": 1}
   assert folder.read_metadata(str(out))["image_size"] == 4
+
+
+def _first_image(out):
+  source = folder.open_folder(out, split="train")
+  return np.asarray(source.decode(source.records[0])["image"])
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_16_bit_grey_is_scaled_over_its_range(tmp_path, channels):
+  values = np.array([[0, 257, 32768, 65535]] * 4, np.uint16)  # 16-bit PNG grey
+  src = tmp_path / "src"
+  src.mkdir()
+  Image.fromarray(values).save(src / "deep.png")
+  assert Image.open(src / "deep.png").mode.startswith("I")
+  (src / "captions.jsonl").write_text('{"file": "deep.png", "caption": "a ramp"}\n')
+  stats = folder.prepare(str(src), str(tmp_path / "out"), channels=channels)
+  assert stats["converted"] == 1
+  got = _first_image(str(tmp_path / "out"))
+  want = np.round(values.astype(np.float64) * 255 / 65535).astype(np.uint8)  # [0, 1, 128, 255]
+  np.testing.assert_array_equal(got if channels == 1 else got[..., 0], want)
+  if channels == 3:
+    np.testing.assert_array_equal(got[..., 1], want)
+
+
+def test_caption_file_faults_name_the_file_and_line(tmp_path):
+  src = tmp_path / "src"
+  src.mkdir()
+  _save(f"{src}/a.png", _solid(COLORS[0]))
+  (src / "captions.jsonl").write_bytes(
+      b'{"file": "a.png", "caption": "fine"}\n{"file": "a.png", "caption": "caf\xe9"}\n')
+  with pytest.raises(ValueError, match=r"captions.jsonl:2: not valid UTF-8.*iconv"):
+    folder.prepare(str(src), str(tmp_path / "out"))
+  for bad in ("../x.png", str(tmp_path / "x.png"), "sub/../../x.png"):
+    (src / "captions.jsonl").write_text(json.dumps({"file": bad, "caption": "c"}) + "\n")
+    with pytest.raises(ValueError, match=r"captions.jsonl:1: 'file' .* outside the source"):
+      folder.prepare(str(src), str(tmp_path / "out"))
+
+
+def test_a_folder_name_that_is_not_utf8_is_named(tmp_path):
+  src = tmp_path / "src"
+  bad = os.path.join(os.fsencode(src), b"caf\xe9")
+  os.makedirs(bad)
+  _save(os.fsdecode(os.path.join(bad, b"a.png")), _solid(COLORS[0]))
+  with pytest.raises(ValueError, match=r"b'caf\\xe9' is not valid UTF-8"):
+    folder.prepare(str(src), str(tmp_path / "out"))
+
+
+def test_images_missing_from_captions_are_counted(tmp_path):
+  src = tmp_path / "src"
+  for name in ("a", "b", "c"):
+    _save(f"{src}/{name}.png", _solid(COLORS[0]))
+  (src / "captions.jsonl").write_text('{"file": "./a.png", "caption": "red"}\n')
+  stats = folder.prepare(str(src), str(tmp_path / "out"))
+  assert stats["images"] == 1 and stats["uncaptioned"] == 2
