@@ -1,0 +1,96 @@
+"""The run's metrics: ``metrics.jsonl`` (one JSON object a logged step) and TensorBoard events.
+
+A resumed run continues the log from the restored step: records of steps after it (logged
+before a kill, but past the checkpoint the run restarts from) are dropped from
+``metrics.jsonl`` when the log is opened, and TensorBoard is told to purge its events from
+that step on (``SummaryWriter(purge_step=...)``), so each step appears once. A line cut short
+by a kill is dropped too. Files go through ``etils.epath`` (local or ``gs://``).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+from etils import epath
+
+METRICS_FILE = "metrics.jsonl"
+_log = logging.getLogger(__name__)
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+  """The records of a metrics.jsonl (lines that do not parse are skipped)."""
+  records = []
+  for line in epath.Path(path).read_text().splitlines():
+    try:
+      records.append(json.loads(line))
+    except ValueError:
+      continue
+  return records
+
+
+def rewind(path: epath.Path, last_step: int) -> int:
+  """Keeps only the records of steps <= ``last_step`` (atomically); returns how many were
+  dropped."""
+  if not path.exists():
+    return 0
+  lines = path.read_text().splitlines()
+  kept = []
+  for line in lines:
+    try:
+      if int(json.loads(line)["step"]) <= last_step:
+        kept.append(line)
+    except (ValueError, KeyError, TypeError):
+      pass  # a line cut short by a kill, or not a record
+  dropped = len(lines) - len(kept)
+  if dropped:
+    tmp = path.parent / (path.name + ".tmp")
+    tmp.write_text("".join(l + "\n" for l in kept))
+    tmp.replace(path)
+  return dropped
+
+
+class MetricsLog:
+  """Appends step records to ``workdir/metrics.jsonl`` and, optionally, TensorBoard.
+
+  Args:
+    workdir: the run directory.
+    start_step: the step the run (re)starts from: 0 for a fresh run, the restored
+      checkpoint's step on resume; later records in the log are dropped.
+    enabled: False on processes other than 0 (nothing is written).
+    tensorboard_dir: where TensorBoard events go, or None for none.
+  """
+
+  def __init__(self, workdir: str | os.PathLike, *, start_step: int, enabled: bool = True,
+               tensorboard_dir: str | None = None):
+    self.enabled = enabled
+    self.path = epath.Path(workdir) / METRICS_FILE
+    self._writer = None
+    if not enabled:
+      return
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+    dropped = rewind(self.path, start_step)
+    if dropped:
+      _log.info("Dropped %d metrics records after the restored step %d.", dropped, start_step)
+    self._file = self.path.open("a")
+    if tensorboard_dir is not None:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self._writer = SummaryWriter(tensorboard_dir,
+                                   purge_step=start_step + 1 if start_step else None)
+
+  def write(self, step: int, record: dict[str, float]) -> None:
+    if not self.enabled:
+      return
+    self._file.write(json.dumps({"step": int(step), **record}) + "\n")
+    self._file.flush()
+    if self._writer is not None:
+      for k, v in record.items():
+        self._writer.add_scalar(k, v, step)
+
+  def close(self) -> None:
+    if not self.enabled:
+      return
+    self._file.close()
+    if self._writer is not None:
+      self._writer.close()
