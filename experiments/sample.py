@@ -1,4 +1,4 @@
-r"""Sample from a trained workdir, for any task (formats: DESIGN.md section 3).
+r"""Sample from a trained workdir, for any task (the file formats are described below).
 
   python -m experiments.sample --workdir=DIR --task=class --num=40 --out=samples.npz
   python -m experiments.sample --workdir=DIR --task=t2i --prompt="seven, a handwritten digit" \

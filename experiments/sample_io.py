@@ -1,4 +1,4 @@
-"""Writing what people look at: PNG sample grids, and the sample file formats of DESIGN.md.
+"""Writing what people look at: PNG sample grids, and the sample file formats.
 
 Image outputs: ``.npz`` with ``images`` (uint8 NHWC) plus ``labels`` and/or ``prompts``.
 Text outputs: ``.jsonl``, one object per sample: ``index``, ``label``, ``question`` and

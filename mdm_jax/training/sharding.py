@@ -110,7 +110,7 @@ def make_mesh(
   kwargs = {}
   if AxisType is not None:
     # jax.make_mesh defaults to Explicit axes, under which an FSDP step fails with
-    # ShardingTypeError; Auto keeps GSPMD propagation (see DESIGN.md section 4).
+    # ShardingTypeError; Auto keeps GSPMD propagation.
     kwargs["axis_types"] = (AxisType.Auto,) * len(MESH_AXES)
   return jax.make_mesh(shape, MESH_AXES, devices=devices, **kwargs)
 
