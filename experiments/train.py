@@ -28,6 +28,7 @@ import numpy as np
 from experiments import configs as config_registry
 from mdm_jax import generate as gen
 from mdm_jax.models.mdm import MDM
+from mdm_jax.ssm import kernel_check
 from mdm_jax.training import checkpoint as ckpt_lib
 from mdm_jax.training import sharding
 from mdm_jax.training.trainer import Trainer, model_config
@@ -253,6 +254,16 @@ def main(argv):
   except Exception as e:  # a dataset without a held-out split still trains
     logging.warning("No held-out examples for samples (%s)", e)
     eval_examples = []
+
+  # --- SSD kernel check: an unmeasured accelerator must not give silently wrong numbers -------
+  if config.model.backbone == "mamba2":
+    mc = config.model
+    impl, _, warning = kernel_check.checked_impl(
+        mc.ssd_impl, target=mc.get("pallas_target", "auto"), chunk_size=mc.chunk_size,
+        headdim=mc.headdim, d_state=mc.d_state, ngroups=mc.ngroups, dtype=mc.dtype)
+    if warning:
+      logging.warning("%s", warning)
+    config.model.ssd_impl = impl
 
   # --- Model, train state and the sharded update step ---------------------------------------
   trainer = Trainer(config, mesh, vocab_size=tokenizer.vocab_size,

@@ -65,13 +65,13 @@ def check_kernel(*, chunk_size: int = 16, headdim: int = 16, d_state: int = 16,
     return [np.asarray(v, np.float32) for v in (*out, *grads)]
 
   backend = jax.default_backend()
-  with jax.default_matmul_precision("highest"):
-    ref = outputs_and_grads(lambda *a: ssd_chunked(*a[:5], a[5], chunk_size=chunk_size))
   try:
     got = outputs_and_grads(
         lambda *a: kernel.kernel_call(*a, chunk_size=chunk_size, target=target))
   except Exception as e:  # pylint: disable=broad-except
     return KernelCheck(False, backend, target, float("nan"), tol, f"{type(e).__name__}: {e}")
+  with jax.default_matmul_precision("highest"):
+    ref = outputs_and_grads(lambda *a: ssd_chunked(*a[:5], a[5], chunk_size=chunk_size))
   errors = [np.abs(g - r).max() / max(np.abs(r).max(), 1e-30) for g, r in zip(got, ref)]
   max_error = float(np.max(errors))  # nan propagates: a non-finite output fails the check
   return KernelCheck(bool(max_error <= tol), backend, target, max_error, tol)
@@ -95,9 +95,16 @@ def checked_impl(impl: str, *, backend: Optional[str] = None, **check_kwargs):
   if resolve_impl(impl, backend) != "pallas":
     return impl, None, None
   check = check_kernel(**check_kwargs)
-  if check.ok:
+  ok = check.ok
+  if jax.process_count() > 1:  # every process must run the same program: one failure decides
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    ok = bool(np.all(multihost_utils.process_allgather(np.int32(check.ok))))
+  if ok:
     return impl, check, None
-  what = (f"failed to compile or run ({check.error})" if check.error else
+  error = check.error if check.error is None or len(check.error) < 800 else (
+      check.error[:800] + " ...")
+  what = ("passed here but failed on another process" if check.ok else
+          f"failed to compile or run ({error})" if check.error else
           f"differs from 'xla' by a relative error of {check.max_error:.3g} (tolerance "
           f"{check.tol:g})")
   if impl == "auto":
