@@ -1,5 +1,5 @@
-"""The Pallas SSD kernel as an implementation of ``mdm_jax.ssm.ssd``: which kernel runs, its
-and its partitioning under the device mesh (the start-up check against ``"xla"`` is
+"""The Pallas SSD kernel as an implementation of ``mdm_jax.ssm.ssd``: which kernel runs and its
+partitioning under the device mesh (the start-up check against ``"xla"`` is
 ``mdm_jax.ssm.kernel_check``).
 
 Targets (``pallas_target``, the model config's field of that name):
@@ -35,7 +35,6 @@ from typing import Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from mdm_jax.ssm.contract import check_shapes
@@ -94,7 +93,7 @@ def pallas_ssd(x, dt, A, B, C, initial_state: Optional[jax.Array] = None, *, chu
     return kernel(x, dt, A, B, C, initial_state)
   # Axes already manual (inside an enclosing shard_map) are not ours to split.
   sizes = {a: s for a, s in mesh.shape.items() if a not in mesh.manual_axes}
-  from mdm_jax.training.sharding import LOGICAL_AXIS_RULES
+  from mdm_jax.training.sharding import LOGICAL_AXIS_RULES  # pylint: disable=g-import-not-at-top
   rules = nn.get_logical_axis_rules() or LOGICAL_AXIS_RULES
   batch_axes = _fit(b, _axes_of("batch", rules), sizes)
   head_axes = _fit(h, tuple(a for a in _axes_of("heads", rules) if a not in batch_axes), sizes)
