@@ -11,8 +11,10 @@ TensorBoard event files (``tb/``), ``samples/`` and ``tokenizer.model``.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -26,6 +28,7 @@ import numpy as np
 from experiments import configs as config_registry
 from mdm_jax import generate as gen
 from mdm_jax.models.mdm import MDM
+from mdm_jax.ssm import kernel_check
 from mdm_jax.training import checkpoint as ckpt_lib
 from mdm_jax.training import sharding
 from mdm_jax.training.trainer import Trainer, model_config
@@ -39,7 +42,8 @@ config_flags.DEFINE_config_file(
     f"Config name ({', '.join(config_registry.NAMES)}) or file; default: digits.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and samples go.")
 flags.DEFINE_bool("dry_run", False, "Count parameters and compile the train step on a simulated "
-                  "mesh of fake CPU devices (see --dry_run_devices); no data, no training.")
+                  "mesh of fake CPU devices (see --dry_run_devices), then lower it for TPU with "
+                  "the Pallas kernels; no data, no training.")
 flags.DEFINE_integer("dry_run_devices", 64, "Simulated chips for --dry_run.")
 flags.DEFINE_integer("kill_at_step", 0, "Testing: SIGKILL this process after this step (and "
                      "after pending checkpoint writes), to simulate preemption.")
@@ -139,6 +143,49 @@ def dry_run(config):
   return counts, compiled
 
 
+def mosaic_calls(hlo_text: str) -> list[tuple[str, tuple[int, ...]]]:
+  """(kernel name, shape of its first operand) of every Mosaic ``tpu_custom_call`` in a
+  lowered module's text."""
+  calls = []
+  for line in hlo_text.splitlines():
+    if "@tpu_custom_call" in line:
+      name = re.search(r'kernel_name = "([^"]+)"', line)
+      operands = re.search(r"\} : \(tensor<([\dx]+)x[a-z]+\d*>", line)
+      calls.append((name.group(1) if name else "?",
+                    tuple(int(d) for d in operands.group(1).split("x")) if operands else ()))
+  return calls
+
+
+def print_tpu_lowering(config) -> bool:
+  """Lowers the full train step for platform TPU with the compiled Pallas (Mosaic) SSD kernels
+  and the mesh shardings (no TPU needed: the kernels lower to ``tpu_custom_call``), and says so
+  with each kernel's per-device input shape, or prints the error. Returns whether it lowered."""
+  mc = model_config(config)
+  mesh = sharding.make_mesh(**dict(config.mesh))
+  tpu_config = copy.deepcopy(config)
+  with tpu_config.unlocked():
+    tpu_config.model.ssd_impl, tpu_config.model.pallas_target = "pallas", "tpu"
+  t0 = time.time()
+  try:
+    trainer = Trainer(tpu_config, mesh, vocab_size=mc.vocab_size, num_classes=mc.num_classes)
+    batch = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=trainer.batch_sharding),
+        jax.eval_shape(lambda: trainer.dummy_batch(config.batch_size)))
+    with sharding.mesh_context(mesh):
+      lowered = trainer.train_step.trace(trainer.abstract_state, batch).lower(
+          lowering_platforms=("tpu",))
+    calls = mosaic_calls(lowered.as_text())
+  except Exception as e:  # pylint: disable=broad-except
+    print(f"\nTPU lowering of the train step with the Pallas Mosaic kernels FAILED after "
+          f"{time.time() - t0:.0f}s: {type(e).__name__}: {e}")
+    return False
+  print(f"\nLowered the train step for TPU with the Pallas Mosaic kernels in "
+        f"{time.time() - t0:.0f}s: {len(calls)} tpu_custom_calls.")
+  for name, shape in sorted(set(calls)):
+    print(f"  {name}: per-device x (batch, heads, padded length, padded head dim) = {shape}")
+  return True
+
+
 # ----------------------------------------------------------------------------- main
 def _quiet_library_info_logs():
   """Orbax logs every checkpoint phase at INFO; keep the console for training progress."""
@@ -162,6 +209,8 @@ def main(argv):
     os.environ["XLA_FLAGS"] = " ".join(
         [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f] + [flag])
     dry_run(config)
+    if not print_tpu_lowering(config):
+      sys.exit(1)
     return
   if not FLAGS.workdir:
     raise app.UsageError("--workdir is required (it holds checkpoints, metrics and samples)")
@@ -205,6 +254,16 @@ def main(argv):
   except Exception as e:  # a dataset without a held-out split still trains
     logging.warning("No held-out examples for samples (%s)", e)
     eval_examples = []
+
+  # --- SSD kernel check: an unmeasured accelerator must not give silently wrong numbers -------
+  if config.model.backbone == "mamba2":
+    mc = config.model
+    impl, _, warning = kernel_check.checked_impl(
+        mc.ssd_impl, target=mc.get("pallas_target", "auto"), chunk_size=mc.chunk_size,
+        headdim=mc.headdim, d_state=mc.d_state, ngroups=mc.ngroups, dtype=mc.dtype)
+    if warning:
+      logging.warning("%s", warning)
+    config.model.ssd_impl = impl
 
   # --- Model, train state and the sharded update step ---------------------------------------
   trainer = Trainer(config, mesh, vocab_size=tokenizer.vocab_size,

@@ -141,7 +141,8 @@ def dry_run(tmp_path_factory):
   with open(log, "w") as err:
     proc = subprocess.Popen(
         [sys.executable, "-m", "experiments.train", "--config=tiny", "--dry_run",
-         "--dry_run_devices=8", "--config.mesh.data=2", "--config.mesh.fsdp=4"],
+         "--dry_run_devices=8", "--config.mesh.data=2", "--config.mesh.fsdp=2",
+         "--config.mesh.tensor=2"],
         cwd=REPO, env=_env(8), stdout=subprocess.PIPE, stderr=err, text=True)
   yield proc, log
   if proc.poll() is None:
@@ -167,8 +168,15 @@ def test_dry_run_on_eight_devices(dry_run):
     by_module[key] = by_module.get(key, 0) + int(np.size(x))
   assert {k: int(v.replace(",", "")) for k, v in rows.items() if k != "total"} == by_module
   assert "Compiled the train step for 8 devices" in out
-  assert "'data': 2, 'fsdp': 4, 'tensor': 1" in out
+  assert "'data': 2, 'fsdp': 2, 'tensor': 2" in out
   memory = out[out.index("Per-device memory:"):]
   for row in ("params", "ema", "optimizer state", "activations/temporaries (compiled)",
               "peak estimate"):
     assert re.search(rf"^\s+{re.escape(row)}.*\s[\d.]+ (GiB|MiB)$", memory, re.M), row
+  # The TPU lowering with the compiled Mosaic kernels: each kernel call takes one device's
+  # batch rows (16 / (data 2 x fsdp 2)) and heads (d_inner 64 / headdim 16 = 4, / tensor 2),
+  # i.e. the kernel runs inside the shard_map, not on gathered global arrays.
+  assert re.search(r"^Lowered the train step for TPU with the Pallas Mosaic kernels in \d+s",
+                   out, re.M), out[-2000:]
+  kernels = dict(re.findall(r"^\s+(ssd_\w+_tpu): per-device x .* = \((\d+, \d+),", out, re.M))
+  assert kernels == {"ssd_fwd_tpu": "4, 2", "ssd_bwd_tpu": "4, 2"}, out[-2000:]

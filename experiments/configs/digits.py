@@ -30,7 +30,7 @@ def get_config():
       backbone="mamba2", d_model=128, n_layers=6, mlp_ratio=0.0, n_pad_tokens=2,
       row_end_tokens=False, directions=4, text_score="conditional",
       d_state=16, d_conv=4, expand=2, headdim=64, ngroups=1, selective=True,
-      chunk_size=16, ssd_impl="auto", attn_heads=4,
+      chunk_size=16, ssd_impl="auto", pallas_target="auto", attn_heads=4,
       dtype="float32", remat=False, scan_layers=True))
 
   c.loss = ml_collections.ConfigDict(dict(

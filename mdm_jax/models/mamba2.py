@@ -97,6 +97,7 @@ class Mamba2(nn.Module):
   selective: bool = True
   chunk_size: int = 64
   ssd_impl: str = "auto"
+  pallas_target: str = "auto"       # which Pallas kernel ``ssd_impl="pallas"`` runs (ssm.kernel)
   dt_min: float = 1e-3
   dt_max: float = 0.1
   dt_floor: float = 1e-4
@@ -183,7 +184,8 @@ class Mamba2(nn.Module):
                                         self.conv_bias.astype(self.dtype)))
     x, dt, B, C = self._ssm_inputs(xbc, dt_raw)
     A = -jnp.exp(self.A_log.astype(jnp.float32))
-    y, _ = ssd(x, dt, A, B, C, chunk_size=self.chunk_size, impl=self.ssd_impl)
+    y, _ = ssd(x, dt, A, B, C, chunk_size=self.chunk_size, impl=self.ssd_impl,
+               pallas_target=self.pallas_target)
     y = y + x * self.D.astype(self.dtype)[:, None]
     y = y.reshape(*y.shape[:2], self.d_inner)
     return self.out_proj(self.norm(y, z))

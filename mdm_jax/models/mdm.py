@@ -55,6 +55,8 @@ import numpy as np
 from mdm_jax.models import scan_order
 from mdm_jax.models.mamba2 import Mamba2
 from mdm_jax.models.vae import UnifiedVAE, patchify, unpatchify
+from mdm_jax.ssm import kernel
+from mdm_jax.ssm.ssd import IMPLS as SSD_IMPLS
 
 TASKS = ("class2img", "t2i", "caption", "vqa", "joint", "text")
 TASK_IDS = {name: i for i, name in enumerate(TASKS)}
@@ -94,7 +96,8 @@ class MDMConfig:
   ngroups: int = 1
   selective: bool = True            # False: "w/o selection" ablation (LTI SSM)
   chunk_size: int = 64
-  ssd_impl: str = "auto"
+  ssd_impl: str = "auto"            # "auto" | "xla" | "pallas" | "scan" (mdm_jax.ssm.ssd)
+  pallas_target: str = "auto"       # the kernel "pallas" runs: "auto" | "tpu" | "gpu" | "interpret"
   # Transformer baseline.
   attn_heads: int = 4
   # Numerics.
@@ -109,6 +112,11 @@ class MDMConfig:
       raise ValueError(f"model.directions must be 4 or 1, got {self.directions}")
     if self.text_score not in TEXT_SCORES:
       raise ValueError(f"model.text_score must be one of {TEXT_SCORES}, got {self.text_score!r}")
+    if self.ssd_impl not in SSD_IMPLS:
+      raise ValueError(f"model.ssd_impl must be one of {SSD_IMPLS}, got {self.ssd_impl!r}")
+    if self.pallas_target not in kernel.PALLAS_TARGETS:
+      raise ValueError(f"model.pallas_target must be one of {kernel.PALLAS_TARGETS}, got "
+                       f"{self.pallas_target!r}")
     if self.image_size % self.patch_size:
       raise ValueError(f"model.image_size {self.image_size} must be a multiple of "
                        f"model.patch_size {self.patch_size}")
@@ -229,7 +237,8 @@ class DenoiserLayer(nn.Module):
       h = scan_order.permute(h, orders[0])
       h = Mamba2(d_model=cfg.d_model, d_state=cfg.d_state, d_conv=cfg.d_conv, expand=cfg.expand,
                  headdim=cfg.headdim, ngroups=cfg.ngroups, selective=cfg.selective,
-                 chunk_size=cfg.chunk_size, ssd_impl=cfg.ssd_impl, dtype=dtype, name="mixer")(h)
+                 chunk_size=cfg.chunk_size, ssd_impl=cfg.ssd_impl, pallas_target=cfg.pallas_target,
+                 dtype=dtype, name="mixer")(h)
       h = scan_order.permute(h, orders[1])
     else:
       h = SelfAttention(cfg.attn_heads, dtype=dtype, name="mixer")(h)

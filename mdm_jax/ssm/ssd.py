@@ -20,7 +20,8 @@ Implementations:
     chunk states, and a state-to-output product. All arithmetic in float32 (dt, cumulative
     sums and states always; bf16 inputs are upcast), masking before ``exp`` so the backward
     pass never sees ``0 * inf``.
-  * ``"pallas"``: the Pallas kernel in ``pallas_kernels.ssd`` (same contract).
+  * ``"pallas"``: the Pallas kernel in ``pallas_kernels.ssd`` (same contract), partitioned over
+    the current device mesh with ``shard_map`` (batch and heads; see ``mdm_jax.ssm.kernel``).
   * ``"auto"``: ``"pallas"`` on TPU/GPU, ``"xla"`` on CPU.
 
 Any length works: the sequence is padded inside to a multiple of the chunk size with
@@ -35,30 +36,10 @@ import jax
 import jax.numpy as jnp
 from einops import rearrange
 
+from mdm_jax.ssm import kernel
+from mdm_jax.ssm.contract import check_shapes
+
 IMPLS = ("scan", "xla", "pallas", "auto")
-
-
-def check_shapes(x, dt, A, B, C, initial_state):
-  """Validates the contract's shapes; returns (b, l, h, p, g, n). Shared with the kernel."""
-  if x.ndim != 4:
-    raise ValueError(f"ssd: x must be (batch, length, heads, headdim), got shape {x.shape}")
-  b, l, h, p = x.shape
-  if dt.shape != (b, l, h):
-    raise ValueError(f"ssd: dt must be (batch, length, heads) = {(b, l, h)}, got {dt.shape}")
-  if A.shape != (h,):
-    raise ValueError(f"ssd: A must be (heads,) = {(h,)}, got {A.shape}")
-  if B.ndim != 4 or B.shape[:2] != (b, l) or B.shape != C.shape:
-    raise ValueError(
-        f"ssd: B and C must both be (batch, length, groups, state) with batch, length = {(b, l)};"
-        f" got B {B.shape}, C {C.shape}")
-  g, n = B.shape[2], B.shape[3]
-  if h % g:
-    raise ValueError(f"ssd: heads ({h}) must be a multiple of groups ({g})")
-  if initial_state is not None and initial_state.shape != (b, h, p, n):
-    raise ValueError(
-        f"ssd: initial_state must be (batch, heads, headdim, state) = {(b, h, p, n)},"
-        f" got {initial_state.shape}")
-  return b, l, h, p, g, n
 
 
 def ssd_scan(x, dt, A, B, C, initial_state=None):
@@ -142,24 +123,29 @@ def ssd_chunked(x, dt, A, B, C, initial_state=None, *, chunk_size=64):
   return y.astype(x.dtype), rearrange(h_last, "b g r p n -> b (g r) p n")
 
 
-def _default_impl() -> str:
-  return "pallas" if jax.default_backend() in ("tpu", "gpu") else "xla"
+def resolve_impl(impl: str, backend: Optional[str] = None) -> str:
+  """The implementation ``impl`` runs as: ``"auto"`` is ``"pallas"`` on TPU/GPU, else ``"xla"``.
 
-
-def ssd(x, dt, A, B, C, *, chunk_size: int = 64, initial_state: Optional[jax.Array] = None,
-        impl: str = "auto"):
-  """Selective state-space scan; see the module docstring for the contract.
-
-  Returns ``(y, h_last)``: y (b, l, h, p) in ``x.dtype``; h_last (b, h, p, n) float32.
+  ``backend`` defaults to ``jax.default_backend()``.
   """
   if impl not in IMPLS:
     raise ValueError(f"ssd: unknown impl {impl!r}; choose one of {IMPLS}")
-  if impl == "auto":
-    impl = _default_impl()
+  if impl != "auto":
+    return impl
+  return "pallas" if (backend or jax.default_backend()) in ("tpu", "gpu") else "xla"
+
+
+def ssd(x, dt, A, B, C, *, chunk_size: int = 64, initial_state: Optional[jax.Array] = None,
+        impl: str = "auto", pallas_target: str = "auto"):
+  """Selective state-space scan; see the module docstring for the contract.
+
+  ``pallas_target`` picks the kernel when the impl is ``"pallas"`` (``mdm_jax.ssm.kernel``).
+  Returns ``(y, h_last)``: y (b, l, h, p) in ``x.dtype``; h_last (b, h, p, n) float32.
+  """
+  impl = resolve_impl(impl)
   if impl == "scan":
     return ssd_scan(x, dt, A, B, C, initial_state)
   if impl == "xla":
     return ssd_chunked(x, dt, A, B, C, initial_state, chunk_size=chunk_size)
-  check_shapes(x, dt, A, B, C, initial_state)
-  from pallas_kernels import ssd as pallas_ssd  # Imported lazily: only the kernel path needs it.
-  return pallas_ssd.ssd(x, dt, A, B, C, chunk_size=chunk_size, initial_state=initial_state)
+  return kernel.pallas_ssd(x, dt, A, B, C, initial_state, chunk_size=chunk_size,
+                           target=pallas_target)

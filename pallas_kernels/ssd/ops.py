@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental.pallas import tpu as pltpu
 
-from mdm_jax.ssm.ssd import check_shapes  # the contract is mdm_jax.ssm.ssd's
+from mdm_jax.ssm.contract import check_shapes
 from pallas_kernels.ssd import gpu
 from pallas_kernels.ssd import tpu
 
