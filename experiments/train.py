@@ -24,6 +24,7 @@ from ml_collections import config_flags
 import numpy as np
 
 from experiments import configs as config_registry
+from experiments import distributed
 from mdm_jax import generate as gen
 from mdm_jax.models.mdm import MDM
 from mdm_jax.training import checkpoint as ckpt_lib
@@ -46,46 +47,51 @@ flags.DEFINE_integer("kill_at_step", 0, "Testing: SIGKILL this process after thi
 flags.DEFINE_enum("distributed", "auto", ["auto", "yes", "no"],
                   "Call jax.distributed.initialize() (auto: when a multi-host environment is "
                   "detected).")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0's coordinator, for "
+                    "clusters jax does not detect (default: $JAX_COORDINATOR_ADDRESS).")
+flags.DEFINE_integer("num_processes", None, "Processes of the run, with --coordinator_address "
+                     "(default: $JAX_NUM_PROCESSES).")
+flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes) "
+                     "(default: $JAX_PROCESS_ID).")
 FLAGS = flags.FLAGS
 
 DUMMY = "dummy"  # data name for runs that need no input pipeline (dry run, benchmarks)
 
 
-def maybe_initialize_distributed(mode: str):
-  multihost_env = any(os.environ.get(k) for k in (
-      "JAX_COORDINATOR_ADDRESS", "MEGASCALE_COORDINATOR_ADDRESS", "SLURM_JOB_NUM_NODES"))
-  tpu_hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
-  if mode == "yes" or (mode == "auto" and (multihost_env or "," in tpu_hosts)):
-    jax.distributed.initialize()
-
-
 # ----------------------------------------------------------------------------- samples
 def write_samples(trainer: Trainer, state, tokenizer, eval_examples, outdir: str, tag: str):
-  """Class-conditional grid, joint grid + captions, captions and VQA answers on held-out data."""
+  """Class-conditional grid, joint grid + captions, captions and VQA answers on held-out data.
+
+  Every process runs the (global) sampling; process 0 writes the files and returns their paths.
+  """
   from experiments import sample_io
   mc, config = trainer.model_cfg, trainer.config
   weights = dict(zip(gen.TASKS, config.loss.task_weights))
   rng = jax.random.PRNGKey(config.seed + 1)
   num = config.sample.num
+  is_main = jax.process_index() == 0
   written = []
   if weights["class2img"] > 0:
     labels = jnp.arange(num) % mc.num_classes
     images, _ = trainer.sample(state, "class2img", rng, num, labels=labels)
-    written.append(sample_io.save_grid(images, f"{outdir}/class2img_{tag}.png",
-                                       nrow=mc.num_classes, upscale=4))
+    if is_main:
+      written.append(sample_io.save_grid(images, f"{outdir}/class2img_{tag}.png",
+                                         nrow=mc.num_classes, upscale=4))
   if weights["joint"] > 0:
     images, tokens = trainer.sample(state, "joint", rng, num)
-    written.append(sample_io.save_grid(images, f"{outdir}/joint_{tag}.png", upscale=4))
-    with open(f"{outdir}/joint_{tag}.txt", "w") as f:
-      f.writelines(f"{i}: {tokenizer.decode(t)}\n" for i, t in enumerate(tokens))
+    if is_main:
+      written.append(sample_io.save_grid(images, f"{outdir}/joint_{tag}.png", upscale=4))
+      with open(f"{outdir}/joint_{tag}.txt", "w") as f:
+        f.writelines(f"{i}: {tokenizer.decode(t)}\n" for i, t in enumerate(tokens))
   if eval_examples and weights["caption"] > 0:
     ex = eval_examples[:num]
     images = jnp.asarray(np.stack([e["image"] for e in ex]))
     _, tokens = trainer.sample(state, "caption", rng, len(ex), images=images)
-    with open(f"{outdir}/captions_{tag}.txt", "w") as f:
-      f.writelines(f"{e['index']} (label {e['label']}): {tokenizer.decode(t)}\n"
-                   for e, t in zip(ex, tokens))
-    written.append(f"{outdir}/captions_{tag}.txt")
+    if is_main:
+      with open(f"{outdir}/captions_{tag}.txt", "w") as f:
+        f.writelines(f"{e['index']} (label {e['label']}): {tokenizer.decode(t)}\n"
+                     for e, t in zip(ex, tokens))
+      written.append(f"{outdir}/captions_{tag}.txt")
   return written
 
 
@@ -165,7 +171,8 @@ def main(argv):
     return
   if not FLAGS.workdir:
     raise app.UsageError("--workdir is required (it holds checkpoints, metrics and samples)")
-  maybe_initialize_distributed(FLAGS.distributed)
+  distributed.maybe_initialize(FLAGS.distributed, FLAGS.coordinator_address,
+                              FLAGS.num_processes, FLAGS.process_id)
   from data import pipeline, tokenizer as tokenizer_lib  # the data stack: only needed here
   workdir = FLAGS.workdir
   os.makedirs(workdir, exist_ok=True)
@@ -265,9 +272,9 @@ def main(argv):
       os.kill(os.getpid(), signal.SIGKILL)
   checkpointer.wait()
   logging.info("Training done in %.0fs; writing final samples", time.time() - t_start)
+  for path in write_samples(trainer, state, tokenizer, eval_examples, samples_dir, "final"):
+    logging.info("Wrote %s", path)
   if is_main:
-    for path in write_samples(trainer, state, tokenizer, eval_examples, samples_dir, "final"):
-      logging.info("Wrote %s", path)
     writer.close()
     metrics_file.close()
   checkpointer.close()
