@@ -173,8 +173,22 @@ def main(argv):
     raise app.UsageError("--workdir is required (it holds checkpoints, metrics and samples)")
   distributed.maybe_initialize(FLAGS.distributed, FLAGS.coordinator_address,
                               FLAGS.num_processes, FLAGS.process_id)
+  train(config, FLAGS.workdir, kill_at_step=FLAGS.kill_at_step)
+
+
+def train(config, workdir: str, *, kill_at_step: int = 0, on_log=None):
+  """Trains ``config`` in ``workdir``, resuming from its latest good checkpoint, then writes the
+  final samples: the command's work, callable in-process (the notebook does).
+
+  Args:
+    kill_at_step: testing: SIGKILL this process after that step (see --kill_at_step).
+    on_log: called on process 0 with each logged step's record (metrics.jsonl's fields and
+      ``eta_s``), e.g. to show progress.
+
+  Returns:
+    (trainer, final train state, tokenizer).
+  """
   from data import pipeline, tokenizer as tokenizer_lib  # the data stack: only needed here
-  workdir = FLAGS.workdir
   os.makedirs(workdir, exist_ok=True)
   dc = config.data
   logging.info("Config:\n%s", config)
@@ -259,13 +273,15 @@ def main(argv):
         logging.info("step %d/%d | loss %.4f | img %.4f | txt %.4f | rec %.4f/%.4f | "
                      "%.2f steps/s | ETA %.0fs", step, total, terms["loss"], terms["diff_img"],
                      terms["diff_txt"], terms["rec_img"], terms["rec_txt"], rate, eta)
+        if on_log:
+          on_log(dict(record, eta_s=eta))
     if config.sample_every and step % config.sample_every == 0 and step != total:
       write_samples(trainer, state, tokenizer, eval_examples, samples_dir, f"step{step}")
     if step % config.checkpoint_every == 0 or step == total:
       # NaN guard: a step whose loss is not finite is never checkpointed.
       ckpt_lib.check_finite(step, {k: float(v) for k, v in jax.device_get(terms).items()})
       checkpointer.save(step, state, data_iter=train_iter, config_dict=config.to_dict())
-    if FLAGS.kill_at_step and step == FLAGS.kill_at_step:
+    if kill_at_step and step == kill_at_step:
       checkpointer.wait()
       if metrics_file:
         metrics_file.flush()
@@ -278,6 +294,7 @@ def main(argv):
     writer.close()
     metrics_file.close()
   checkpointer.close()
+  return trainer, state, tokenizer
 
 
 if __name__ == "__main__":
