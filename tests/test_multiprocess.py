@@ -166,3 +166,14 @@ def test_sample_runs_under_two_processes_and_evaluate_refuses(runs):
   assert all(rc != 0 for rc in runs["evaluate_rc"]), runs["evaluate"].text()
   for i in range(2):
     assert "experiments.evaluate runs in one process" in runs["evaluate"].log(i)
+
+
+def test_coordinator_without_process_count_is_refused(monkeypatch):
+  from experiments import distributed
+  for k in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+    monkeypatch.delenv(k, raising=False)
+  with pytest.raises(ValueError, match="without the process count and index: pass "
+                                       "--num_processes and --process_id"):
+    distributed.maybe_initialize("auto", coordinator_address="127.0.0.1:1", num_processes=2)
+  monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "127.0.0.1:1")
+  distributed.maybe_initialize("no")  # "no" never joins, whatever the environment says
