@@ -20,10 +20,14 @@ B is the per-host batch, S = image_size, C = channels, T = max_text_len.
 Text longer than T is truncated (eos always kept); truncations are counted in
 `DataIterator.stats()` and logged (the first one, then every 1000th).
 
-Order: the split is sharded by host (`records[shard_index::shard_count]`, so
-shards are disjoint and cover the split), shuffled by `seed`, reshuffled each
+Order: one global stream, the split shuffled by `seed` and reshuffled each
 epoch, with random choices (which caption, which question) drawn from the
-seed and the position, so a seed fixes the whole stream and `get_state()` /
+seed and the position in that stream; it is cut into global batches of
+`batch_size * shard_count` examples, and host `shard_index` takes the
+`shard_index`-th contiguous `batch_size` slice of each. So the hosts' batches
+concatenated in host order are the batches one host would read with the global
+batch size (the same examples, order and text on any number of hosts), the
+hosts never overlap, a seed fixes the whole stream, and `get_state()` /
 `set_state()` resume exactly.
 
 Datasets: 'digits' (bundled, default), 'mnist', 'cifar10', 'imagenet2012',
@@ -188,22 +192,26 @@ class _RecordToExample(grain.transforms.RandomMap):
     return out
 
 
-class _PreloadedBatch(grain.transforms.RandomMap):
-  """Batch number -> one model batch of a preloaded split.
+class _PreloadedBatch(grain.transforms.Map):
+  """Global batch number -> this host's slice of that model batch, for a
+  preloaded split.
 
-  Batch b holds positions [b*B, (b+1)*B) of the stream that visits this
-  host's shard once per epoch in an order permuted by (seed, epoch). This is
-  grain's shuffle/repeat/batch done with one numpy permutation per epoch:
-  grain's per-element index_shuffle alone costs ~36 us an element (2.3 ms a
-  batch of 64), several times the whole budget of this tiny dataset.
+  Global batch b holds positions [b*G, (b+1)*G) (G = batch_size * shard_count)
+  of the stream that visits the split once per epoch in an order permuted by
+  (seed, epoch); this host takes positions [shard_index * batch_size, ...) of
+  it. The text variants are drawn for the whole global batch from (seed, b), so
+  they do not depend on the host count. This is grain's shuffle/repeat/batch
+  done with one numpy permutation per epoch: grain's per-element index_shuffle
+  alone costs ~36 us an element (2.3 ms a batch of 64), several times the
+  whole budget of this tiny dataset.
   """
 
-  def __init__(self, images: np.ndarray, labels: np.ndarray,
-               shard: np.ndarray, batch_size: int, total: int | None,
+  def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int,
+               shard_index: int, shard_count: int, total: int | None,
                seed: int, tables: _LabelTextTables):
     self._images, self._labels, self._tables = images, labels, tables
-    self._shard, self._batch_size, self._total = shard, batch_size, total
-    self._seed = seed
+    self._batch_size, self._total, self._seed = batch_size, total, seed
+    self._shard_index, self._global_batch = shard_index, batch_size * shard_count
     self._perms: dict[int, np.ndarray] = {}
 
   def _perm(self, epoch: int) -> np.ndarray:
@@ -211,22 +219,56 @@ class _PreloadedBatch(grain.transforms.RandomMap):
       if len(self._perms) > 4:
         self._perms.clear()
       rng = np.random.default_rng([self._seed, epoch])
-      self._perms[epoch] = self._shard[rng.permutation(len(self._shard))]
+      self._perms[epoch] = rng.permutation(len(self._labels))
     return self._perms[epoch]
 
-  def random_map(self, b, rng: np.random.Generator) -> dict[str, Any]:
-    stop = (b + 1) * self._batch_size
+  def map(self, b) -> dict[str, Any]:
+    start = b * self._global_batch
+    stop = start + self._global_batch
     if self._total is not None:
       stop = min(stop, self._total)
-    epochs, offsets = np.divmod(np.arange(b * self._batch_size, stop),
-                                len(self._shard))
+    epochs, offsets = np.divmod(np.arange(start, stop), len(self._labels))
     indices = np.empty(len(epochs), np.int64)
     for e in np.unique(epochs):
       at = epochs == e
       indices[at] = self._perm(int(e))[offsets[at]]
     labels = self._labels[indices]
-    return {"image": self._images[indices], "label": labels,
-            **_pick_label_text(self._tables, labels, rng)}
+    text = _pick_label_text(self._tables, labels,
+                            np.random.default_rng([self._seed, b, 1]))
+    mine = slice(self._shard_index * self._batch_size,
+                 (self._shard_index + 1) * self._batch_size)
+    return {"image": self._images[indices[mine]], "label": labels[mine],
+            **{k: v[mine] for k, v in text.items()}}
+
+
+class _HostPositions(grain.MapDataset):
+  """This host's elements of a global stream: local element q is global
+  element (q // B * shard_count + shard_index) * B + q % B, B = batch_size,
+  i.e. the host's contiguous slice of each global batch (the last, partial
+  global batch of a finite stream gives what falls in this host's slice)."""
+
+  def __init__(self, parent: grain.MapDataset, batch_size: int,
+               shard_index: int, shard_count: int):
+    super().__init__(parent)
+    self._b, self._i, self._n = batch_size, shard_index, shard_count
+    full, rest = divmod(len(parent), batch_size * shard_count)
+    self._length = full * batch_size + min(max(rest - shard_index * batch_size,
+                                               0), batch_size)
+
+  def __len__(self) -> int:
+    return self._length
+
+  def _global(self, q: int) -> int:
+    b, k = divmod(q, self._b)
+    return (b * self._n + self._i) * self._b + k
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    return self._parent[self._global(index)]
+
+  def __str__(self) -> str:
+    return f"_HostPositions(batch {self._b}, host {self._i} of {self._n})"
 
 
 def _preloaded_images(images: np.ndarray, image_size: int,
@@ -318,11 +360,14 @@ def make_dataset(
     tokenizer: the trained tokenizer (its ids go into caption / vqa); may be
       None only for datasets without text (imagenet2012).
     seed: fixes order and random choices.
-    shard_index, shard_count: this host's shard (jax.process_index() and
-      jax.process_count() on a pod).
+    shard_index, shard_count: this host's slice of each global batch of
+      batch_size * shard_count (jax.process_index() and jax.process_count()
+      on a pod).
     data_dir: tfds data_dir, or the prepared folder for 'folder'.
-    num_epochs: passes over the shard; None repeats forever.
-    drop_remainder: drop a last incomplete batch (finite num_epochs only).
+    num_epochs: passes over the split (all hosts together); None repeats
+      forever.
+    drop_remainder: drop a last incomplete global batch (finite num_epochs
+      only), so every host gets the same number of full batches.
     worker_count: grain worker processes (needs absl flags parsed and a
       `__main__` guard); 0 works in-process.
     read_threads: threads reading and decoding records (not used by the
@@ -346,36 +391,40 @@ def make_dataset(
   if src.has_caption_text and tokenizer is None:
     raise ValueError(f"{name} has text: pass the trained tokenizer "
                      "(data.tokenizer.Tokenizer.train or .load).")
-  shard_len = len(range(shard_index, len(src), shard_count))
-  if shard_len == 0:
-    raise ValueError(f"{name}/{split} has {len(src)} examples: too few for "
-                     f"{shard_count} shards.")
-  if num_epochs is not None and drop_remainder and (shard_len * num_epochs <
-                                                    batch_size):
-    raise ValueError(f"Shard of {shard_len} examples x {num_epochs} epochs "
-                     f"gives no full batch of {batch_size}.")
+  global_batch = batch_size * shard_count
+  total = None if num_epochs is None else len(src) * num_epochs
+  if total is not None and drop_remainder:
+    if total < global_batch:
+      raise ValueError(f"{name}/{split}: {len(src)} examples x {num_epochs} "
+                       f"epochs give no full global batch of {batch_size} x "
+                       f"{shard_count} hosts.")
+    total -= total % global_batch  # every host gets the same number of batches
+  if total is not None and total <= shard_index * batch_size:
+    raise ValueError(f"{name}/{split}: {len(src)} examples x {num_epochs} "
+                     f"epochs leave host {shard_index} of {shard_count} no "
+                     f"examples at batch size {batch_size}.")
   tables = _label_tables(src, tokenizer, max_text_len)
-  shard = slice(shard_index, None, shard_count)
 
   if src.in_memory is not None and not src.has_captions:
     raw_images, labels = src.in_memory
-    total = None if num_epochs is None else shard_len * num_epochs
     num_batches = (sys.maxsize if total is None else
-                   total // batch_size if drop_remainder else
-                   -(-total // batch_size))
-    ds = grain.MapDataset.range(num_batches).random_map(
+                   -(-(total - shard_index * batch_size) // global_batch))
+    ds = grain.MapDataset.range(num_batches).map(
         _PreloadedBatch(_preloaded_images(raw_images, image_size, channels),
-                        np.asarray(labels, np.int32),
-                        np.arange(len(src))[shard], batch_size, total, seed,
-                        tables), seed=seed)
+                        np.asarray(labels, np.int32), batch_size, shard_index,
+                        shard_count, total, seed, tables))
     # Each batch is one cheap gather: reader threads would only add overhead.
     it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=0,
                                                  prefetch_buffer_size=0))
   else:
-    ds = (grain.MapDataset.source(src.records).seed(seed)[shard].shuffle()
+    ds = (grain.MapDataset.source(src.records).seed(seed).shuffle()
           .repeat(num_epochs)
           .random_map(_RecordToExample(src, tokenizer, tables, image_size,
                                        channels, max_text_len)))
+    if total is not None:
+      ds = ds[:total]
+    if shard_count > 1:
+      ds = _HostPositions(ds, batch_size, shard_index, shard_count)
     # Prefetch single examples (a bounded buffer), then batch.
     it_ds = ds.to_iter_dataset(grain.ReadOptions(
         num_threads=read_threads, prefetch_buffer_size=max(

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments import distributed
 from experiments.workdir import open_run, sampler_overrides, vqa_prompts
 from mdm_jax.evaluation import digits_classifier, image_metrics, text_metrics, vqa
 
@@ -154,6 +155,9 @@ def evaluate(workdir: str, *, per_class=30, num_heldout=None, batch=100, overrid
 
 def main(argv):
   del argv
+  # One process: the metrics, the cached classifier and eval.json are host-side work.
+  distributed.maybe_initialize("auto")
+  distributed.refuse_multiple_processes("experiments.evaluate")
   overrides = sampler_overrides(FLAGS.steps, FLAGS.cfg)
   results = evaluate(FLAGS.workdir, per_class=FLAGS.per_class, num_heldout=FLAGS.num_heldout,
                      batch=FLAGS.batch, overrides=overrides,

@@ -12,6 +12,9 @@ r"""Sample from a trained workdir, for any task (the file formats are described 
 Image outputs are ``.npz`` (``images`` uint8 NHWC, plus ``labels`` / ``prompts``) and a PNG grid
 beside them; text outputs ``.jsonl`` (``index``, ``label``, ``question``, ``reference``,
 ``text``). Captioning, VQA and inpainting use the held-out split's images and questions.
+
+Under several processes (a TPU pod, or as ``experiments.distributed`` describes) every process
+samples and process 0 writes the outputs.
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import sample_io
+from experiments import distributed, sample_io
 from experiments.workdir import open_run, sampler_overrides, vqa_prompts
 
 FLAGS = flags.FLAGS
@@ -48,6 +51,7 @@ def _stem(path):
 def main(argv):
   del argv
   from data import pipeline
+  distributed.maybe_initialize("auto")
   overrides = sampler_overrides(FLAGS.steps, FLAGS.cfg, FLAGS.temperature)
   run = open_run(FLAGS.workdir, overrides)
   task, num, tok = TASK_NAMES[FLAGS.task], FLAGS.num, run.tokenizer
@@ -78,6 +82,8 @@ def main(argv):
     seqs, plens = vqa_prompts(tok, heldout, mc.max_text_len)
     given["text"], given["prompt_len"] = jnp.asarray(seqs), jnp.asarray(plens)
   images, tokens = run.trainer.sample(run.state, task, rng, num, **given)
+  if jax.process_index() != 0:
+    return
 
   if task in ("class2img", "t2i", "inpaint", "joint"):
     path = _stem(FLAGS.out) + ".npz"

@@ -26,6 +26,7 @@ from ml_collections import config_flags
 import numpy as np
 
 from experiments import configs as config_registry
+from experiments import distributed
 from mdm_jax import generate as gen
 from mdm_jax.models.mdm import MDM
 from mdm_jax.ssm import kernel_check
@@ -50,46 +51,51 @@ flags.DEFINE_integer("kill_at_step", 0, "Testing: SIGKILL this process after thi
 flags.DEFINE_enum("distributed", "auto", ["auto", "yes", "no"],
                   "Call jax.distributed.initialize() (auto: when a multi-host environment is "
                   "detected).")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0's coordinator, for "
+                    "clusters jax does not detect (default: $JAX_COORDINATOR_ADDRESS).")
+flags.DEFINE_integer("num_processes", None, "Processes of the run, with --coordinator_address "
+                     "(default: $JAX_NUM_PROCESSES).")
+flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes) "
+                     "(default: $JAX_PROCESS_ID).")
 FLAGS = flags.FLAGS
 
 DUMMY = "dummy"  # data name for runs that need no input pipeline (dry run, benchmarks)
 
 
-def maybe_initialize_distributed(mode: str):
-  multihost_env = any(os.environ.get(k) for k in (
-      "JAX_COORDINATOR_ADDRESS", "MEGASCALE_COORDINATOR_ADDRESS", "SLURM_JOB_NUM_NODES"))
-  tpu_hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
-  if mode == "yes" or (mode == "auto" and (multihost_env or "," in tpu_hosts)):
-    jax.distributed.initialize()
-
-
 # ----------------------------------------------------------------------------- samples
 def write_samples(trainer: Trainer, state, tokenizer, eval_examples, outdir: str, tag: str):
-  """Class-conditional grid, joint grid + captions, captions and VQA answers on held-out data."""
+  """Class-conditional grid, joint grid + captions, captions and VQA answers on held-out data.
+
+  Every process runs the (global) sampling; process 0 writes the files and returns their paths.
+  """
   from experiments import sample_io
   mc, config = trainer.model_cfg, trainer.config
   weights = dict(zip(gen.TASKS, config.loss.task_weights))
   rng = jax.random.PRNGKey(config.seed + 1)
   num = config.sample.num
+  is_main = jax.process_index() == 0
   written = []
   if weights["class2img"] > 0:
     labels = jnp.arange(num) % mc.num_classes
     images, _ = trainer.sample(state, "class2img", rng, num, labels=labels)
-    written.append(sample_io.save_grid(images, f"{outdir}/class2img_{tag}.png",
-                                       nrow=mc.num_classes, upscale=4))
+    if is_main:
+      written.append(sample_io.save_grid(images, f"{outdir}/class2img_{tag}.png",
+                                         nrow=mc.num_classes, upscale=4))
   if weights["joint"] > 0:
     images, tokens = trainer.sample(state, "joint", rng, num)
-    written.append(sample_io.save_grid(images, f"{outdir}/joint_{tag}.png", upscale=4))
-    with open(f"{outdir}/joint_{tag}.txt", "w") as f:
-      f.writelines(f"{i}: {tokenizer.decode(t)}\n" for i, t in enumerate(tokens))
+    if is_main:
+      written.append(sample_io.save_grid(images, f"{outdir}/joint_{tag}.png", upscale=4))
+      with open(f"{outdir}/joint_{tag}.txt", "w") as f:
+        f.writelines(f"{i}: {tokenizer.decode(t)}\n" for i, t in enumerate(tokens))
   if eval_examples and weights["caption"] > 0:
     ex = eval_examples[:num]
     images = jnp.asarray(np.stack([e["image"] for e in ex]))
     _, tokens = trainer.sample(state, "caption", rng, len(ex), images=images)
-    with open(f"{outdir}/captions_{tag}.txt", "w") as f:
-      f.writelines(f"{e['index']} (label {e['label']}): {tokenizer.decode(t)}\n"
-                   for e, t in zip(ex, tokens))
-    written.append(f"{outdir}/captions_{tag}.txt")
+    if is_main:
+      with open(f"{outdir}/captions_{tag}.txt", "w") as f:
+        f.writelines(f"{e['index']} (label {e['label']}): {tokenizer.decode(t)}\n"
+                     for e, t in zip(ex, tokens))
+      written.append(f"{outdir}/captions_{tag}.txt")
   return written
 
 
@@ -214,9 +220,24 @@ def main(argv):
     return
   if not FLAGS.workdir:
     raise app.UsageError("--workdir is required (it holds checkpoints, metrics and samples)")
-  maybe_initialize_distributed(FLAGS.distributed)
+  distributed.maybe_initialize(FLAGS.distributed, FLAGS.coordinator_address,
+                              FLAGS.num_processes, FLAGS.process_id)
+  train(config, FLAGS.workdir, kill_at_step=FLAGS.kill_at_step)
+
+
+def train(config, workdir: str, *, kill_at_step: int = 0, on_log=None):
+  """Trains ``config`` in ``workdir``, resuming from its latest good checkpoint, then writes the
+  final samples: the command's work, callable in-process (the notebook does).
+
+  Args:
+    kill_at_step: testing: SIGKILL this process after that step (see --kill_at_step).
+    on_log: called on process 0 with each logged step's record (metrics.jsonl's fields and
+      ``eta_s``), e.g. to show progress.
+
+  Returns:
+    (trainer, final train state, tokenizer).
+  """
   from data import pipeline, tokenizer as tokenizer_lib  # the data stack: only needed here
-  workdir = FLAGS.workdir
   os.makedirs(workdir, exist_ok=True)
   dc = config.data
   logging.info("Config:\n%s", config)
@@ -311,25 +332,28 @@ def main(argv):
         logging.info("step %d/%d | loss %.4f | img %.4f | txt %.4f | rec %.4f/%.4f | "
                      "%.2f steps/s | ETA %.0fs", step, total, terms["loss"], terms["diff_img"],
                      terms["diff_txt"], terms["rec_img"], terms["rec_txt"], rate, eta)
+        if on_log:
+          on_log(dict(record, eta_s=eta))
     if config.sample_every and step % config.sample_every == 0 and step != total:
       write_samples(trainer, state, tokenizer, eval_examples, samples_dir, f"step{step}")
     if step % config.checkpoint_every == 0 or step == total:
       # NaN guard: a step whose loss is not finite is never checkpointed.
       ckpt_lib.check_finite(step, {k: float(v) for k, v in jax.device_get(terms).items()})
       checkpointer.save(step, state, data_iter=train_iter, config_dict=config.to_dict())
-    if FLAGS.kill_at_step and step == FLAGS.kill_at_step:
+    if kill_at_step and step == kill_at_step:
       checkpointer.wait()
       if metrics_file:
         metrics_file.flush()
       os.kill(os.getpid(), signal.SIGKILL)
   checkpointer.wait()
   logging.info("Training done in %.0fs; writing final samples", time.time() - t_start)
+  for path in write_samples(trainer, state, tokenizer, eval_examples, samples_dir, "final"):
+    logging.info("Wrote %s", path)
   if is_main:
-    for path in write_samples(trainer, state, tokenizer, eval_examples, samples_dir, "final"):
-      logging.info("Wrote %s", path)
     writer.close()
     metrics_file.close()
   checkpointer.close()
+  return trainer, state, tokenizer
 
 
 if __name__ == "__main__":

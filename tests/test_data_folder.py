@@ -128,12 +128,23 @@ def test_record_path_shards_disjoint_and_cover(class_folder, tok):
   for shard in range(2):
     got = _all(_make(tok, out, num_epochs=1, drop_remainder=False,
                      shard_index=shard, shard_count=2, batch_size=3))
+    # 7 examples, global batches of 2 x 3: host 0 gets positions 0-2 and 6, host 1 3-5.
     assert len(got["label"]) == (4 if shard == 0 else 3)
     seen.update(np.round(img, 4).tobytes() for img in got["image"])
   everything = _all(_make(tok, out, num_epochs=1, drop_remainder=False))
   assert seen == collections.Counter(np.round(img, 4).tobytes()
                                      for img in everything["image"])
   assert len(seen) == 7  # all distinct images
+
+
+def test_record_path_hosts_concatenated_are_the_one_host_global_batch(class_folder, tok):
+  out, _ = class_folder
+  hosts = [_make(tok, out, seed=3, batch_size=2, shard_index=i, shard_count=2) for i in range(2)]
+  one = _make(tok, out, seed=3, batch_size=4)
+  for _ in range(4):  # 16 examples: across two epoch boundaries of the 7-example split
+    want, parts = next(one), [next(h) for h in hosts]
+    for k in want:
+      np.testing.assert_array_equal(np.concatenate([p[k] for p in parts]), want[k], err_msg=k)
 
 
 def test_record_path_deterministic_and_resumes(class_folder, tok):

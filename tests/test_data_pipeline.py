@@ -109,8 +109,28 @@ def test_shards_are_disjoint_and_cover_the_split(tok):
       got.update(_fingerprint(_to_sklearn_values(i[..., 0]), l)
                  for i, l in zip(batch["image"], batch["label"]))
     sizes.append(n)
-  assert sizes == [500, 500, 500]
+  # 1500 = 7 global batches of 3 x 64, then 156 = 64 + 64 + 28.
+  assert sizes == [7 * 64 + 64, 7 * 64 + 64, 7 * 64 + 28]
   assert got == want  # as multisets: every example once, over all shards
+
+
+def test_hosts_concatenated_are_the_one_host_global_batch(tok):
+  """Host i's batch is slice i of the one-host batch of the global size (same examples, order
+  and text variants), also across the epoch boundary (1500 = 23 x 64 + 28)."""
+  hosts = [_make(tok, batch_size=16, shard_index=i, shard_count=4) for i in range(4)]
+  one = _make(tok, batch_size=64)
+  for _ in range(25):
+    want = next(one)
+    parts = [next(h) for h in hosts]
+    for k in want:
+      np.testing.assert_array_equal(np.concatenate([p[k] for p in parts]), want[k], err_msg=k)
+  assert set(want) == {"image", "label", "caption", "vqa", "vqa_prompt_len"}
+
+
+def test_drop_remainder_gives_every_host_the_same_batches(tok):
+  counts = [len(list(_make(tok, batch_size=64, shard_index=i, shard_count=3, num_epochs=1)))
+            for i in range(3)]
+  assert counts == [7, 7, 7]  # 1500 // 192; the last, partial global batch is dropped
 
 
 def test_epochs_reshuffle(tok):

@@ -228,6 +228,11 @@ def param_shardings(
       is_leaf=lambda x: isinstance(x, meta.AxisMetadata))
 
 
+def replicated(mesh: Mesh) -> NamedSharding:
+  """A full copy on every device of `mesh` (readable on every process)."""
+  return NamedSharding(mesh, P())
+
+
 def batch_sharding(
     mesh: Mesh, rules: Sequence[tuple[str, Any]] = LOGICAL_AXIS_RULES
 ) -> NamedSharding:

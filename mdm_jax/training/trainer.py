@@ -124,6 +124,9 @@ class Trainer:
              sample_cfg: gen.SampleConfig | None = None, **given):
     """Generate with the EMA parameters; one compiled function per (task, num, sampler).
 
+    A global computation: under several processes every process must call it (with the same
+    arguments); each gets the whole result as numpy arrays.
+
     ``sample_cfg`` replaces the config's sampler settings for this call (e.g. greedy answers).
     """
     sample_cfg = sample_cfg or self.sample_cfg
@@ -131,7 +134,10 @@ class Trainer:
     if key not in self._samplers:
       fn = functools.partial(gen.generate, self.model, task=task, num=num,
                              loss_cfg=self.loss_cfg, sample_cfg=sample_cfg)
-      self._samplers[key] = jax.jit(lambda variables, rng, **kw: fn(variables, rng=rng, **kw))
+      # Replicated outputs: every process can read them (a multi-host run calls this on all
+      # processes, as for any global computation).
+      self._samplers[key] = jax.jit(lambda variables, rng, **kw: fn(variables, rng=rng, **kw),
+                                    out_shardings=sharding.replicated(self.mesh))
     variables = {"params": state["ema"], "latent_stats": state["latent_stats"]}
     with sharding.mesh_context(self.mesh):
       images, tokens = self._samplers[key](variables, rng, **given)
