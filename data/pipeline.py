@@ -82,6 +82,19 @@ def describe(name: str, *, split: str = "train",
           "has_vqa": src.has_vqa}
 
 
+# Held-out split per dataset: what training samples from and what `sample` and
+# `evaluate` read; tfds names its held-out splits differently per dataset.
+_HELDOUT_SPLITS = {"imagenet2012": "validation", "coco_captions": "val"}
+
+
+def heldout_split(name: str) -> str:
+  """The held-out split of dataset `name` ('test' unless tfds names it
+  otherwise: imagenet2012 'validation', coco_captions 'val')."""
+  if name not in DATASETS:
+    raise ValueError(f"Unknown dataset {name!r}; use one of {DATASETS}.")
+  return _HELDOUT_SPLITS.get(name, "test")
+
+
 def text_corpus(name: str, *, data_dir: str | None = None,
                 split: str = "train", max_examples: int = 20_000) -> list[str]:
   """Text to train the tokenizer on: every caption, question and answer.
@@ -440,10 +453,11 @@ def make_dataset(
 # Held-out examples with their raw strings, for evaluation and sampling.
 
 
-def eval_examples(name: str, *, split: str = "test", num: int | None = None,
+def eval_examples(name: str, *, split: str | None = None, num: int | None = None,
                   image_size: int = 8, channels: int = 1,
                   data_dir: str | None = None) -> list[dict[str, Any]]:
-  """The first `num` examples of `split` in order, with raw strings.
+  """The first `num` examples of `split` (default: `heldout_split(name)`) in
+  order, with raw strings.
 
   Each is {'index': int, 'image': float32 (S, S, C) in [-1, 1],
   'label': int (-1 if none), 'captions': every reference caption (list[str]),
@@ -451,6 +465,7 @@ def eval_examples(name: str, *, split: str = "test", num: int | None = None,
   For digit datasets the question cycles through the question types by index,
   so a test set covers all of them.
   """
+  split = heldout_split(name) if split is None else split
   src = open_source(name, split=split, data_dir=data_dir)
   n = len(src) if num is None else min(num, len(src))
   out = []

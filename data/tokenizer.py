@@ -20,6 +20,7 @@ import io
 import os
 
 from absl import logging
+from etils import epath
 import numpy as np
 import sentencepiece as spm
 
@@ -95,18 +96,21 @@ class Tokenizer:
 
   @classmethod
   def load(cls, path: str | os.PathLike) -> Tokenizer:
-    if not os.path.exists(path):
+    """Reads the serialized model at `path` (local or any `etils.epath` path:
+    gs://, ...)."""
+    path = epath.Path(path)
+    if not path.exists():
       raise ValueError(
           f"No tokenizer model at {path}. Train one with "
           "data.tokenizer.Tokenizer.train(texts, path, vocab_size) (the train "
           "run does this in its workdir).")
-    with open(path, "rb") as f:
-      return cls(f.read())
+    return cls(path.read_bytes())
 
   def save(self, path: str | os.PathLike) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "wb") as f:
-      f.write(self._proto)
+    """Writes the serialized model to `path` (local or any `etils.epath` path)."""
+    path = epath.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(self._proto)
 
   # Pickling by the serialized model lets grain ship the tokenizer to workers.
   def __getstate__(self):

@@ -26,6 +26,7 @@ import re
 import time
 
 from absl import app, flags, logging
+from etils import epath
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -75,8 +76,8 @@ def generate_batched(run, task, rng, n, batch, sample_cfg=None, **given):
 
 
 def classifier(workdir):
-  path = os.path.join(workdir, "digits_classifier.npz")
-  if os.path.exists(path):
+  path = os.fspath(epath.Path(workdir) / "digits_classifier.npz")
+  if epath.Path(path).exists():
     return digits_classifier.load_digits_classifier(path)
   params = digits_classifier.train_digits_classifier(seed=0)
   digits_classifier.save_digits_classifier(params, path)
@@ -92,7 +93,8 @@ def evaluate(workdir: str, *, per_class=30, num_heldout=None, batch=100, overrid
                      config.loss.task_weights))
   rng = jax.random.PRNGKey(1234)
   results = {"step": run.step, "config": config.data.name}
-  heldout = pipeline.eval_examples(config.data.name, split="test", num=num_heldout,
+  heldout = pipeline.eval_examples(config.data.name,
+                                   split=pipeline.heldout_split(config.data.name), num=num_heldout,
                                    image_size=config.data.image_size,
                                    channels=config.data.channels, data_dir=config.data.data_dir)
   is_digits = config.data.name == "digits"
@@ -114,6 +116,8 @@ def evaluate(workdir: str, *, per_class=30, num_heldout=None, batch=100, overrid
       p, r = image_metrics.precision_recall(f_real, f_fake, k=3)
       results["precision"], results["recall"] = p, r
 
+  if tok is None:  # data without text: class-to-image only (its text tasks never trained)
+    tasks = tuple(t for t in tasks if t == "class2img")
   if weights["caption"] > 0 and heldout and "caption" in tasks:
     _, tokens = generate_batched(run, "caption", rng, len(heldout), batch, images=heldout_images)
     captions = [tok.decode(t) for t in tokens]
@@ -148,8 +152,7 @@ def evaluate(workdir: str, *, per_class=30, num_heldout=None, batch=100, overrid
             for e, a in list(zip(heldout, answers))[:10]]
 
   if write:
-    with open(os.path.join(workdir, "eval.json"), "w") as f:
-      json.dump(results, f, indent=1)
+    (epath.Path(workdir) / "eval.json").write_text(json.dumps(results, indent=1))
   return results
 
 

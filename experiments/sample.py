@@ -11,7 +11,8 @@ r"""Sample from a trained workdir, for any task (the file formats are described 
 
 Image outputs are ``.npz`` (``images`` uint8 NHWC, plus ``labels`` / ``prompts``) and a PNG grid
 beside them; text outputs ``.jsonl`` (``index``, ``label``, ``question``, ``reference``,
-``text``). Captioning, VQA and inpainting use the held-out split's images and questions.
+``text``). Captioning, VQA and inpainting use the held-out split's images and questions
+(``data.pipeline.heldout_split``). ``--out`` may be local or any ``etils.epath`` path (gs://).
 
 Under several processes (a TPU pod, or as ``experiments.distributed`` describes) every process
 samples and process 0 writes the outputs.
@@ -57,10 +58,15 @@ def main(argv):
   task, num, tok = TASK_NAMES[FLAGS.task], FLAGS.num, run.tokenizer
   mc, dc = run.trainer.model_cfg, run.config.data
   rng = jax.random.PRNGKey(FLAGS.seed)
+  if tok is None and task not in ("class2img", "inpaint"):
+    raise app.UsageError(f"--task={FLAGS.task} needs text, but this run's data ({dc.name}) has "
+                         "none (it trained class-to-image only, without a tokenizer); use "
+                         "--task=class or --task=inpaint.")
   heldout = []
   if task in ("caption", "vqa", "inpaint", "t2i"):
-    heldout = pipeline.eval_examples(dc.name, split="test", num=num, image_size=dc.image_size,
-                                     channels=dc.channels, data_dir=dc.data_dir)
+    heldout = pipeline.eval_examples(dc.name, split=pipeline.heldout_split(dc.name), num=num,
+                                     image_size=dc.image_size, channels=dc.channels,
+                                     data_dir=dc.data_dir)
     if len(heldout) < num:
       raise ValueError(f"--num={num} but the held-out split has {len(heldout)} examples")
   labels = (np.full(num, FLAGS.label) if FLAGS.label is not None

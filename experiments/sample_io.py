@@ -6,13 +6,16 @@ Text outputs: ``.jsonl``, one object per sample: ``index``, ``label``, ``questio
 """
 from __future__ import annotations
 
+import io
 import json
 import math
-import os
 from typing import Optional, Sequence
 
+from etils import epath
 import numpy as np
 from PIL import Image
+
+# Every writer takes a local path or any `etils.epath` path (gs://, ...) and creates its folder.
 
 
 def to_uint8(images) -> np.ndarray:
@@ -36,8 +39,9 @@ def save_grid(images, path: str, *, nrow: Optional[int] = None, upscale: int = 1
   img = Image.fromarray(canvas[..., 0] if c == 1 else canvas)
   if upscale > 1:
     img = img.resize((img.width * upscale, img.height * upscale), Image.NEAREST)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  img.save(path)
+  buf = io.BytesIO()
+  img.save(buf, format="PNG")
+  _write(path, buf.getvalue())
   return path
 
 
@@ -47,14 +51,22 @@ def save_npz(path: str, images, *, labels=None, prompts: Optional[Sequence[str]]
     arrays["labels"] = np.asarray(labels)
   if prompts is not None:
     arrays["prompts"] = np.asarray(list(prompts))
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  np.savez(path, **arrays)
+  buf = io.BytesIO()
+  np.savez(buf, **arrays)
+  _write(path, buf.getvalue())
   return path
 
 
 def save_jsonl(path: str, rows: Sequence[dict]) -> str:
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, "w") as f:
-    for row in rows:
-      f.write(json.dumps(row) + "\n")
+  return save_text(path, "".join(json.dumps(row) + "\n" for row in rows))
+
+
+def save_text(path: str, text: str) -> str:
+  _write(path, text.encode("utf-8"))
   return path
+
+
+def _write(path: str, data: bytes) -> None:
+  path = epath.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_bytes(data)

@@ -5,9 +5,11 @@ checkpoint and logging.
   python -m experiments.train --config=imagenet256 --workdir=gs://... --config.data.data_dir=...
   python -m experiments.train --config=imagenet256 --dry_run     # AOT check, no data, no TPU
 
-The same command resumes from the workdir's latest good checkpoint. The workdir holds
-``checkpoints/`` (orbax: train state, data iterator state, config), ``metrics.jsonl``,
-TensorBoard event files (``tb/``), ``samples/`` and ``tokenizer.model``.
+The same command resumes from the workdir's latest good checkpoint. The workdir (local or
+``gs://``, every file through etils.epath; ``pip install 'mdm-jax[gcs]'``) holds ``checkpoints/``
+(orbax: train state, data iterator state, config), ``metrics.jsonl``, TensorBoard event files
+(``tb/``), ``samples/`` and ``tokenizer.model`` (data with text only: data without text, e.g.
+imagenet2012, trains class-to-image with no tokenizer).
 """
 from __future__ import annotations
 
@@ -71,6 +73,8 @@ def write_samples(trainer: Trainer, state, tokenizer, eval_examples, outdir: str
   from experiments import sample_io
   mc, config = trainer.model_cfg, trainer.config
   weights = dict(zip(gen.TASKS, config.loss.task_weights))
+  if tokenizer is None:  # data without text trains class2img alone
+    weights = {t: w if t == "class2img" else 0.0 for t, w in weights.items()}
   rng = jax.random.PRNGKey(config.seed + 1)
   num = config.sample.num
   is_main = jax.process_index() == 0
@@ -80,22 +84,23 @@ def write_samples(trainer: Trainer, state, tokenizer, eval_examples, outdir: str
     images, _ = trainer.sample(state, "class2img", rng, num, labels=labels)
     if is_main:
       written.append(sample_io.save_grid(images, f"{outdir}/class2img_{tag}.png",
-                                         nrow=mc.num_classes, upscale=4))
+                                         nrow=min(mc.num_classes, num), upscale=4))
   if weights["joint"] > 0:
     images, tokens = trainer.sample(state, "joint", rng, num)
     if is_main:
       written.append(sample_io.save_grid(images, f"{outdir}/joint_{tag}.png", upscale=4))
-      with open(f"{outdir}/joint_{tag}.txt", "w") as f:
-        f.writelines(f"{i}: {tokenizer.decode(t)}\n" for i, t in enumerate(tokens))
+      written.append(sample_io.save_text(
+          f"{outdir}/joint_{tag}.txt",
+          "".join(f"{i}: {tokenizer.decode(t)}\n" for i, t in enumerate(tokens))))
   if eval_examples and weights["caption"] > 0:
     ex = eval_examples[:num]
     images = jnp.asarray(np.stack([e["image"] for e in ex]))
     _, tokens = trainer.sample(state, "caption", rng, len(ex), images=images)
     if is_main:
-      with open(f"{outdir}/captions_{tag}.txt", "w") as f:
-        f.writelines(f"{e['index']} (label {e['label']}): {tokenizer.decode(t)}\n"
-                     for e, t in zip(ex, tokens))
-      written.append(f"{outdir}/captions_{tag}.txt")
+      written.append(sample_io.save_text(
+          f"{outdir}/captions_{tag}.txt",
+          "".join(f"{e['index']} (label {e['label']}): {tokenizer.decode(t)}\n"
+                  for e, t in zip(ex, tokens))))
   return written
 
 
@@ -238,19 +243,36 @@ def train(config, workdir: str, *, kill_at_step: int = 0, on_log=None):
     (trainer, final train state, tokenizer).
   """
   from data import pipeline, tokenizer as tokenizer_lib  # the data stack: only needed here
-  os.makedirs(workdir, exist_ok=True)
+  from etils import epath
+  from experiments import workdir as workdir_lib
+  # Local or gs://...: every file below goes through etils.epath.
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   dc = config.data
   logging.info("Config:\n%s", config)
 
   # --- Tokenizer and data description ---------------------------------------------------
   info = pipeline.describe(dc.name, data_dir=dc.data_dir)
-  tok_path = os.path.join(workdir, "tokenizer.model")
-  if os.path.exists(tok_path):
+  tok_path = epath.Path(workdir) / workdir_lib.TOKENIZER_FILE
+  if not info["has_caption"]:
+    # No text at all (e.g. ImageNet's synset labels): no tokenizer; the text positions stay
+    # absent and the text side keeps data.vocab_size ids (never fed).
+    tokenizer, vocab_size = None, dc.vocab_size
+    text_tasks = [f"{t} ({w:g})" for t, w in zip(gen.TASKS, config.loss.task_weights)
+                  if t != "class2img" and w > 0]
+    if config.loss.task_weights[gen.TASKS.index("class2img")] <= 0:
+      raise ValueError(f"Dataset {dc.name!r} has no text, so only class2img can train, but its "
+                       "loss.task_weights gives class2img weight 0; set --config.loss."
+                       "task_weights='(1.0, 0.0, 0.0, 0.0, 0.0, 0.0)'.")
+    logging.info("%s has no text: no tokenizer, class2img only%s", dc.name,
+                 f"; skipping the text tasks {', '.join(text_tasks)}" if text_tasks else "")
+  elif tok_path.exists():
     tokenizer = tokenizer_lib.Tokenizer.load(tok_path)
+    vocab_size = tokenizer.vocab_size
   else:
     corpus = pipeline.text_corpus(dc.name, data_dir=dc.data_dir)
     tokenizer = tokenizer_lib.Tokenizer.train(
         corpus, tok_path if jax.process_index() == 0 else None, dc.vocab_size)
+    vocab_size = tokenizer.vocab_size
   data_keys = tuple(k for k, has in (("caption", info["has_caption"]), ("vqa", info["has_vqa"]))
                     if has)
 
@@ -267,7 +289,7 @@ def train(config, workdir: str, *, kill_at_step: int = 0, on_log=None):
       image_size=dc.image_size, channels=dc.channels, max_text_len=dc.max_text_len,
       tokenizer=tokenizer, seed=config.seed, shard_index=jax.process_index(),
       shard_count=jax.process_count(), data_dir=dc.data_dir, worker_count=dc.worker_count)
-  eval_split = {"imagenet2012": "validation", "coco_captions": "val"}.get(dc.name, "test")
+  eval_split = pipeline.heldout_split(dc.name)
   try:
     eval_examples = pipeline.eval_examples(dc.name, split=eval_split, num=config.sample.num,
                                            image_size=dc.image_size, channels=dc.channels,
@@ -287,7 +309,7 @@ def train(config, workdir: str, *, kill_at_step: int = 0, on_log=None):
     config.model.ssd_impl = impl
 
   # --- Model, train state and the sharded update step ---------------------------------------
-  trainer = Trainer(config, mesh, vocab_size=tokenizer.vocab_size,
+  trainer = Trainer(config, mesh, vocab_size=vocab_size,
                     num_classes=max(info["num_classes"], 1), data_keys=data_keys)
   checkpointer = ckpt_lib.Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
   restored = checkpointer.restore_latest(trainer.abstract_state, data_iter=train_iter)
@@ -303,9 +325,9 @@ def train(config, workdir: str, *, kill_at_step: int = 0, on_log=None):
   # --- Logging -------------------------------------------------------------------------------
   from tensorboardX import SummaryWriter
   is_main = jax.process_index() == 0
-  writer = SummaryWriter(os.path.join(workdir, "tb")) if is_main else None
-  metrics_file = open(os.path.join(workdir, "metrics.jsonl"), "a") if is_main else None
-  samples_dir = os.path.join(workdir, "samples")
+  writer = SummaryWriter(workdir_lib.tensorboard_dir(workdir)) if is_main else None
+  metrics_file = workdir_lib.MetricsLog(epath.Path(workdir) / "metrics.jsonl") if is_main else None
+  samples_dir = os.fspath(epath.Path(workdir) / "samples")
 
   # --- Training loop -------------------------------------------------------------------------
   total = config.total_steps

@@ -1,10 +1,21 @@
-"""Reopen a training workdir: its config, tokenizer, model and latest good checkpoint."""
+"""A training workdir: reopen it (config, tokenizer, model, latest good checkpoint), and the
+files the trainer writes there.
+
+Every path goes through ``etils.epath``, so a workdir can be local or on an object store
+(``gs://bucket/run``; orbax checkpoints there too). Object stores have no append and no
+directories: metrics are rewritten whole on each flush there, and TensorBoard events need
+tensorboardX's own client (``pip install 'mdm-jax[gcs]'``) or are written to a local folder.
+"""
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
+import tempfile
 from typing import Any
 
+from absl import logging
+from etils import epath
 import ml_collections
 import numpy as np
 
@@ -12,10 +23,75 @@ from mdm_jax.training import checkpoint as ckpt_lib
 from mdm_jax.training import sharding
 
 
+TOKENIZER_FILE = "tokenizer.model"
+
+
+def is_local(path) -> bool:
+  """True for a local file path, False for a URI (gs://, s3://, ...)."""
+  return "://" not in os.fspath(path)
+
+
+class MetricsLog:
+  """``metrics.jsonl`` opened for appending, with a file's ``write``/``flush``/``close``.
+
+  Locally the file is appended to. An object store (gs://) cannot append: there the existing
+  lines are read once and the whole object is rewritten on each ``flush``.
+  """
+
+  def __init__(self, path):
+    self._path = epath.Path(path)
+    self._path.parent.mkdir(parents=True, exist_ok=True)
+    if is_local(path):
+      self._file, self._text = self._path.open("a"), None
+    else:
+      self._file = None
+      self._text = self._path.read_text() if self._path.exists() else ""
+
+  def write(self, text: str) -> None:
+    if self._file is not None:
+      self._file.write(text)
+    else:
+      self._text += text
+
+  def flush(self) -> None:
+    if self._file is not None:
+      self._file.flush()
+    else:
+      self._path.write_text(self._text)
+
+  def close(self) -> None:
+    if self._file is not None:
+      self._file.close()
+    else:
+      self.flush()
+
+
+def tensorboard_dir(workdir) -> str:
+  """Where TensorBoard events of ``workdir`` go: ``workdir/tb``, or a local folder (logged)
+  when tensorboardX cannot write to the workdir's storage."""
+  logdir = os.fspath(epath.Path(workdir) / "tb")
+  if is_local(workdir):
+    return logdir
+  scheme = os.fspath(workdir).split("://", 1)[0]
+  client = {"gs": "google.cloud.storage", "s3": "boto3"}.get(scheme)
+  if client is not None:
+    try:
+      __import__(client)
+      return logdir
+    except ImportError:
+      pass
+  local = os.path.join(tempfile.gettempdir(), "mdm_tb", re.sub(r"[^\w.-]+", "_", logdir))
+  logging.warning("TensorBoard events go to the local folder %s, not %s: tensorboardX writes "
+                  "%s:// only with %s installed (pip install 'mdm-jax[gcs]'). metrics.jsonl in "
+                  "the workdir has every logged value.", local, logdir, scheme,
+                  client or "a client it supports")
+  return local
+
+
 @dataclasses.dataclass
 class Run:
   config: ml_collections.ConfigDict
-  tokenizer: Any
+  tokenizer: Any               # None when the data has no text (class-to-image only)
   trainer: Any
   state: Any
   step: int
@@ -61,8 +137,8 @@ def open_run(workdir: str, overrides: dict | None = None) -> Run:
   """
   from data import pipeline, tokenizer as tokenizer_lib
   from mdm_jax.training.trainer import Trainer
-  ckpt_dir = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(ckpt_dir):
+  ckpt_dir = epath.Path(workdir) / "checkpoints"
+  if not ckpt_dir.is_dir():
     raise FileNotFoundError(f"{workdir} has no checkpoints/: train first with "
                             f"`python -m experiments.train --workdir={workdir}`")
   checkpointer = ckpt_lib.Checkpointer(workdir, read_only=True)  # a reader changes nothing
@@ -76,12 +152,16 @@ def open_run(workdir: str, overrides: dict | None = None) -> Run:
     for p in path:
       node = node[p]
     node[leaf] = type(node[leaf])(value) if node[leaf] is not None else value
-  tokenizer = tokenizer_lib.Tokenizer.load(os.path.join(workdir, "tokenizer.model"))
   info = pipeline.describe(config.data.name, data_dir=config.data.data_dir)
+  if info["has_caption"]:
+    tokenizer = tokenizer_lib.Tokenizer.load(epath.Path(workdir) / TOKENIZER_FILE)
+    vocab_size = tokenizer.vocab_size
+  else:
+    tokenizer, vocab_size = None, config.data.vocab_size
   data_keys = tuple(k for k, has in (("caption", info["has_caption"]), ("vqa", info["has_vqa"]))
                     if has)
   mesh = sharding.make_mesh(**dict(config.mesh))
-  trainer = Trainer(config, mesh, vocab_size=tokenizer.vocab_size,
+  trainer = Trainer(config, mesh, vocab_size=vocab_size,
                     num_classes=max(info["num_classes"], 1), data_keys=data_keys)
   restored = checkpointer.restore_latest(trainer.abstract_state)
   state, step = restored

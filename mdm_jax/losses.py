@@ -11,6 +11,10 @@ modality is noised, clean or absent, and where the losses apply:
   joint       noised, t ~ U         caption noised, own t ~ U          null     both
   text        absent (noise, t = 1) caption noised, t ~ U              null     text
 
+Data without text (no ``caption`` in the batch, e.g. ImageNet's synset labels) trains
+class2img alone: every task that needs text gets weight 0, the text positions are absent in every
+example, and the text VAE has no reconstruction or KL term (nothing to reconstruct).
+
 Condition dropout for classifier-free guidance: with probability ``cond_drop`` the class
 becomes the null class (class2img) or the caption becomes absent (t2i).
 
@@ -93,7 +97,8 @@ def mdm_loss(model: MDM, batch: dict, rng: jax.Array, cfg: LossConfig):
   Args:
     model: the bound MDM module.
     batch: ``image`` (b, H, W, C) float in [-1, 1]; ``label`` (b,) int (-1: none);
-      ``caption`` (b, T) int; optionally ``vqa`` (b, T) int and ``vqa_prompt_len`` (b,) int.
+      optionally ``caption`` (b, T) int (absent: data without text, see the module docstring),
+      ``vqa`` (b, T) int and ``vqa_prompt_len`` (b,) int.
     rng: PRNG key.
     cfg: LossConfig.
   Returns:
@@ -107,6 +112,9 @@ def mdm_loss(model: MDM, batch: dict, rng: jax.Array, cfg: LossConfig):
 
   # Per-example task.
   weights = jnp.asarray(cfg.task_weights, jnp.float32)
+  has_text = "caption" in batch
+  if not has_text:
+    weights = weights * (jnp.arange(len(TASKS)) == T_CLASS2IMG)
   if "vqa" not in batch:
     weights = weights.at[T_VQA].set(0.0)
   task = jax.random.categorical(keys[0], jnp.log(weights), shape=(b,)).astype(jnp.int32)
@@ -115,8 +123,10 @@ def mdm_loss(model: MDM, batch: dict, rng: jax.Array, cfg: LossConfig):
   if "vqa" in batch:
     text0 = jnp.where((task == T_VQA)[:, None], batch["vqa"], batch["caption"])
     prompt_len = jnp.where(task == T_VQA, batch["vqa_prompt_len"], 0)
-  else:
+  elif has_text:
     text0, prompt_len = batch["caption"], jnp.zeros((b,), jnp.int32)
+  else:  # never read: every example's text is absent (all [MASK]); pad ids keep shapes
+    text0, prompt_len = jnp.zeros((b, mc.max_text_len), jnp.int32), jnp.zeros((b,), jnp.int32)
   text0 = text0.astype(jnp.int32)
   n_txt = text0.shape[1]
 
@@ -124,13 +134,17 @@ def mdm_loss(model: MDM, batch: dict, rng: jax.Array, cfg: LossConfig):
   mu_i, ls_i = model.encode_image(batch["image"])
   z_i = mu_i + jnp.exp(ls_i) * jax.random.normal(keys[1], mu_i.shape)
   rec_img = jnp.mean((model.decode_image(z_i) - batch["image"]) ** 2)
-  mu_t, ls_t = model.encode_text(text0)
-  z_t = mu_t + jnp.exp(ls_t) * jax.random.normal(keys[2], mu_t.shape)
-  logits = model.decode_text(z_t)
-  rec_txt = jnp.mean(jax.nn.logsumexp(logits, -1)
-                     - jnp.take_along_axis(logits, text0[..., None], -1)[..., 0])
-  kl = 0.5 * (jnp.mean(kl_to_standard_normal(mu_i, ls_i))
-              + jnp.mean(kl_to_standard_normal(mu_t, ls_t)))
+  if has_text:
+    mu_t, ls_t = model.encode_text(text0)
+    z_t = mu_t + jnp.exp(ls_t) * jax.random.normal(keys[2], mu_t.shape)
+    logits = model.decode_text(z_t)
+    rec_txt = jnp.mean(jax.nn.logsumexp(logits, -1)
+                       - jnp.take_along_axis(logits, text0[..., None], -1)[..., 0])
+    kl = 0.5 * (jnp.mean(kl_to_standard_normal(mu_i, ls_i))
+                + jnp.mean(kl_to_standard_normal(mu_t, ls_t)))
+  else:
+    z_t, rec_txt = None, jnp.zeros((), jnp.float32)
+    kl = jnp.mean(kl_to_standard_normal(mu_i, ls_i))
   model.update_latent_std(z_image=z_i, z_text=z_t)
   scale = model.latent_scale()
 
@@ -168,13 +182,16 @@ def mdm_loss(model: MDM, batch: dict, rng: jax.Array, cfg: LossConfig):
   img_per_ex = jnp.mean(gaussian.dsm_loss(eps_pred, z0_img, eps, t_img, sched,
                                           target=cfg.image_target), axis=(1, 2))
   txt_active = is_task(T_CAPTION, T_VQA, T_JOINT, T_TEXT)
-  if cfg.objective == "score_entropy":
+  if not has_text:
+    txt_per_ex = jnp.zeros((b,), jnp.float32)
+  elif cfg.objective == "score_entropy":
     per_tok = score_entropy.score_entropy_loss(text_out, sigma[:, None], dsigma[:, None], x_t,
                                                text0, graph, mask=generated)
+    txt_per_ex = jnp.sum(per_tok, axis=1) / n_txt
   else:
     per_tok = markov.absorbing_elbo_loss(text_out, sigma[:, None], dsigma[:, None], x_t, text0,
                                          graph, mask=generated)
-  txt_per_ex = jnp.sum(per_tok, axis=1) / n_txt
+    txt_per_ex = jnp.sum(per_tok, axis=1) / n_txt
   loss_img = _masked_mean(img_per_ex, img_active)
   loss_txt = _masked_mean(txt_per_ex, txt_active)
 

@@ -214,6 +214,18 @@ def test_eval_examples_have_raw_strings():
   assert len(questions) == len(digits.qa_pairs(0))  # all question types
 
 
+def test_heldout_split_is_the_default_of_eval_examples():
+  # tfds' own held-out split names (catalog): ImageNet 'validation', COCO captions 'val'.
+  assert pipeline.heldout_split("imagenet2012") == "validation"
+  assert pipeline.heldout_split("coco_captions") == "val"
+  for name in ("digits", "mnist", "cifar10", "folder"):
+    assert pipeline.heldout_split(name) == "test"
+  _, labels = _sklearn_split("test")
+  assert [e["label"] for e in pipeline.eval_examples("digits", num=5)] == list(labels[:5])
+  with pytest.raises(ValueError, match="Unknown dataset 'svhn'"):
+    pipeline.heldout_split("svhn")
+
+
 def test_describe_and_corpus():
   info = pipeline.describe("digits")
   assert info["num_examples"] == 1500 and info["num_classes"] == 10

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
-from PIL import Image
 import pytest
 import tensorflow_datasets as tfds
 
 from data import pipeline
 from data import text_templates
 from data import tokenizer as tokenizer_lib
+import tiny_tfds
 
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
            "horse", "ship", "truck"]
@@ -87,51 +85,10 @@ def test_imagenet_mock_labels_only():
   assert info["num_classes"] == 1000 and not info["has_caption"]
 
 
-def _png(array):
-  """PNG bytes (lossless, so the test can read pixel values back)."""
-  buf = io.BytesIO()
-  Image.fromarray(array).save(buf, format="PNG")
-  buf.seek(0)
-  return buf
-
-
-class _TinyCocoCaptions(tfds.core.GeneratorBasedBuilder,
-                        skip_registration=True):
-  """Same name, config, version and features as tfds' coco_captions."""
-  name = "coco_captions"
-  VERSION = tfds.core.Version("1.1.0")
-  BUILDER_CONFIGS = [tfds.core.BuilderConfig(name="2014")]
-
-  def _info(self):
-    return tfds.core.DatasetInfo(
-        builder=self, features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(encoding_format="jpeg"),
-            "image/filename": tfds.features.Text(),
-            "image/id": np.int64,
-            "captions": tfds.features.Sequence({"text": np.str_,
-                                                "id": np.int64}),
-        }))
-
-  def _split_generators(self, dl_manager):
-    del dl_manager
-    return {"train": self._generate_examples(6),
-            "val": self._generate_examples(2)}
-
-  def _generate_examples(self, n):
-    for i in range(n):
-      image = np.full((10 + i, 14, 3), 30 * i, np.uint8)
-      yield i, {"image": _png(image), "image/filename": f"{i}.jpg",
-                "image/id": i,
-                "captions": [{"text": f"caption {i} number {j}", "id": j}
-                             for j in range(1 + i % 3)]}
-
-
 @pytest.fixture(scope="module")
 def coco_dir(tmp_path_factory):
   data_dir = str(tmp_path_factory.mktemp("tfds"))
-  _TinyCocoCaptions(data_dir=data_dir,
-                    file_format="array_record").download_and_prepare()
-  return data_dir
+  return tiny_tfds.prepare_tiny_coco(data_dir)
 
 
 def test_coco_captions_from_prepared_files(coco_dir, tok):

@@ -247,3 +247,49 @@ def test_task_mixture_follows_the_table_per_example(run_loss):
   check_task_table(args, _batch())
   for name in TASKS:
     assert np.isfinite(out["terms"][f"task/{name}"])
+
+
+def test_data_without_text_trains_class2img_alone():
+  """A batch without ``caption`` (e.g. ImageNet) under every task weight trains what the same
+  images with captions train under class2img-only weights: every example class2img, text
+  absent, the same image terms; no text reconstruction, and the image KL alone."""
+  model = MDM(tiny_config())
+  full = jax.tree.map(jnp.asarray, _batch())
+  no_text = {k: full[k] for k in ("image", "label")}
+  variables = nn.meta.unbox(jax.jit(model.init, compiler_options=FAST_COMPILE)(
+      key(0), full["image"], full["caption"]))
+  params = randomize_zero_kernels(variables["params"])
+  stats = {"vae": {"std": jnp.asarray(STD)}}
+
+  def run(batch, weights):
+    lc = LossConfig(task_weights=weights, cond_drop=0.0, t_min=T_MIN, noise_eps=NOISE_EPS,
+                    beta_kl=BETA_KL)
+
+    def loss(p):
+      # latent_stats immutable: the text latents' scale stays the same in both runs (with
+      # captions the step would also measure the text latents' std, which scales them).
+      return model.apply({"params": p, "latent_stats": stats}, batch, key(3), lc,
+                         method=mdm_loss)
+
+    (_, terms), grads = jax.value_and_grad(loss, has_aux=True)(params)
+    return terms, grads
+
+  fn = jax.jit(run, static_argnums=1, compiler_options=FAST_COMPILE)
+  got, got_grads = jax.tree.map(np.asarray, fn(no_text, (1.0,) * len(TASKS)))
+  want, want_grads = jax.tree.map(np.asarray, fn(full, one_hot("class2img")))
+  assert got["task/class2img"] > 0
+  for name in TASKS[1:]:
+    assert got[f"task/{name}"] == 0.0, name
+  for k in ("diff_img", "rec_img", "task/class2img"):
+    np.testing.assert_allclose(got[k], want[k], rtol=1e-6, err_msg=k)
+  assert got["rec_txt"] == 0.0 and got["diff_txt"] == 0.0
+  mu, log_sigma = model.apply({"params": params, "latent_stats": stats}, full["image"],
+                              method=MDM.encode_image)
+  kl_img = float(np.mean(kl_to_standard_normal(mu, log_sigma)))
+  np.testing.assert_allclose(got["kl"], kl_img, rtol=1e-5)
+  np.testing.assert_allclose(got["loss"], got["rec_img"] + BETA_KL * kl_img + got["diff_img"],
+                             rtol=1e-5)
+  # The text side gets no gradient (nothing to reconstruct, the [MASK] ids enter without one).
+  for name in ("vocab_out", "token_embed"):
+    assert not np.any(jax.tree.leaves(got_grads["vae"][name])[0]), name
+    assert np.any(jax.tree.leaves(want_grads["vae"][name])[0]), name

@@ -7,9 +7,11 @@ modulation 25.2M (2048 x 6 x 2048), so every block also has a SwiGLU MLP of 6.75
 `python -m experiments.train --config=imagenet256 --dry_run`).
 
 Images are cut into 8x8 patches (32x32 = 1024 image tokens, 16 latent channels each); the
-text side is kept (128 tokens, 32K BPE vocab) so the same checkpoint can be fine-tuned on
-coco256 / instruct. Needs `tfds build imagenet2012 --file_format=array_record` (manual
-download) and `--config.data.data_dir`.
+text side is kept (128 tokens, 32K vocab) so the same checkpoint can be fine-tuned on
+coco256 / instruct. ImageNet's labels are synset ids, no words: the run trains no tokenizer,
+its text positions are absent (all [MASK]) in every example, and the text layers keep
+`data.vocab_size` ids without being fed. Needs `tfds build imagenet2012
+--file_format=array_record` (manual download) and `--config.data.data_dir`.
 """
 from experiments.configs import digits
 

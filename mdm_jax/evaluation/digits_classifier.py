@@ -13,8 +13,7 @@ or float in [-1, 1] (the model's own range; clipped).
 """
 from __future__ import annotations
 
-import os
-
+from etils import epath
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -133,16 +132,16 @@ def digits_accuracy(params, images: np.ndarray, labels: np.ndarray) -> float:
 def save_digits_classifier(params, path: str) -> None:
   """Writes params to ``path`` (.npz) with '/'-joined keys, e.g. ``hidden_0/kernel``."""
   flat = traverse_util.flatten_dict(jax.device_get(params), sep="/")
-  with open(path, "wb") as f:  # A file object keeps np.savez from appending '.npz'.
+  with epath.Path(path).open("wb") as f:  # A file object keeps np.savez from adding '.npz'.
     np.savez(f, **{k: np.asarray(v) for k, v in flat.items()})
 
 
 def load_digits_classifier(path: str):
   """Reads params written by ``save_digits_classifier``; validates their structure."""
-  if not os.path.isfile(path):
+  if not epath.Path(path).is_file():
     raise FileNotFoundError(f"digits classifier {path!r} does not exist; train one with "
                             "train_digits_classifier() and save_digits_classifier().")
-  with np.load(path, allow_pickle=False) as data:
+  with epath.Path(path).open("rb") as f, np.load(f, allow_pickle=False) as data:
     params = traverse_util.unflatten_dict({k: jnp.asarray(data[k]) for k in data.files}, sep="/")
   hidden = _hidden_from_params(params)
   expected = jax.eval_shape(DigitsClassifier(hidden=hidden).init, jax.random.key(0),

@@ -1,0 +1,187 @@
+"""Every named data config trains end to end through `python -m experiments.train`: a tiny model
+(the config's own data, task weights, dtype, remat and mesh; small widths, 16x16 images) on
+stand-in data, 2 steps with a checkpoint, then the same command with total_steps=3 resumes from
+step 2; both runs write their final samples.
+
+Stand-in data: `tfds.testing.mock_data` (random examples from each tfds builder's own features;
+tests/mock_tfds_run.py wraps the subprocess in it) for imagenet2012, mnist and cifar10, and a tiny
+coco_captions prepared as array_record (tests/tiny_tfds.py; its builder code needs TensorFlow).
+ImageNet has no text: it trains class-to-image with no tokenizer, and its workdir reopens for
+`sample` without one.
+
+Subprocesses share a compilation cache, so a resumed run recompiles only its train step (its lr
+schedule knows total_steps). About 60-90 s of CPU per config.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from experiments import configs
+from mdm_jax.models.mdm import TASKS
+import tiny_tfds
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MOCK_RUN = os.path.join(REPO, "tests", "mock_tfds_run.py")
+MOCK_EXAMPLES = 8   # per split
+IMAGE_SIZE, NUM = 16, 4
+TINY = [
+    "--config.model.d_model=32", "--config.model.n_layers=2", "--config.model.vae_width=32",
+    "--config.model.vae_depth=1", "--config.model.d_state=8", "--config.model.headdim=16",
+    "--config.model.mlp_ratio=0.0", "--config.model.latent_dim=4", "--config.model.ngroups=1",
+    "--config.model.chunk_size=16", "--config.model.patch_size=4",
+    f"--config.data.image_size={IMAGE_SIZE}", "--config.data.max_text_len=12",
+    "--config.data.vocab_size=64", "--config.data.worker_count=0",
+    "--config.batch_size=4", "--config.log_every=1", "--config.checkpoint_every=2",
+    "--config.sample_every=0", f"--config.sample.num={NUM}", "--config.sample.steps=2",
+    "--config.optim.warmup_steps=1",
+]
+# config -> (tfds dataset, samples its final samples write, has text)
+CASES = {
+    "imagenet256": ("imagenet2012", ["class2img_final.png"], False),
+    "coco256": ("coco_captions", ["joint_final.png", "joint_final.txt", "captions_final.txt"],
+                True),
+    "instruct": ("mnist", ["joint_final.png", "joint_final.txt", "captions_final.txt"], True),
+    "mnist": ("mnist", ["class2img_final.png", "joint_final.png", "joint_final.txt",
+                        "captions_final.txt"], True),
+    "cifar10": ("cifar10", ["class2img_final.png", "joint_final.png", "joint_final.txt",
+                            "captions_final.txt"], True),
+}
+TIMEOUT = 600
+
+
+def _env(compile_cache: str) -> dict[str, str]:
+  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=compile_cache)
+  env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
+                              if "device_count" not in f)
+  return env
+
+
+def _run(module: str, args: list[str], *, mock: bool, env) -> tuple[int, str]:
+  cmd = ([sys.executable, MOCK_RUN, str(MOCK_EXAMPLES), module] if mock
+         else [sys.executable, "-m", module]) + args
+  proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
+                        timeout=TIMEOUT)
+  return proc.returncode, proc.stdout + proc.stderr
+
+
+def _train_twice(name: str, root: str, coco_dir: str, env) -> dict:
+  dataset = CASES[name][0]
+  mock = dataset != "coco_captions"
+  workdir = os.path.join(root, name)
+  args = [f"--config={name}", f"--workdir={workdir}", *TINY]
+  if not mock:
+    args.append(f"--config.data.data_dir={coco_dir}")
+  out = {"workdir": workdir}
+  out["rc1"], out["log1"] = _run("experiments.train", [*args, "--config.total_steps=2"],
+                                 mock=mock, env=env)
+  out["metrics1"] = _metrics(workdir)
+  out["samples1"] = _samples(workdir)
+  if out["rc1"] == 0:
+    out["rc2"], out["log2"] = _run("experiments.train", [*args, "--config.total_steps=3"],
+                                   mock=mock, env=env)
+  if name == "imagenet256" and out.get("rc2") == 0:
+    # The workdir reopens without a tokenizer; text tasks are refused with a clear message.
+    npz = os.path.join(root, "imagenet_class.npz")
+    out["sample"] = _run("experiments.sample", [f"--workdir={workdir}", "--task=class",
+                                                f"--num={NUM}", f"--out={npz}"],
+                         mock=True, env=env)
+    out["sample_npz"] = npz
+    out["sample_caption"] = _run(
+        "experiments.sample", [f"--workdir={workdir}", "--task=caption", f"--num={NUM}",
+                               f"--out={os.path.join(root, 'caption.jsonl')}"],
+        mock=True, env=env)
+  return out
+
+
+def _metrics(workdir) -> list[dict]:
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def _samples(workdir) -> dict[str, float]:
+  """{file name: mtime} of workdir/samples."""
+  d = os.path.join(workdir, "samples")
+  return ({f: os.path.getmtime(os.path.join(d, f)) for f in os.listdir(d)}
+          if os.path.isdir(d) else {})
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+  """(root for workdirs, tiny coco_captions data_dir, subprocess env with a shared
+  compilation cache)."""
+  return (str(tmp_path_factory.mktemp("named")),
+          tiny_tfds.prepare_tiny_coco(str(tmp_path_factory.mktemp("tfds"))),
+          _env(str(tmp_path_factory.mktemp("xla_cache"))))
+
+
+def _grid_size(n, nrow, size=IMAGE_SIZE, pad=1, upscale=4):
+  """(width, height) of sample_io.save_grid's PNG: nrow images a row, 1-pixel gaps."""
+  rows = -(-n // nrow)
+  return (pad + nrow * (size + pad)) * upscale, (pad + rows * (size + pad)) * upscale
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_named_config_trains_resumes_and_samples(name, shared):
+  r = _train_twice(name, *shared)
+  dataset, samples, has_text = CASES[name]
+  config = configs.load(name)
+  assert config.data.name == dataset
+  assert r["rc1"] == 0, r["log1"][-4000:]
+  assert [m["step"] for m in r["metrics1"]] == [1, 2]
+  assert sorted(r["samples1"]) == sorted(samples)          # first run's final samples
+  assert r["rc2"] == 0, r["log2"][-4000:]
+  assert "Resumed from the checkpoint at step 2" in r["log2"], r["log2"][-4000:]
+  assert "Started from scratch" in r["log1"]
+  workdir = r["workdir"]
+  metrics = _metrics(workdir)
+  assert [m["step"] for m in metrics] == [1, 2, 3]          # step 3 continued from step 2
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "3"]
+  assert all(np.isfinite(v) for m in metrics for v in m.values())
+  after = _samples(workdir)
+  assert sorted(after) == sorted(samples)
+  assert all(after[f] > r["samples1"][f] for f in samples)  # rewritten by the resumed run
+  for f in samples:
+    path = os.path.join(workdir, "samples", f)
+    if f.endswith(".txt"):
+      lines = open(path).read().splitlines()
+      # captions: one per held-out example (tiny coco's val has 2)
+      n = 2 if (dataset == "coco_captions" and f.startswith("captions")) else NUM
+      assert len(lines) == n, lines
+    else:
+      nrow = min(NUM, config.model.num_classes) if f.startswith("class2img") else 2
+      img = Image.open(path)
+      assert img.size == _grid_size(NUM, nrow), (f, img.size)
+      assert img.mode == ("L" if config.data.channels == 1 else "RGB")
+  # Tasks the config gives weight 0 (or the data cannot serve) never train.
+  weights = dict(zip(TASKS, config.loss.task_weights))
+  if not has_text:
+    weights = {t: w if t == "class2img" else 0.0 for t, w in weights.items()}
+  if dataset != "mnist":
+    weights["vqa"] = 0.0
+  for m in metrics:
+    for task, w in weights.items():
+      if w == 0:
+        assert m[f"task/{task}"] == 0.0, (task, m)
+  assert os.path.exists(os.path.join(workdir, "tokenizer.model")) == has_text
+  if not has_text:
+    assert "imagenet2012 has no text: no tokenizer, class2img only" in r["log1"]
+    assert all(m["rec_txt"] == 0.0 and m["diff_txt"] == 0.0 for m in metrics)
+    rc, log = r["sample"]
+    assert rc == 0, log[-4000:]
+    with np.load(r["sample_npz"]) as f:
+      assert f["images"].shape == (NUM, IMAGE_SIZE, IMAGE_SIZE, 3)
+      assert f["images"].dtype == np.uint8
+      np.testing.assert_array_equal(f["labels"], np.arange(NUM))
+    rc, log = r["sample_caption"]
+    assert rc != 0 and "needs text, but this run's data (imagenet2012) has none" in log, log[-3000:]
