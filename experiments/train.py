@@ -14,7 +14,6 @@ imagenet2012, trains class-to-image with no tokenizer).
 from __future__ import annotations
 
 import copy
-import json
 import os
 import re
 import signal
@@ -33,6 +32,8 @@ from mdm_jax import generate as gen
 from mdm_jax.models.mdm import MDM
 from mdm_jax.ssm import kernel_check
 from mdm_jax.training import checkpoint as ckpt_lib
+from mdm_jax.training import metrics_log
+from mdm_jax.training import run_lock
 from mdm_jax.training import sharding
 from mdm_jax.training.trainer import Trainer, model_config
 
@@ -242,12 +243,19 @@ def train(config, workdir: str, *, kill_at_step: int = 0, on_log=None):
   Returns:
     (trainer, final train state, tokenizer).
   """
+  from etils import epath
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+  config_registry.check_run_values(config)
+  # One trainer per workdir (process 0 holds the lock for the whole run).
+  with run_lock.WorkdirLock(workdir, enabled=jax.process_index() == 0):
+    return _train(config, workdir, kill_at_step=kill_at_step, on_log=on_log)
+
+
+def _train(config, workdir: str, *, kill_at_step: int, on_log):
   from data import pipeline, tokenizer as tokenizer_lib  # the data stack: only needed here
   from etils import epath
   from experiments import workdir as workdir_lib
-  # Local or gs://...: every file below goes through etils.epath.
-  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-  dc = config.data
+  dc = config.data  # local or gs://...: every file below goes through etils.epath
   logging.info("Config:\n%s", config)
 
   # --- Tokenizer and data description ---------------------------------------------------
@@ -323,58 +331,53 @@ def train(config, workdir: str, *, kill_at_step: int = 0, on_log=None):
                trainer.model_cfg.n_layers, trainer.num_params / 1e6)
 
   # --- Logging -------------------------------------------------------------------------------
-  from tensorboardX import SummaryWriter
   is_main = jax.process_index() == 0
-  writer = SummaryWriter(workdir_lib.tensorboard_dir(workdir)) if is_main else None
-  metrics_file = workdir_lib.MetricsLog(epath.Path(workdir) / "metrics.jsonl") if is_main else None
+  metrics = metrics_log.MetricsLog(
+      workdir, start_step=start, enabled=is_main,
+      tensorboard_dir=workdir_lib.tensorboard_dir(workdir) if is_main else None)
   samples_dir = os.fspath(epath.Path(workdir) / "samples")
 
   # --- Training loop -------------------------------------------------------------------------
   total = config.total_steps
   t_last, step_last = time.time(), start
   t_start = time.time()
-  for step in range(start + 1, total + 1):
-    batch = sharding.shard_batch(next(train_iter), mesh)
-    with sharding.mesh_context(mesh):
-      state, terms = trainer.train_step(state, batch)
-    if step % config.log_every == 0 or step == total or step == start + 1:
-      terms = {k: float(v) for k, v in jax.device_get(terms).items()}
-      ckpt_lib.check_finite(step, terms)
-      now = time.time()
-      rate = (step - step_last) / max(now - t_last, 1e-9)
-      t_last, step_last = now, step
-      eta = (total - step) / max(rate, 1e-9)
-      if is_main:
-        record = {"step": step, **terms, "steps_per_s": rate}
-        metrics_file.write(json.dumps(record) + "\n")
-        metrics_file.flush()
-        for k, v in record.items():
-          if k != "step":
-            writer.add_scalar(k, v, step)
-        logging.info("step %d/%d | loss %.4f | img %.4f | txt %.4f | rec %.4f/%.4f | "
-                     "%.2f steps/s | ETA %.0fs", step, total, terms["loss"], terms["diff_img"],
-                     terms["diff_txt"], terms["rec_img"], terms["rec_txt"], rate, eta)
-        if on_log:
-          on_log(dict(record, eta_s=eta))
-    if config.sample_every and step % config.sample_every == 0 and step != total:
-      write_samples(trainer, state, tokenizer, eval_examples, samples_dir, f"step{step}")
-    if step % config.checkpoint_every == 0 or step == total:
-      # NaN guard: a step whose loss is not finite is never checkpointed.
-      ckpt_lib.check_finite(step, {k: float(v) for k, v in jax.device_get(terms).items()})
-      checkpointer.save(step, state, data_iter=train_iter, config_dict=config.to_dict())
-    if kill_at_step and step == kill_at_step:
-      checkpointer.wait()
-      if metrics_file:
-        metrics_file.flush()
-      os.kill(os.getpid(), signal.SIGKILL)
-  checkpointer.wait()
-  logging.info("Training done in %.0fs; writing final samples", time.time() - t_start)
-  for path in write_samples(trainer, state, tokenizer, eval_examples, samples_dir, "final"):
-    logging.info("Wrote %s", path)
-  if is_main:
-    writer.close()
-    metrics_file.close()
-  checkpointer.close()
+  try:
+    for step in range(start + 1, total + 1):
+      batch = sharding.shard_batch(next(train_iter), mesh)
+      with sharding.mesh_context(mesh):
+        state, terms = trainer.train_step(state, batch)
+      if step % config.log_every == 0 or step == total or step == start + 1:
+        terms = {k: float(v) for k, v in jax.device_get(terms).items()}
+        ckpt_lib.check_finite(step, terms)
+        now = time.time()
+        rate = (step - step_last) / max(now - t_last, 1e-9)
+        t_last, step_last = now, step
+        eta = (total - step) / max(rate, 1e-9)
+        if is_main:
+          record = {**terms, "steps_per_s": rate}
+          metrics.write(step, record)
+          logging.info("step %d/%d | loss %.4f | img %.4f | txt %.4f | rec %.4f/%.4f | "
+                       "%.2f steps/s | ETA %.0fs", step, total, terms["loss"], terms["diff_img"],
+                       terms["diff_txt"], terms["rec_img"], terms["rec_txt"], rate, eta)
+          if on_log:
+            on_log(dict(record, step=step, eta_s=eta))
+      if config.sample_every and step % config.sample_every == 0 and step != total:
+        write_samples(trainer, state, tokenizer, eval_examples, samples_dir, f"step{step}")
+      if step % config.checkpoint_every == 0 or step == total:
+        # NaN guard: a step whose loss is not finite is never checkpointed (and save itself
+        # refuses a state with a non-finite leaf).
+        ckpt_lib.check_finite(step, {k: float(v) for k, v in jax.device_get(terms).items()})
+        checkpointer.save(step, state, data_iter=train_iter, config_dict=config.to_dict())
+      if kill_at_step and step == kill_at_step:
+        checkpointer.wait()
+        os.kill(os.getpid(), signal.SIGKILL)
+    checkpointer.wait()
+    logging.info("Training done in %.0fs; writing final samples", time.time() - t_start)
+    for path in write_samples(trainer, state, tokenizer, eval_examples, samples_dir, "final"):
+      logging.info("Wrote %s", path)
+  finally:  # on any exit: in-flight checkpoint writes finish, logs are closed
+    checkpointer.close()
+    metrics.close()
   return trainer, state, tokenizer
 
 

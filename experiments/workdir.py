@@ -31,41 +31,6 @@ def is_local(path) -> bool:
   return "://" not in os.fspath(path)
 
 
-class MetricsLog:
-  """``metrics.jsonl`` opened for appending, with a file's ``write``/``flush``/``close``.
-
-  Locally the file is appended to. An object store (gs://) cannot append: there the existing
-  lines are read once and the whole object is rewritten on each ``flush``.
-  """
-
-  def __init__(self, path):
-    self._path = epath.Path(path)
-    self._path.parent.mkdir(parents=True, exist_ok=True)
-    if is_local(path):
-      self._file, self._text = self._path.open("a"), None
-    else:
-      self._file = None
-      self._text = self._path.read_text() if self._path.exists() else ""
-
-  def write(self, text: str) -> None:
-    if self._file is not None:
-      self._file.write(text)
-    else:
-      self._text += text
-
-  def flush(self) -> None:
-    if self._file is not None:
-      self._file.flush()
-    else:
-      self._path.write_text(self._text)
-
-  def close(self) -> None:
-    if self._file is not None:
-      self._file.close()
-    else:
-      self.flush()
-
-
 def tensorboard_dir(workdir) -> str:
   """Where TensorBoard events of ``workdir`` go: ``workdir/tb``, or a local folder (logged)
   when tensorboardX cannot write to the workdir's storage."""

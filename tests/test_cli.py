@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 
@@ -117,12 +118,21 @@ BAD_INPUT = {
     "folder_missing": (["--config=tiny", "--workdir={tmp}/w", "--config.data.name=folder",
                         "--config.data.data_dir={tmp}/missing"],
                        [r"No prepared image folder at '.*missing'"]),
+    "zero_intervals": (["--config=tiny", "--workdir={tmp}/w", "--config.log_every=0",
+                        "--config.checkpoint_every=0"],
+                       [r"log_every=0 \(must be an integer >= 1\)",
+                        r"checkpoint_every=0 \(must be an integer >= 1\)"]),
+    "workdir_in_use": (["--config=tiny", "--workdir={tmp}/locked"],
+                       [r"already being trained by pid \d+ on host", r"another --workdir"]),
 }
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUT))
 def test_bad_input_fails_with_a_clear_message(case, tmp_path):
   (tmp_path / "empty").mkdir()
+  (tmp_path / "locked").mkdir()  # held by a live trainer: this test process
+  (tmp_path / "locked" / "trainer.lock").write_text(json.dumps(
+      {"host": socket.gethostname(), "pid": os.getpid(), "started": "now"}))
   args, patterns = BAD_INPUT[case]
   proc = run_module("experiments.train", *(a.format(tmp=tmp_path) for a in args))
   assert proc.returncode != 0
@@ -130,6 +140,7 @@ def test_bad_input_fails_with_a_clear_message(case, tmp_path):
     assert re.search(pattern, proc.stderr), (pattern, proc.stderr[-2000:])
   # Nothing was trained: no checkpoint was written.
   assert not os.path.exists(tmp_path / "w" / "checkpoints")
+  assert not os.path.exists(tmp_path / "locked" / "checkpoints")
 
 
 # ----------------------------------------------------------------------------- dry run

@@ -32,6 +32,7 @@ from data import tokenizer as tokenizer_lib
 from experiments import sample_io
 from experiments import workdir as workdir_lib
 from mdm_jax.evaluation import digits_classifier
+from mdm_jax.training import metrics_log
 
 
 class InMemoryGCS(MemoryFileSystem):
@@ -97,16 +98,16 @@ def test_tokenizer_saves_and_loads_on_gs(bucket):
 
 @pytest.mark.parametrize("where", ["gs", "local"])
 def test_metrics_log_appends_across_restarts(where, bucket, tmp_path):
-  path = ("gs://bucket/run" if where == "gs" else str(tmp_path)) + "/metrics.jsonl"
+  workdir = "gs://bucket/run" if where == "gs" else str(tmp_path)
+  path = workdir + "/metrics.jsonl"
   records = [{"step": i, "loss": 1.0 / i} for i in range(1, 6)]
-  log = workdir_lib.MetricsLog(path)
+  log = metrics_log.MetricsLog(workdir, start_step=0)
   for r in records[:3]:
-    log.write(json.dumps(r) + "\n")
-    log.flush()
+    log.write(r["step"], {"loss": r["loss"]})
   log.close()
-  log = workdir_lib.MetricsLog(path)   # a resumed run reopens it
+  log = metrics_log.MetricsLog(workdir, start_step=3)   # a resumed run reopens it
   for r in records[3:]:
-    log.write(json.dumps(r) + "\n")
+    log.write(r["step"], {"loss": r["loss"]})
   log.close()
   if where == "gs":
     text = _bytes(bucket, path).decode()

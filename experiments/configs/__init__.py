@@ -67,3 +67,18 @@ def rewrite_argv(argv: list[str]) -> list[str]:
   if any(a.startswith("--config.") for a in out):
     check_override_fields(load(chosen), out, f"config {chosen!r}")
   return out
+
+
+def check_run_values(config) -> None:
+  """Raises a ValueError naming the field and the fix for run values that would fail only
+  after compiling (a zero interval divides by zero, a zero batch has no examples)."""
+  at_least_one = ("total_steps", "batch_size", "log_every", "checkpoint_every")
+  problems = [f"{k}={config[k]!r} (must be an integer >= 1)" for k in at_least_one
+              if not isinstance(config[k], int) or config[k] < 1]
+  if not isinstance(config.sample_every, int) or config.sample_every < 0:
+    problems.append(f"sample_every={config.sample_every!r} (>= 1, or 0 for no periodic samples)")
+  if config.sample.num < 1:
+    problems.append(f"sample.num={config.sample.num!r} (must be >= 1)")
+  if problems:
+    raise ValueError("Invalid run config: " + "; ".join(problems) +
+                     ". Fix them with --config.FIELD=VALUE.")

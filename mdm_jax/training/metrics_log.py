@@ -4,7 +4,9 @@ A resumed run continues the log from the restored step: records of steps after i
 before a kill, but past the checkpoint the run restarts from) are dropped from
 ``metrics.jsonl`` when the log is opened, and TensorBoard is told to purge its events from
 that step on (``SummaryWriter(purge_step=...)``), so each step appears once. A line cut short
-by a kill is dropped too. Files go through ``etils.epath`` (local or ``gs://``).
+by a kill is dropped too. Files go through ``etils.epath`` (local or ``gs://``): locally the
+file is appended to; an object store cannot append, so there the lines are kept in memory and
+the whole object is rewritten at each write.
 """
 from __future__ import annotations
 
@@ -28,6 +30,10 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
     except ValueError:
       continue
   return records
+
+
+def _is_local(path: epath.Path) -> bool:
+  return "://" not in os.fspath(path)
 
 
 def rewind(path: epath.Path, last_step: int) -> int:
@@ -73,7 +79,10 @@ class MetricsLog:
     dropped = rewind(self.path, start_step)
     if dropped:
       _log.info("Dropped %d metrics records after the restored step %d.", dropped, start_step)
-    self._file = self.path.open("a")
+    if _is_local(self.path):
+      self._file, self._text = self.path.open("a"), None
+    else:
+      self._file, self._text = None, self.path.read_text() if self.path.exists() else ""
     if tensorboard_dir is not None:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       self._writer = SummaryWriter(tensorboard_dir,
@@ -82,8 +91,13 @@ class MetricsLog:
   def write(self, step: int, record: dict[str, float]) -> None:
     if not self.enabled:
       return
-    self._file.write(json.dumps({"step": int(step), **record}) + "\n")
-    self._file.flush()
+    line = json.dumps({"step": int(step), **record}) + "\n"
+    if self._file is not None:
+      self._file.write(line)
+      self._file.flush()
+    else:
+      self._text += line
+      self.path.write_text(self._text)
     if self._writer is not None:
       for k, v in record.items():
         self._writer.add_scalar(k, v, step)
@@ -91,6 +105,7 @@ class MetricsLog:
   def close(self) -> None:
     if not self.enabled:
       return
-    self._file.close()
+    if self._file is not None:
+      self._file.close()
     if self._writer is not None:
       self._writer.close()
