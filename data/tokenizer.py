@@ -107,10 +107,21 @@ class Tokenizer:
     return cls(path.read_bytes())
 
   def save(self, path: str | os.PathLike) -> None:
-    """Writes the serialized model to `path` (local or any `etils.epath` path)."""
+    """Writes the serialized model to `path` (local or any `etils.epath` path), atomically:
+    a reader (another host, a sampler) sees the old file or the whole new one, never part.
+    Locally through a temporary file renamed over `path`; an object store's single-object
+    write is atomic by itself."""
     path = epath.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(self._proto)
+    if "://" in os.fspath(path):
+      path.write_bytes(self._proto)
+      return
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    try:
+      tmp.write_bytes(self._proto)
+      os.replace(tmp, path)
+    finally:
+      tmp.unlink(missing_ok=True)
 
   # Pickling by the serialized model lets grain ship the tokenizer to workers.
   def __getstate__(self):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 
 import numpy as np
@@ -105,3 +106,22 @@ def test_errors(tmp_path):
     tokenizer_lib.Tokenizer.train(["", "  "], None, vocab_size=64)
   with pytest.raises(ValueError, match="No tokenizer model"):
     tokenizer_lib.Tokenizer.load(tmp_path / "missing.model")
+
+
+def test_save_is_atomic(tok, tmp_path, monkeypatch):
+  t, _ = tok
+  path = tmp_path / "tokenizer.model"
+  path.write_bytes(b"the previous model")
+  real_replace = os.replace
+
+  def dies_before_rename(src, dst):  # a crash after the bytes are written, before the rename
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(os, "replace", dies_before_rename)
+  with pytest.raises(KeyboardInterrupt):
+    t.save(path)
+  assert path.read_bytes() == b"the previous model"  # never a partial file
+  monkeypatch.setattr(os, "replace", real_replace)
+  t.save(path)
+  assert tokenizer_lib.Tokenizer.load(path).encode("seven") == t.encode("seven")
+  assert sorted(os.listdir(tmp_path)) == ["tokenizer.model"]  # no temporary left behind
