@@ -122,6 +122,17 @@ def test_every_task_runs_and_holds_given_parts(setup, task):
     assert np.max(np.abs(images[0] - images[1])) > 1e-3  # each example its own sample
 
 
+def test_inpainting_free_region_depends_on_the_known_region(setup):
+  # Same key, two different known halves: a sampler that ignored the known region (sampling
+  # freely, then pasting it back) would draw the same free half for both.
+  model, variables, inputs = setup
+  other = dict(inputs, images=-inputs["images"])
+  a, _ = run_generate(setup, "inpaint", seed=5)
+  b, _ = run_generate((model, variables, other), "inpaint", seed=5)
+  assert np.max(np.abs(a[:, :, :4] - b[:, :, :4])) > 1e-2  # the known halves differ ...
+  assert np.max(np.abs(a[:, :, 4:] - b[:, :, 4:])) > 1e-3  # ... and so do the sampled ones
+
+
 def test_generation_is_deterministic_in_the_key(setup):
   a = run_generate(setup, "joint", seed=5)
   b = run_generate(setup, "joint", seed=5)

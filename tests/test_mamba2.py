@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mdm_jax.models import mamba2 as mamba2_module
 from mdm_jax.models.mamba2 import Mamba2, causal_depthwise_conv
 
 D_MODEL = 32
@@ -130,3 +131,27 @@ def test_block_on_8_devices_equals_one_device():
     y_many = jax.jit(block.apply)(params, u_sharded)
   assert len(y_many.sharding.device_set) == 8
   np.testing.assert_allclose(np.asarray(y_many), np.asarray(y_one), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("selective", [True, False])
+def test_without_selection_dt_B_C_do_not_depend_on_the_input(selective, monkeypatch):
+  seen, real_ssd = [], mamba2_module.ssd
+
+  def spy(x, dt, A, B, C, **kw):  # the mixer's SSM inputs, recorded on the way in
+    seen.append((np.asarray(dt), np.asarray(B), np.asarray(C)))
+    return real_ssd(x, dt, A, B, C, **kw)
+
+  block = make_block(selective=selective)
+  u1 = jax.random.normal(jax.random.PRNGKey(1), (2, 12, D_MODEL))
+  u2 = jax.random.normal(jax.random.PRNGKey(2), (2, 12, D_MODEL))
+  variables = block.init(jax.random.PRNGKey(0), u1)
+  monkeypatch.setattr(mamba2_module, "ssd", spy)
+  block.apply(variables, u1)
+  block.apply(variables, u2)
+  (dt1, b1, c1), (dt2, b2, c2) = seen
+  for a, b in ((dt1, dt2), (b1, b2), (c1, c2)):
+    if selective:  # the selective SSM reads them off the input
+      assert np.max(np.abs(a - b)) > 1e-3
+    else:  # identical for two inputs, and at every batch row and position
+      np.testing.assert_array_equal(a, b)
+      np.testing.assert_array_equal(a, np.broadcast_to(a[:1, :1], a.shape))
