@@ -483,11 +483,3 @@ def eval_examples(name: str, *, split: str | None = None, num: int | None = None
         "answer": answer,
     })
   return out
-
-
-def digits_eval_examples(split: str = "test", num: int | None = None,
-                         image_size: int = 8,
-                         channels: int = 1) -> list[dict[str, Any]]:
-  """`eval_examples` of the bundled digits."""
-  return eval_examples("digits", split=split, num=num, image_size=image_size,
-                       channels=channels)

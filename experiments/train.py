@@ -1,5 +1,5 @@
-r"""Train MDM: one readable main with the sections mesh, input, model, shard, update step, sample,
-checkpoint and logging.
+r"""Train MDM: ``train`` runs text setup, input, the kernel check, model and state, logging and
+the loop (update step, logs, samples, checkpoints), each a short function or section.
 
   python -m experiments.train --config=digits --workdir=/tmp/mdm_digits
   python -m experiments.train --config=imagenet256 --workdir=gs://... --config.data.data_dir=...
@@ -61,9 +61,6 @@ flags.DEFINE_integer("num_processes", None, "Processes of the run, with --coordi
 flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes) "
                      "(default: $JAX_PROCESS_ID).")
 FLAGS = flags.FLAGS
-
-DUMMY = "dummy"  # data name for runs that need no input pipeline (dry run, benchmarks)
-
 
 # ----------------------------------------------------------------------------- samples
 def write_samples(trainer: Trainer, state, tokenizer, eval_examples, outdir: str, tag: str):
@@ -251,20 +248,23 @@ def train(config, workdir: str, *, kill_at_step: int = 0, on_log=None):
     return _train(config, workdir, kill_at_step=kill_at_step, on_log=on_log)
 
 
-def _train(config, workdir: str, *, kill_at_step: int, on_log):
-  from data import pipeline, tokenizer as tokenizer_lib  # the data stack: only needed here
+def itstime(step: int, every: int, total: int, *, first: int | None = None) -> bool:
+  """Whether a periodic action (log, checkpoint, sample) runs after ``step``: every ``every``
+  steps and at the last one (and at ``first``, e.g. the first step after a resume). ``every``
+  0 means never (apart from the last and first steps)."""
+  return bool(every and step % every == 0) or step == total or step == first
+
+
+def setup_text(config, workdir: str, info: dict):
+  """The run's tokenizer (loaded from the workdir, or trained once on the data's text and
+  saved there by process 0) and the model's vocabulary size. Data without text (e.g.
+  ImageNet's synset labels) has no tokenizer: text positions stay absent, class2img alone
+  trains, and the text side keeps ``data.vocab_size`` ids (never fed)."""
+  from data import pipeline, tokenizer as tokenizer_lib
   from etils import epath
   from experiments import workdir as workdir_lib
-  dc = config.data  # local or gs://...: every file below goes through etils.epath
-  logging.info("Config:\n%s", config)
-
-  # --- Tokenizer and data description ---------------------------------------------------
-  info = pipeline.describe(dc.name, data_dir=dc.data_dir)
-  tok_path = epath.Path(workdir) / workdir_lib.TOKENIZER_FILE
+  dc = config.data
   if not info["has_caption"]:
-    # No text at all (e.g. ImageNet's synset labels): no tokenizer; the text positions stay
-    # absent and the text side keeps data.vocab_size ids (never fed).
-    tokenizer, vocab_size = None, dc.vocab_size
     text_tasks = [f"{t} ({w:g})" for t, w in zip(gen.TASKS, config.loss.task_weights)
                   if t != "class2img" and w > 0]
     if config.loss.task_weights[gen.TASKS.index("class2img")] <= 0:
@@ -273,23 +273,22 @@ def _train(config, workdir: str, *, kill_at_step: int, on_log):
                        "task_weights='(1.0, 0.0, 0.0, 0.0, 0.0, 0.0)'.")
     logging.info("%s has no text: no tokenizer, class2img only%s", dc.name,
                  f"; skipping the text tasks {', '.join(text_tasks)}" if text_tasks else "")
-  elif tok_path.exists():
+    return None, dc.vocab_size
+  tok_path = epath.Path(workdir) / workdir_lib.TOKENIZER_FILE
+  if tok_path.exists():
     tokenizer = tokenizer_lib.Tokenizer.load(tok_path)
-    vocab_size = tokenizer.vocab_size
   else:
     corpus = pipeline.text_corpus(dc.name, data_dir=dc.data_dir)
     tokenizer = tokenizer_lib.Tokenizer.train(
         corpus, tok_path if jax.process_index() == 0 else None, dc.vocab_size)
-    vocab_size = tokenizer.vocab_size
-  data_keys = tuple(k for k, has in (("caption", info["has_caption"]), ("vqa", info["has_vqa"]))
-                    if has)
+  return tokenizer, tokenizer.vocab_size
 
-  # --- Mesh --------------------------------------------------------------------------------
-  mesh = sharding.make_mesh(**dict(config.mesh))
-  logging.info("Mesh %s over %d devices (%d processes)", dict(mesh.shape), jax.device_count(),
-               jax.process_count())
 
-  # --- Input -------------------------------------------------------------------------------
+def setup_input(config, tokenizer):
+  """This host's training iterator (its slice of every global batch) and the held-out
+  examples the periodic and final samples use."""
+  from data import pipeline
+  dc = config.data
   if config.batch_size % jax.process_count():
     raise ValueError(f"batch_size {config.batch_size} must divide over {jax.process_count()} hosts")
   train_iter = pipeline.make_dataset(
@@ -297,24 +296,46 @@ def _train(config, workdir: str, *, kill_at_step: int, on_log):
       image_size=dc.image_size, channels=dc.channels, max_text_len=dc.max_text_len,
       tokenizer=tokenizer, seed=config.seed, shard_index=jax.process_index(),
       shard_count=jax.process_count(), data_dir=dc.data_dir, worker_count=dc.worker_count)
-  eval_split = pipeline.heldout_split(dc.name)
   try:
-    eval_examples = pipeline.eval_examples(dc.name, split=eval_split, num=config.sample.num,
-                                           image_size=dc.image_size, channels=dc.channels,
-                                           data_dir=dc.data_dir)
+    eval_examples = pipeline.eval_examples(
+        dc.name, split=pipeline.heldout_split(dc.name), num=config.sample.num,
+        image_size=dc.image_size, channels=dc.channels, data_dir=dc.data_dir)
   except Exception as e:  # a dataset without a held-out split still trains
     logging.warning("No held-out examples for samples (%s)", e)
     eval_examples = []
+  return train_iter, eval_examples
 
-  # --- SSD kernel check: an unmeasured accelerator must not give silently wrong numbers -------
-  if config.model.backbone == "mamba2":
-    mc = config.model
-    impl, _, warning = kernel_check.checked_impl(
-        mc.ssd_impl, target=mc.get("pallas_target", "auto"), chunk_size=mc.chunk_size,
-        headdim=mc.headdim, d_state=mc.d_state, ngroups=mc.ngroups, dtype=mc.dtype)
-    if warning:
-      logging.warning("%s", warning)
-    config.model.ssd_impl = impl
+
+def check_ssd_kernel(config) -> None:
+  """An unmeasured accelerator must not give silently wrong numbers: when the model would run
+  the Pallas SSD kernel, it is checked against ``xla`` on one small input first, and
+  ``model.ssd_impl`` falls back to ``xla`` (with a warning) if they differ."""
+  if config.model.backbone != "mamba2":
+    return
+  mc = config.model
+  impl, _, warning = kernel_check.checked_impl(
+      mc.ssd_impl, target=mc.get("pallas_target", "auto"), chunk_size=mc.chunk_size,
+      headdim=mc.headdim, d_state=mc.d_state, ngroups=mc.ngroups, dtype=mc.dtype)
+  if warning:
+    logging.warning("%s", warning)
+  config.model.ssd_impl = impl
+
+
+def _train(config, workdir: str, *, kill_at_step: int, on_log):
+  from data import pipeline
+  from etils import epath
+  from experiments import workdir as workdir_lib
+  logging.info("Config:\n%s", config)
+  info = pipeline.describe(config.data.name, data_dir=config.data.data_dir)
+  tokenizer, vocab_size = setup_text(config, workdir, info)
+  data_keys = tuple(k for k, has in (("caption", info["has_caption"]), ("vqa", info["has_vqa"]))
+                    if has)
+
+  mesh = sharding.make_mesh(**dict(config.mesh))
+  logging.info("Mesh %s over %d devices (%d processes)", dict(mesh.shape), jax.device_count(),
+               jax.process_count())
+  train_iter, eval_examples = setup_input(config, tokenizer)
+  check_ssd_kernel(config)
 
   # --- Model, train state and the sharded update step ---------------------------------------
   trainer = Trainer(config, mesh, vocab_size=vocab_size,
@@ -330,7 +351,7 @@ def _train(config, workdir: str, *, kill_at_step: int, on_log):
   logging.info("Model: %s backbone, %d blocks, %.2fM parameters", trainer.model_cfg.backbone,
                trainer.model_cfg.n_layers, trainer.num_params / 1e6)
 
-  # --- Logging -------------------------------------------------------------------------------
+  # --- Logging (process 0 writes) ------------------------------------------------------------
   is_main = jax.process_index() == 0
   metrics = metrics_log.MetricsLog(
       workdir, start_step=start, enabled=is_main,
@@ -346,7 +367,7 @@ def _train(config, workdir: str, *, kill_at_step: int, on_log):
       batch = sharding.shard_batch(next(train_iter), mesh)
       with sharding.mesh_context(mesh):
         state, terms = trainer.train_step(state, batch)
-      if step % config.log_every == 0 or step == total or step == start + 1:
+      if itstime(step, config.log_every, total, first=start + 1):
         terms = {k: float(v) for k, v in jax.device_get(terms).items()}
         ckpt_lib.check_finite(step, terms)
         now = time.time()
@@ -363,7 +384,7 @@ def _train(config, workdir: str, *, kill_at_step: int, on_log):
             on_log(dict(record, step=step, eta_s=eta))
       if config.sample_every and step % config.sample_every == 0 and step != total:
         write_samples(trainer, state, tokenizer, eval_examples, samples_dir, f"step{step}")
-      if step % config.checkpoint_every == 0 or step == total:
+      if itstime(step, config.checkpoint_every, total):
         # NaN guard: a step whose loss is not finite is never checkpointed (and save itself
         # refuses a state with a non-finite leaf).
         ckpt_lib.check_finite(step, {k: float(v) for k, v in jax.device_get(terms).items()})
@@ -379,7 +400,6 @@ def _train(config, workdir: str, *, kill_at_step: int, on_log):
     checkpointer.close()
     metrics.close()
   return trainer, state, tokenizer
-
 
 if __name__ == "__main__":
   app.run(main)

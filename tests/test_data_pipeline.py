@@ -202,7 +202,7 @@ def test_bad_arguments(tok):
 
 
 def test_eval_examples_have_raw_strings():
-  examples = pipeline.digits_eval_examples(split="test", num=16)
+  examples = pipeline.eval_examples("digits", split="test", num=16)
   _, labels = _sklearn_split("test")
   assert [e["label"] for e in examples] == list(labels[:16])
   questions = set()
