@@ -90,3 +90,23 @@ def test_tensorboard_purges_the_steps_logged_again(tmp_path):
   assert (2, event_pb2.SessionLog.START) in purges
   scalars = [(e.step, e.summary.value[0].simple_value) for e in events if e.HasField("summary")]
   assert scalars[-1] == (2, 20.0)
+
+
+def test_an_exception_in_the_loop_finishes_the_save_and_frees_the_workdir(tmp_path, monkeypatch):
+  from experiments import configs
+  from experiments import train as train_lib
+  config = configs.load("tiny")
+  config.total_steps, config.checkpoint_every, config.log_every = 3, 3, 1
+
+  def fails(*args, **kwargs):  # right after the last step's (asynchronous) save started
+    raise RuntimeError("injected failure after the last save")
+
+  monkeypatch.setattr(train_lib, "write_samples", fails)
+  with pytest.raises(RuntimeError, match="injected failure"):
+    train_lib.train(config, str(tmp_path))
+  # The save in flight was finished (finalised step directory, no orbax tmp left), the lock is
+  # released, and the log holds each step once.
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3"]
+  assert not (tmp_path / run_lock.LOCK_FILE).exists()
+  records = metrics_log.read_metrics(tmp_path / metrics_log.METRICS_FILE)
+  assert [r["step"] for r in records] == [1, 2, 3]
