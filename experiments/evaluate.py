@@ -28,11 +28,11 @@ import time
 from absl import app, flags, logging
 from etils import epath
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from experiments import distributed
 from experiments.workdir import open_run, sampler_overrides, vqa_prompts
+from mdm_jax import api
 from mdm_jax.evaluation import digits_classifier, image_metrics, text_metrics, vqa
 
 FLAGS = flags.FLAGS
@@ -59,22 +59,6 @@ def digits_named(text: str) -> set[int]:
           if w in DIGIT_WORDS or w.isdigit()}
 
 
-def generate_batched(run, task, rng, n, batch, sample_cfg=None, **given):
-  """Generate ``n`` samples in fixed-size batches (one compilation), padding the last.
-
-  ``sample_cfg`` (a ``generate.SampleConfig``) replaces the run's sampler settings."""
-  images, tokens = [], []
-  for start in range(0, n, batch):
-    idx = np.arange(start, start + batch) % n
-    chunk = {k: jnp.asarray(np.asarray(v)[idx]) for k, v in given.items()}
-    out_i, out_t = run.trainer.sample(run.state, task, jax.random.fold_in(rng, start), batch,
-                                      sample_cfg=sample_cfg, **chunk)
-    keep = min(batch, n - start)
-    images.append(out_i[:keep])
-    tokens.append(out_t[:keep])
-  return np.concatenate(images), np.concatenate(tokens)
-
-
 def classifier(workdir):
   path = os.fspath(epath.Path(workdir) / "digits_classifier.npz")
   if epath.Path(path).exists():
@@ -88,10 +72,11 @@ def evaluate(workdir: str, *, per_class=30, num_heldout=None, batch=100, overrid
              tasks=("class2img", "caption", "vqa"), write=True, vqa_temperature=0.0):
   from data import pipeline
   run = open_run(workdir, overrides)
+  pipe = api.Pipeline(run, batch_size=batch)
   config, tok, mc = run.config, run.tokenizer, run.trainer.model_cfg
   weights = dict(zip(("class2img", "t2i", "caption", "vqa", "joint", "text"),
                      config.loss.task_weights))
-  rng = jax.random.PRNGKey(1234)
+  seed = 1234
   results = {"step": run.step, "config": config.data.name}
   heldout = pipeline.eval_examples(config.data.name,
                                    split=pipeline.heldout_split(config.data.name), num=num_heldout,
@@ -103,7 +88,7 @@ def evaluate(workdir: str, *, per_class=30, num_heldout=None, batch=100, overrid
   if weights["class2img"] > 0 and "class2img" in tasks:
     t0 = time.time()
     labels = np.repeat(np.arange(mc.num_classes), per_class)
-    images, _ = generate_batched(run, "class2img", rng, len(labels), batch, labels=labels)
+    images, _ = pipe.generate("class2img", len(labels), seed=seed, labels=labels)
     results["class2img_seconds"] = time.time() - t0
     if is_digits:
       params = classifier(workdir)
@@ -119,7 +104,7 @@ def evaluate(workdir: str, *, per_class=30, num_heldout=None, batch=100, overrid
   if tok is None:  # data without text: class-to-image only (its text tasks never trained)
     tasks = tuple(t for t in tasks if t == "class2img")
   if weights["caption"] > 0 and heldout and "caption" in tasks:
-    _, tokens = generate_batched(run, "caption", rng, len(heldout), batch, images=heldout_images)
+    _, tokens = pipe.generate("caption", len(heldout), seed=seed, images=heldout_images)
     captions = [tok.decode(t) for t in tokens]
     refs = [e["captions"] for e in heldout]
     results["bleu4"] = text_metrics.corpus_bleu(captions, refs)
@@ -139,8 +124,8 @@ def evaluate(workdir: str, *, per_class=30, num_heldout=None, batch=100, overrid
     if sampled_t != vqa_temperature:
       decodings["vqa_accuracy_sampled"] = sampled_t
     for name, temperature in decodings.items():
-      _, tokens = generate_batched(
-          run, "vqa", rng, len(heldout), batch,
+      _, tokens = pipe.generate(
+          "vqa", len(heldout), seed=seed,
           sample_cfg=dataclasses.replace(run.trainer.sample_cfg, text_temperature=temperature),
           images=heldout_images, text=seqs, prompt_len=plens)
       answers = [tok.decode(t[p:]) for t, p in zip(tokens, plens)]
