@@ -16,6 +16,16 @@ Digits (the default run):
     Answers are decoded greedily (``--vqa_temperature=0``: each [MASK] becomes the model's most
     likely token), as VQA benchmarks decode; ``vqa_accuracy_sampled`` is the same score for
     answers sampled at the config's ``sample.text_temperature``.
+
+Any dataset, against an ADM reference batch (ADM's protocol: ``experiments.sample
+--format=adm`` writes the samples)::
+
+  python -m experiments.evaluate --workdir=DIR --ref_batch=VIRTUAL_imagenet256_labeled.npz \
+      --inception_weights=pt_inception.npz --samples=fid50k.npz
+
+gives ``fid``, ``inception_score``, ``precision_inception`` and ``recall_inception`` (k = 3)
+from InceptionV3 pool_3 features; without ``--samples`` the class2img samples generated here are
+scored.
 """
 from __future__ import annotations
 
@@ -33,7 +43,8 @@ import numpy as np
 from experiments import distributed
 from experiments.workdir import open_run, sampler_overrides, vqa_prompts
 from mdm_jax import api
-from mdm_jax.evaluation import digits_classifier, image_metrics, text_metrics, vqa
+from mdm_jax.evaluation import (digits_classifier, feature_extractor, image_metrics, inception,
+                                 reference_batch, text_metrics, vqa)
 
 FLAGS = flags.FLAGS
 
@@ -48,6 +59,14 @@ def define_flags():
   flags.DEFINE_integer("steps", None, "Override sample.steps.")
   flags.DEFINE_float("cfg", None, "Override sample.guidance.")
   flags.DEFINE_float("vqa_temperature", 0.0, "Text temperature of the VQA answers (0: greedy).")
+  flags.DEFINE_string("ref_batch", None, "An ADM reference batch .npz (arr_0 uint8 NHWC, and "
+                      "mu/sigma if precomputed): FID / IS / precision / recall against it, with "
+                      "--inception_weights.")
+  flags.DEFINE_string("inception_weights", None, "InceptionV3 weights (.npz or .safetensors, "
+                      "PyTorch state_dict keys; see mdm_jax.evaluation.inception).")
+  flags.DEFINE_string("samples", None, "With --ref_batch: the samples to score (an .npz of "
+                      "experiments.sample, arr_0 or images); default: the class2img samples "
+                      "generated here.")
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
@@ -57,6 +76,25 @@ def digits_named(text: str) -> set[int]:
   words = re.findall(r"[a-z]+|\d", text.lower())
   return {DIGIT_WORDS.index(w) if w in DIGIT_WORDS else int(w) for w in words
           if w in DIGIT_WORDS or w.isdigit()}
+
+
+def reference_metrics(samples: np.ndarray, ref_batch: str, inception_weights: str, *,
+                      batch: int = 100, k: int = 3) -> dict:
+  """FID / IS / precision / recall of uint8 (n, h, w, c) ``samples`` against an ADM reference
+  batch, with InceptionV3 pool_3 features (the reference's own mu/sigma for FID when it has
+  them, as ADM's evaluator)."""
+  ref = reference_batch.load_reference_batch(ref_batch)
+  extractor = inception.InceptionFeatureExtractor(inception_weights)
+  f_fake, logits = feature_extractor.extract_features(extractor, samples, batch)
+  f_real, _ = feature_extractor.extract_features(extractor, ref.images, batch)
+  mu, sigma = (ref.mu, ref.sigma) if ref.mu is not None else image_metrics.gaussian_statistics(
+      f_real)
+  p, r = image_metrics.precision_recall(f_real, f_fake, k=k)
+  return {"fid": image_metrics.frechet_distance(mu, sigma,
+                                                *image_metrics.gaussian_statistics(f_fake)),
+          "inception_score": image_metrics.inception_score(np.asarray(jax.nn.softmax(logits))),
+          "precision_inception": p, "recall_inception": r, "num_samples": int(len(samples)),
+          "num_reference": int(len(ref.images))}
 
 
 def classifier(workdir):
@@ -69,8 +107,14 @@ def classifier(workdir):
 
 
 def evaluate(workdir: str, *, per_class=30, num_heldout=None, batch=100, overrides=None,
-             tasks=("class2img", "caption", "vqa"), write=True, vqa_temperature=0.0):
+             tasks=("class2img", "caption", "vqa"), write=True, vqa_temperature=0.0,
+             ref_batch=None, inception_weights=None, samples=None):
   from data import pipeline
+  if (ref_batch is None) != (inception_weights is None):
+    raise ValueError("--ref_batch and --inception_weights go together: FID against a reference "
+                     "batch needs the InceptionV3 weights file")
+  if samples is not None and ref_batch is None:
+    raise ValueError("--samples is scored against --ref_batch: pass it (and --inception_weights)")
   run = open_run(workdir, overrides)
   pipe = api.Pipeline(run, batch_size=batch)
   config, tok, mc = run.config, run.tokenizer, run.trainer.model_cfg
@@ -85,6 +129,9 @@ def evaluate(workdir: str, *, per_class=30, num_heldout=None, batch=100, overrid
   is_digits = config.data.name == "digits"
   heldout_images = np.stack([e["image"] for e in heldout]) if heldout else None
 
+  images = None
+  if samples is not None:   # scored from the file: nothing to generate for class2img
+    tasks = tuple(t for t in tasks if t != "class2img")
   if weights["class2img"] > 0 and "class2img" in tasks:
     t0 = time.time()
     labels = np.repeat(np.arange(mc.num_classes), per_class)
@@ -100,6 +147,15 @@ def evaluate(workdir: str, *, per_class=30, num_heldout=None, batch=100, overrid
       results["is_digits"] = image_metrics.inception_score(np.asarray(jax.nn.softmax(logits)))
       p, r = image_metrics.precision_recall(f_real, f_fake, k=3)
       results["precision"], results["recall"] = p, r
+
+  if ref_batch is not None:
+    if samples is not None:
+      scored = reference_batch.load_reference_batch(samples).images
+    elif images is not None:
+      scored = api.to_uint8(images)
+    else:
+      raise ValueError("no samples to score against --ref_batch: pass --samples")
+    results.update(reference_metrics(scored, ref_batch, inception_weights, batch=batch))
 
   if tok is None:  # data without text: class-to-image only (its text tasks never trained)
     tasks = tuple(t for t in tasks if t == "class2img")
@@ -149,7 +205,8 @@ def main(argv):
   overrides = sampler_overrides(FLAGS.steps, FLAGS.cfg)
   results = evaluate(FLAGS.workdir, per_class=FLAGS.per_class, num_heldout=FLAGS.num_heldout,
                      batch=FLAGS.batch, overrides=overrides,
-                     vqa_temperature=FLAGS.vqa_temperature)
+                     vqa_temperature=FLAGS.vqa_temperature, ref_batch=FLAGS.ref_batch,
+                     inception_weights=FLAGS.inception_weights, samples=FLAGS.samples)
   print(f"\n| metric | value |\n|---|---|")
   for k, v in results.items():
     if isinstance(v, float):

@@ -210,3 +210,39 @@ def test_sample_refuses_bad_values_before_compiling(workdir, cache, tmp_path, fl
                     f"--out={tmp_path / 'x.npz'}", cache=cache)
   assert proc.returncode != 0 and match in proc.stderr, proc.stderr[-2000:]
   assert not os.path.exists(tmp_path / "x.shards")
+
+
+def _random_inception_weights(path):
+  """InceptionV3 weights in PyTorch's state_dict layout, random (ADM's keys and shapes)."""
+  from mdm_jax.evaluation import inception
+  rng = np.random.default_rng(0)
+  out = {}
+  for name, shape in inception.inception_weight_shapes().items():
+    if name.endswith("running_var"):
+      out[name] = rng.uniform(0.5, 1.5, shape).astype(np.float32)
+    elif name.endswith("conv.weight"):
+      out[name] = (rng.normal(size=shape) / np.sqrt(np.prod(shape[1:]))).astype(np.float32)
+    else:
+      out[name] = (0.1 * rng.normal(size=shape)).astype(np.float32)
+  np.savez(path, **out)
+
+
+def test_evaluate_against_an_adm_reference_batch(workdir, cache, tmp_path):
+  """The reference batch scored against itself: FID ~0, precision = recall = 1."""
+  import json
+  from data import digits
+  x, _ = digits.load("test")
+  ref = tmp_path / "ref.npz"
+  np.savez(ref, arr_0=x[:16, ..., None])          # ADM's key, uint8 NHWC
+  weights = tmp_path / "pt_inception.npz"
+  _random_inception_weights(weights)
+  proc = run_module("experiments.evaluate", f"--workdir={workdir}", "--per_class=1",
+                    "--num_heldout=4", "--batch=4", f"--steps={STEPS}", f"--ref_batch={ref}",
+                    f"--inception_weights={weights}", f"--samples={ref}", cache=cache)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads((workdir / "eval.json").read_text())
+  assert abs(result["fid"]) < 1e-3, result["fid"]
+  assert result["precision_inception"] == 1.0 and result["recall_inception"] == 1.0
+  assert result["num_samples"] == result["num_reference"] == 16
+  assert np.isfinite(result["inception_score"]) and result["inception_score"] >= 1.0 - 1e-6
+  assert "| fid |" in proc.stdout and "| caption_accuracy |" in proc.stdout
