@@ -16,6 +16,9 @@ Digits (the default run):
     Answers are decoded greedily (``--vqa_temperature=0``: each [MASK] becomes the model's most
     likely token), as VQA benchmarks decode; ``vqa_accuracy_sampled`` is the same score for
     answers sampled at the config's ``sample.text_temperature``.
+  * text: ``text_bits_per_token`` and ``text_perplexity`` of the held-out captions (the first
+    reference of each), from SEDD's bound (``--text_draws`` Monte-Carlo draws of the noise
+    level per caption; its tokens and eos count, not the padding).
 
 Any dataset, against an ADM reference batch (ADM's protocol: ``experiments.sample
 --format=adm`` writes the samples)::
@@ -44,7 +47,7 @@ from experiments import distributed
 from experiments.workdir import open_run, sampler_overrides, vqa_prompts
 from mdm_jax import api
 from mdm_jax.evaluation import (digits_classifier, feature_extractor, image_metrics, inception,
-                                 reference_batch, text_metrics, vqa)
+                                 perplexity, reference_batch, text_metrics, vqa)
 
 FLAGS = flags.FLAGS
 
@@ -59,6 +62,7 @@ def define_flags():
   flags.DEFINE_integer("steps", None, "Override sample.steps.")
   flags.DEFINE_float("cfg", None, "Override sample.guidance.")
   flags.DEFINE_float("vqa_temperature", 0.0, "Text temperature of the VQA answers (0: greedy).")
+  flags.DEFINE_integer("text_draws", 16, "Monte-Carlo draws per caption of the text bound.")
   flags.DEFINE_string("ref_batch", None, "An ADM reference batch .npz (arr_0 uint8 NHWC, and "
                       "mu/sigma if precomputed): FID / IS / precision / recall against it, with "
                       "--inception_weights.")
@@ -107,7 +111,8 @@ def classifier(workdir):
 
 
 def evaluate(workdir: str, *, per_class=30, num_heldout=None, batch=100, overrides=None,
-             tasks=("class2img", "caption", "vqa"), write=True, vqa_temperature=0.0,
+             tasks=("class2img", "caption", "vqa", "text"), write=True, vqa_temperature=0.0,
+             text_draws=16,
              ref_batch=None, inception_weights=None, samples=None):
   from data import pipeline
   if (ref_batch is None) != (inception_weights is None):
@@ -192,6 +197,14 @@ def evaluate(workdir: str, *, per_class=30, num_heldout=None, batch=100, overrid
             {"question": e["question"], "reference": e["answer"], "text": a}
             for e, a in list(zip(heldout, answers))[:10]]
 
+  if weights["text"] > 0 and heldout and "text" in tasks:
+    # Text likelihood of held-out captions: SEDD's bound, bits per token and perplexity.
+    nll, counts = pipe.text_nll([e["captions"][0] for e in heldout], num_draws=text_draws,
+                                seed=seed)
+    results["text_bits_per_token"] = float(nll.sum() / counts.sum() / np.log(2.0))
+    results["text_perplexity"] = perplexity.perplexity_from_elbo(nll, counts)
+    results["text_perplexity_draws"] = text_draws
+
   if write:
     (epath.Path(workdir) / "eval.json").write_text(json.dumps(results, indent=1))
   return results
@@ -206,7 +219,8 @@ def main(argv):
   results = evaluate(FLAGS.workdir, per_class=FLAGS.per_class, num_heldout=FLAGS.num_heldout,
                      batch=FLAGS.batch, overrides=overrides,
                      vqa_temperature=FLAGS.vqa_temperature, ref_batch=FLAGS.ref_batch,
-                     inception_weights=FLAGS.inception_weights, samples=FLAGS.samples)
+                     inception_weights=FLAGS.inception_weights, samples=FLAGS.samples,
+                     text_draws=FLAGS.text_draws)
   print(f"\n| metric | value |\n|---|---|")
   for k, v in results.items():
     if isinstance(v, float):

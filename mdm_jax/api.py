@@ -426,6 +426,39 @@ class Pipeline:
                               text=np.stack(seqs), text_mask=np.stack(masks))
     return [tok.decode(t) for t in tokens]
 
+  def text_nll(self, texts, *, num_draws: int = 16, seed: int = 0):
+    """SEDD's bound on each text's negative log-likelihood (the text task, image absent).
+
+    The text's tokens and its eos count; the padding after eos is left out (as in the field's
+    perplexities of padded text). Returns (nll nats per text (n,), tokens per text incl. eos
+    (n,)); ``evaluation.perplexity.perplexity_from_elbo(nll, tokens)`` makes a perplexity (the
+    bound's, up to Monte-Carlo noise).
+    """
+    from mdm_jax import losses
+    from mdm_jax.evaluation import perplexity
+    from mdm_jax.training import sharding
+    self._need_text("text_nll")
+    texts = self._texts(texts, "texts")
+    text0 = encode_prompts(self.tokenizer, texts, self.max_text_len)
+    tokens = np.minimum(np.asarray([len(self.tokenizer.encode(t)) + 1 for t in texts]),
+                        self.max_text_len)
+    mask = np.arange(self.max_text_len)[None] < tokens[:, None]
+    trainer = self.run.trainer
+    fns = self.__dict__.setdefault("_nll_fns", {})
+    if num_draws not in fns:
+      fns[num_draws] = jax.jit(lambda v, x, m, rng: perplexity.sedd_nll_bound(
+          trainer.model.apply(v, x, rng, trainer.loss_cfg, num_draws,
+                              method=losses.text_nll_bound), m))
+    variables = {"params": self.run.state["ema"], "latent_stats": self.run.state["latent_stats"]}
+    bs, n, key, out = min(self.batch_size, len(texts)), len(texts), jax.random.PRNGKey(seed), []
+    for start in range(0, n, bs):
+      idx = np.arange(start, start + bs) % n
+      with sharding.mesh_context(trainer.mesh):
+        nll = fns[num_draws](variables, jnp.asarray(text0[idx]), jnp.asarray(mask[idx]),
+                             jax.random.fold_in(key, start))
+      out.append(np.asarray(nll)[:min(bs, n - start)])
+    return np.concatenate(out).astype(np.float64), tokens
+
 
 def load(path, *, batch_size: int | None = None, steps: int | None = None,
          guidance: float | None = None, temperature: float | None = None) -> Pipeline:

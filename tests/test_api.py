@@ -246,3 +246,21 @@ def test_evaluate_against_an_adm_reference_batch(workdir, cache, tmp_path):
   assert result["num_samples"] == result["num_reference"] == 16
   assert np.isfinite(result["inception_score"]) and result["inception_score"] >= 1.0 - 1e-6
   assert "| fid |" in proc.stdout and "| caption_accuracy |" in proc.stdout
+  # The digits metrics as before, plus the held-out captions' likelihood.
+  assert result["text_perplexity"] > 1.0 and result["text_bits_per_token"] > 0
+  assert abs(2 ** result["text_bits_per_token"] - result["text_perplexity"]) < 1e-6 * (
+      result["text_perplexity"])
+  assert "| text_perplexity |" in proc.stdout
+
+
+def test_text_nll(pipe):
+  from mdm_jax.evaluation import perplexity
+  texts = ["seven, a handwritten digit", "two", "zero, number zero", "one", "five"]
+  nll, tokens = pipe.text_nll(texts, num_draws=4)
+  assert nll.shape == (5,) and np.all(np.isfinite(nll)) and np.all(nll > 0)
+  np.testing.assert_array_equal(tokens, [len(pipe.tokenizer.encode(t)) + 1 for t in texts])
+  np.testing.assert_array_equal(pipe.text_nll(texts, num_draws=4)[0], nll)     # seeded
+  # Batches of 4: the first batch's bounds do not depend on the texts after it.
+  alone, _ = pipe.text_nll(texts[:4], num_draws=4)
+  np.testing.assert_allclose(alone, nll[:4], rtol=1e-5)
+  assert perplexity.perplexity_from_elbo(nll, tokens) > 1.0
