@@ -25,9 +25,11 @@ ADM's ``evaluations/evaluator.py`` (``arr_0`` uint8 NHWC, ``arr_1`` the class la
 are ones). Captioning, VQA and inpainting use the held-out split's images and questions
 (``data.pipeline.heldout_split``). ``--out`` may be local or any ``etils.epath`` path (gs://).
 
-Only the EMA parameters and latent statistics are read from the checkpoint. Under several
-processes (a TPU pod, or as ``experiments.distributed`` describes) every process runs each
-batch's global computation, process 0 decides which batches are finished and writes.
+Only the EMA parameters and latent statistics are read from the checkpoint. Each batch is one
+computation over the whole mesh, its batch axis split over the devices (pass a ``--batch_size``
+that is a multiple of the device count). Under several processes (a TPU pod, or as
+``experiments.distributed`` describes) every process runs each batch, computing its devices'
+share of it; process 0 decides which batches are finished and writes.
 """
 from __future__ import annotations
 
@@ -198,6 +200,10 @@ def main(argv):
   run = open_run(FLAGS.workdir, sampler_overrides(FLAGS.steps, FLAGS.cfg, FLAGS.temperature))
   pipe = api.Pipeline(run, batch_size=FLAGS.batch_size)
   num, bs = FLAGS.num, min(pipe.batch_size, FLAGS.num)
+  if bs % jax.device_count():
+    logging.warning("--batch_size=%d is not a multiple of the %d devices: each batch is then "
+                    "not split over them (the model's batch axis is sharded only when it "
+                    "divides); pass a multiple for full speed", bs, jax.device_count())
   if pipe.tokenizer is None and task not in ("class2img", "inpaint"):
     raise app.UsageError(f"--task={FLAGS.task} needs text, but this run's data "
                          f"({run.config.data.name}) has none (it trained class-to-image only, "
@@ -249,26 +255,33 @@ def main(argv):
       os.kill(os.getpid(), signal.SIGKILL)
   if not is_main:
     return
-  merge(shards, task, num_batches, prompts)
+  merge(shards, task, num_batches, num, prompts)
 
 
-def merge(shards: Shards, task: str, num_batches: int, prompts) -> None:
-  parts = [shards.read(b) for b in range(num_batches)]
-  stem = _stem(FLAGS.out)
+def merge(shards: Shards, task: str, num_batches: int, num: int, prompts) -> None:
+  """The shards, in order, into the output files (the images held once in memory)."""
+  stem, images, labels, rows, at = _stem(FLAGS.out), None, None, [], 0
+  for b in range(num_batches):
+    part = shards.read(b)
+    if "images" in part:
+      if images is None:
+        images = np.empty((num, *part["images"].shape[1:]), np.uint8)
+      images[at:at + len(part["images"])] = part["images"]
+    if "labels" in part:
+      labels = np.empty(num, part["labels"].dtype) if labels is None else labels
+      labels[at:at + len(part["labels"])] = part["labels"]
+    rows += json.loads(str(part["rows"]))
+    at += len(part["images"]) if "images" in part else len(json.loads(str(part["rows"])))
   if task in IMAGE_TASKS:
-    images = np.concatenate([p["images"] for p in parts])
-    labels = np.concatenate([p["labels"] for p in parts]) if "labels" in parts[0] else None
     path = stem + ".npz"
     if FLAGS.format == "adm":
-      buf = io.BytesIO()
-      np.savez(buf, arr_0=images, **({"arr_1": labels} if labels is not None else {}))
-      epath.Path(path).write_bytes(buf.getvalue())
+      with epath.Path(path).open("wb") as f:
+        np.savez(f, arr_0=images, **({"arr_1": labels} if labels is not None else {}))
     else:
       sample_io.save_npz(path, images, labels=labels, prompts=prompts)
     sample_io.save_grid(images[:GRID_MAX], stem + ".png", upscale=4)
     print(f"wrote {path} ({len(images)} images) and {stem}.png")
   if task in TEXT_TASKS:
-    rows = [r for p in parts for r in json.loads(str(p["rows"]))]
     path = stem + ".jsonl"
     sample_io.save_jsonl(path, rows)
     print(f"wrote {path}")
