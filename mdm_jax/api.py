@@ -417,7 +417,7 @@ class Pipeline:
       if len(ids) > T - 1:
         raise ValueError(f"text {i} needs {len(ids)} tokens and eos, more than the model's "
                          f"max_text_len = {T}: shorten it")
-      row, _ = tok.encode_padded("", T)
+      row = np.full((T,), tok.pad_id, np.int32)
       row[:len(ids)] = ids
       row[len(ids)] = tok.eos_id
       seqs.append(row)
