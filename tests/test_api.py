@@ -264,3 +264,13 @@ def test_text_nll(pipe):
   alone, _ = pipe.text_nll(texts[:4], num_draws=4)
   np.testing.assert_allclose(alone, nll[:4], rtol=1e-5)
   assert perplexity.perplexity_from_elbo(nll, tokens) > 1.0
+
+
+def test_import_mdm_jax_stays_light():
+  """`import mdm_jax` loads neither the API nor the data stack (load imports them)."""
+  code = ("import sys, mdm_jax; assert callable(mdm_jax.load); "
+          "print(sorted(m for m in ('mdm_jax.api', 'data', 'sentencepiece', 'grain', 'jax') "
+          "if m in sys.modules))")
+  proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                        timeout=120)
+  assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stderr[-2000:]
