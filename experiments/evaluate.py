@@ -16,6 +16,19 @@ Digits (the default run):
     Answers are decoded greedily (``--vqa_temperature=0``: each [MASK] becomes the model's most
     likely token), as VQA benchmarks decode; ``vqa_accuracy_sampled`` is the same score for
     answers sampled at the config's ``sample.text_temperature``.
+  * text: ``text_bits_per_token`` and ``text_perplexity`` of the held-out captions (the first
+    reference of each), from SEDD's bound (``--text_draws`` Monte-Carlo draws of the noise
+    level per caption; its tokens and eos count, not the padding).
+
+Any dataset, against an ADM reference batch (ADM's protocol: ``experiments.sample
+--format=adm`` writes the samples)::
+
+  python -m experiments.evaluate --workdir=DIR --ref_batch=VIRTUAL_imagenet256_labeled.npz \
+      --inception_weights=pt_inception.npz --samples=fid50k.npz
+
+gives ``fid``, ``inception_score``, ``precision_inception`` and ``recall_inception`` (k = 3)
+from InceptionV3 pool_3 features; without ``--samples`` the class2img samples generated here are
+scored.
 """
 from __future__ import annotations
 
@@ -28,12 +41,13 @@ import time
 from absl import app, flags, logging
 from etils import epath
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from experiments import distributed
 from experiments.workdir import open_run, sampler_overrides, vqa_prompts
-from mdm_jax.evaluation import digits_classifier, image_metrics, text_metrics, vqa
+from mdm_jax import api
+from mdm_jax.evaluation import (digits_classifier, feature_extractor, image_metrics, inception,
+                                 perplexity, reference_batch, text_metrics, vqa)
 
 FLAGS = flags.FLAGS
 
@@ -48,6 +62,15 @@ def define_flags():
   flags.DEFINE_integer("steps", None, "Override sample.steps.")
   flags.DEFINE_float("cfg", None, "Override sample.guidance.")
   flags.DEFINE_float("vqa_temperature", 0.0, "Text temperature of the VQA answers (0: greedy).")
+  flags.DEFINE_integer("text_draws", 16, "Monte-Carlo draws per caption of the text bound.")
+  flags.DEFINE_string("ref_batch", None, "An ADM reference batch .npz (arr_0 uint8 NHWC, and "
+                      "mu/sigma if precomputed): FID / IS / precision / recall against it, with "
+                      "--inception_weights.")
+  flags.DEFINE_string("inception_weights", None, "InceptionV3 weights (.npz or .safetensors, "
+                      "PyTorch state_dict keys; see mdm_jax.evaluation.inception).")
+  flags.DEFINE_string("samples", None, "With --ref_batch: the samples to score (an .npz of "
+                      "experiments.sample, arr_0 or images); default: the class2img samples "
+                      "generated here.")
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
@@ -59,20 +82,23 @@ def digits_named(text: str) -> set[int]:
           if w in DIGIT_WORDS or w.isdigit()}
 
 
-def generate_batched(run, task, rng, n, batch, sample_cfg=None, **given):
-  """Generate ``n`` samples in fixed-size batches (one compilation), padding the last.
-
-  ``sample_cfg`` (a ``generate.SampleConfig``) replaces the run's sampler settings."""
-  images, tokens = [], []
-  for start in range(0, n, batch):
-    idx = np.arange(start, start + batch) % n
-    chunk = {k: jnp.asarray(np.asarray(v)[idx]) for k, v in given.items()}
-    out_i, out_t = run.trainer.sample(run.state, task, jax.random.fold_in(rng, start), batch,
-                                      sample_cfg=sample_cfg, **chunk)
-    keep = min(batch, n - start)
-    images.append(out_i[:keep])
-    tokens.append(out_t[:keep])
-  return np.concatenate(images), np.concatenate(tokens)
+def reference_metrics(samples: np.ndarray, ref_batch: str, inception_weights: str, *,
+                      batch: int = 100, k: int = 3) -> dict:
+  """FID / IS / precision / recall of uint8 (n, h, w, c) ``samples`` against an ADM reference
+  batch, with InceptionV3 pool_3 features (the reference's own mu/sigma for FID when it has
+  them, as ADM's evaluator)."""
+  ref = reference_batch.load_reference_batch(ref_batch)
+  extractor = inception.InceptionFeatureExtractor(inception_weights)
+  f_fake, logits = feature_extractor.extract_features(extractor, samples, batch)
+  f_real, _ = feature_extractor.extract_features(extractor, ref.images, batch)
+  mu, sigma = (ref.mu, ref.sigma) if ref.mu is not None else image_metrics.gaussian_statistics(
+      f_real)
+  p, r = image_metrics.precision_recall(f_real, f_fake, k=k)
+  return {"fid": image_metrics.frechet_distance(mu, sigma,
+                                                *image_metrics.gaussian_statistics(f_fake)),
+          "inception_score": image_metrics.inception_score(np.asarray(jax.nn.softmax(logits))),
+          "precision_inception": p, "recall_inception": r, "num_samples": int(len(samples)),
+          "num_reference": int(len(ref.images))}
 
 
 def classifier(workdir):
@@ -85,13 +111,21 @@ def classifier(workdir):
 
 
 def evaluate(workdir: str, *, per_class=30, num_heldout=None, batch=100, overrides=None,
-             tasks=("class2img", "caption", "vqa"), write=True, vqa_temperature=0.0):
+             tasks=("class2img", "caption", "vqa", "text"), write=True, vqa_temperature=0.0,
+             text_draws=16,
+             ref_batch=None, inception_weights=None, samples=None):
   from data import pipeline
+  if (ref_batch is None) != (inception_weights is None):
+    raise ValueError("--ref_batch and --inception_weights go together: FID against a reference "
+                     "batch needs the InceptionV3 weights file")
+  if samples is not None and ref_batch is None:
+    raise ValueError("--samples is scored against --ref_batch: pass it (and --inception_weights)")
   run = open_run(workdir, overrides)
+  pipe = api.Pipeline(run, batch_size=batch)
   config, tok, mc = run.config, run.tokenizer, run.trainer.model_cfg
   weights = dict(zip(("class2img", "t2i", "caption", "vqa", "joint", "text"),
                      config.loss.task_weights))
-  rng = jax.random.PRNGKey(1234)
+  seed = 1234
   results = {"step": run.step, "config": config.data.name}
   heldout = pipeline.eval_examples(config.data.name,
                                    split=pipeline.heldout_split(config.data.name), num=num_heldout,
@@ -100,10 +134,13 @@ def evaluate(workdir: str, *, per_class=30, num_heldout=None, batch=100, overrid
   is_digits = config.data.name == "digits"
   heldout_images = np.stack([e["image"] for e in heldout]) if heldout else None
 
+  images = None
+  if samples is not None:   # scored from the file: nothing to generate for class2img
+    tasks = tuple(t for t in tasks if t != "class2img")
   if weights["class2img"] > 0 and "class2img" in tasks:
     t0 = time.time()
     labels = np.repeat(np.arange(mc.num_classes), per_class)
-    images, _ = generate_batched(run, "class2img", rng, len(labels), batch, labels=labels)
+    images, _ = pipe.generate("class2img", len(labels), seed=seed, labels=labels)
     results["class2img_seconds"] = time.time() - t0
     if is_digits:
       params = classifier(workdir)
@@ -116,10 +153,19 @@ def evaluate(workdir: str, *, per_class=30, num_heldout=None, batch=100, overrid
       p, r = image_metrics.precision_recall(f_real, f_fake, k=3)
       results["precision"], results["recall"] = p, r
 
+  if ref_batch is not None:
+    if samples is not None:
+      scored = reference_batch.load_reference_batch(samples).images
+    elif images is not None:
+      scored = api.to_uint8(images)
+    else:
+      raise ValueError("no samples to score against --ref_batch: pass --samples")
+    results.update(reference_metrics(scored, ref_batch, inception_weights, batch=batch))
+
   if tok is None:  # data without text: class-to-image only (its text tasks never trained)
     tasks = tuple(t for t in tasks if t == "class2img")
   if weights["caption"] > 0 and heldout and "caption" in tasks:
-    _, tokens = generate_batched(run, "caption", rng, len(heldout), batch, images=heldout_images)
+    _, tokens = pipe.generate("caption", len(heldout), seed=seed, images=heldout_images)
     captions = [tok.decode(t) for t in tokens]
     refs = [e["captions"] for e in heldout]
     results["bleu4"] = text_metrics.corpus_bleu(captions, refs)
@@ -139,8 +185,8 @@ def evaluate(workdir: str, *, per_class=30, num_heldout=None, batch=100, overrid
     if sampled_t != vqa_temperature:
       decodings["vqa_accuracy_sampled"] = sampled_t
     for name, temperature in decodings.items():
-      _, tokens = generate_batched(
-          run, "vqa", rng, len(heldout), batch,
+      _, tokens = pipe.generate(
+          "vqa", len(heldout), seed=seed,
           sample_cfg=dataclasses.replace(run.trainer.sample_cfg, text_temperature=temperature),
           images=heldout_images, text=seqs, prompt_len=plens)
       answers = [tok.decode(t[p:]) for t, p in zip(tokens, plens)]
@@ -150,6 +196,14 @@ def evaluate(workdir: str, *, per_class=30, num_heldout=None, batch=100, overrid
         results["vqa_examples"] = [
             {"question": e["question"], "reference": e["answer"], "text": a}
             for e, a in list(zip(heldout, answers))[:10]]
+
+  if weights["text"] > 0 and heldout and "text" in tasks:
+    # Text likelihood of held-out captions: SEDD's bound, bits per token and perplexity.
+    nll, counts = pipe.text_nll([e["captions"][0] for e in heldout], num_draws=text_draws,
+                                seed=seed)
+    results["text_bits_per_token"] = float(nll.sum() / counts.sum() / np.log(2.0))
+    results["text_perplexity"] = perplexity.perplexity_from_elbo(nll, counts)
+    results["text_perplexity_draws"] = text_draws
 
   if write:
     (epath.Path(workdir) / "eval.json").write_text(json.dumps(results, indent=1))
@@ -164,7 +218,9 @@ def main(argv):
   overrides = sampler_overrides(FLAGS.steps, FLAGS.cfg)
   results = evaluate(FLAGS.workdir, per_class=FLAGS.per_class, num_heldout=FLAGS.num_heldout,
                      batch=FLAGS.batch, overrides=overrides,
-                     vqa_temperature=FLAGS.vqa_temperature)
+                     vqa_temperature=FLAGS.vqa_temperature, ref_batch=FLAGS.ref_batch,
+                     inception_weights=FLAGS.inception_weights, samples=FLAGS.samples,
+                     text_draws=FLAGS.text_draws)
   print(f"\n| metric | value |\n|---|---|")
   for k, v in results.items():
     if isinstance(v, float):

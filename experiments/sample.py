@@ -1,6 +1,8 @@
-r"""Sample from a trained workdir, for any task (the file formats are described below).
+r"""Sample from a trained workdir (or an export), for any task and any number of samples.
 
   python -m experiments.sample --workdir=DIR --task=class --num=40 --out=samples.npz
+  python -m experiments.sample --workdir=DIR --task=class --num=50000 --batch_size=250 \
+      --format=adm --out=/data/fid50k.npz          # ADM's evaluator reads it as is
   python -m experiments.sample --workdir=DIR --task=t2i --prompt="seven, a handwritten digit" \
       --num=8 --out=t2i.npz --cfg=2
   python -m experiments.sample --workdir=DIR --task=caption --num=20 --out=captions.jsonl
@@ -9,33 +11,56 @@ r"""Sample from a trained workdir, for any task (the file formats are described 
   python -m experiments.sample --workdir=DIR --task=text --num=16 --out=text.jsonl
   python -m experiments.sample --workdir=DIR --task=inpaint --num=10 --out=inpaint.npz
 
-Image outputs are ``.npz`` (``images`` uint8 NHWC, plus ``labels`` / ``prompts``) and a PNG grid
-beside them; text outputs ``.jsonl`` (``index``, ``label``, ``question``, ``reference``,
-``text``). Captioning, VQA and inpainting use the held-out split's images and questions
+The samples are generated in batches of ``--batch_size`` (one compilation), with a progress line
+(samples/s, ETA). Each finished batch is written at once to ``<out stem>.shards/`` (one
+``batch_NNNNNN.npz`` each, atomically, beside a ``meta.json`` of the flags that made them); a
+killed run started again with the same flags skips the finished batches and produces the same
+samples as an uninterrupted one. The shards are merged into the output at the end (delete the
+folder to start over).
+
+Outputs: ``--format=npz``: images as ``.npz`` (``images`` uint8 NHWC, plus ``labels`` /
+``prompts``) and a PNG grid (of the first 256) beside it; text as ``.jsonl`` (``index``,
+``label``, ``question``, ``reference``, ``text``). ``--format=adm``: one ``.npz`` in the layout of
+ADM's ``evaluations/evaluator.py`` (``arr_0`` uint8 NHWC, ``arr_1`` the class labels when there
+are ones). Captioning, VQA and inpainting use the held-out split's images and questions
 (``data.pipeline.heldout_split``). ``--out`` may be local or any ``etils.epath`` path (gs://).
 
-Under several processes (a TPU pod, or as ``experiments.distributed`` describes) every process
-samples and process 0 writes the outputs.
+Only the EMA parameters and latent statistics are read from the checkpoint. Each batch is one
+computation over the whole mesh, its batch axis split over the devices (pass a ``--batch_size``
+that is a multiple of the device count). Under several processes (a TPU pod, or as
+``experiments.distributed`` describes) every process runs each batch, computing its devices'
+share of it; process 0 decides which batches are finished and writes.
 """
 from __future__ import annotations
 
+import io
+import json
 import os
+import signal
+import time
 
-from absl import app, flags
+from absl import app, flags, logging
+from etils import epath
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from experiments import distributed, sample_io
-from experiments.workdir import open_run, sampler_overrides, vqa_prompts
+from experiments.workdir import open_run, sampler_overrides
+from mdm_jax import api
 
 FLAGS = flags.FLAGS
 TASK_NAMES = {"class": "class2img", "t2i": "t2i", "caption": "caption", "vqa": "vqa",
               "joint": "joint", "text": "text", "inpaint": "inpaint"}
-flags.DEFINE_string("workdir", None, "A training workdir.", required=True)
+IMAGE_TASKS = ("class2img", "t2i", "inpaint", "joint")
+TEXT_TASKS = ("caption", "vqa", "joint", "text")
+GRID_MAX = 256
+flags.DEFINE_string("workdir", None, "A training workdir or an export.", required=True)
 flags.DEFINE_enum("task", "class", list(TASK_NAMES), "What to generate.")
 flags.DEFINE_integer("num", 16, "How many samples.")
+flags.DEFINE_integer("batch_size", None, "Samples per batch (default: the config's sample.num).")
 flags.DEFINE_string("out", None, "Output file (.npz / .jsonl; joint: a stem).", required=True)
+flags.DEFINE_enum("format", "npz", ["npz", "adm"], "Image output layout: npz (images, labels, "
+                  "prompts + a PNG grid) or adm (arr_0, arr_1: ADM's evaluator).")
 flags.DEFINE_integer("steps", None, "Sampler steps (default: the config's).")
 flags.DEFINE_float("cfg", None, "Guidance weight w (default: the config's).")
 flags.DEFINE_float("temperature", None, "Text temperature: 1 samples the model's tokens, 0 takes "
@@ -43,72 +68,221 @@ flags.DEFINE_float("temperature", None, "Text temperature: 1 samples the model's
 flags.DEFINE_string("prompt", None, "Caption for t2i (default: held-out captions).")
 flags.DEFINE_integer("label", None, "Class for class/inpaint (default: cycle through classes).")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
+flags.DEFINE_integer("kill_after_batches", None, "Testing: SIGKILL this process after writing "
+                     "this many batches (to test resuming).")
 
 
 def _stem(path):
-  return os.path.splitext(path)[0]
+  return os.path.splitext(os.fspath(path))[0]
+
+
+def check_flags(task: str) -> None:
+  """What can be checked before anything is loaded or compiled."""
+  if FLAGS.num < 1:
+    raise app.UsageError(f"--num={FLAGS.num}: ask for at least one sample")
+  if FLAGS.batch_size is not None and FLAGS.batch_size < 1:
+    raise app.UsageError(f"--batch_size={FLAGS.batch_size} must be >= 1")
+  if FLAGS.steps is not None and FLAGS.steps < 1:
+    raise app.UsageError(f"--steps={FLAGS.steps} must be >= 1")
+  if FLAGS.format == "adm" and task not in IMAGE_TASKS:
+    raise app.UsageError(f"--format=adm writes images; --task={FLAGS.task} makes text")
+  if FLAGS.label is not None and task not in ("class2img", "inpaint"):
+    raise app.UsageError(f"--label is for --task=class or inpaint, not {FLAGS.task}")
+  if FLAGS.prompt is not None and task != "t2i":
+    raise app.UsageError(f"--prompt is for --task=t2i, not {FLAGS.task}")
+  if FLAGS.prompt is not None and not FLAGS.prompt.strip():
+    raise app.UsageError("--prompt is empty: give a caption, or leave it out to use the "
+                         "held-out captions")
+  if FLAGS.kill_after_batches is not None and FLAGS.kill_after_batches < 1:
+    raise app.UsageError("--kill_after_batches must be >= 1")
+
+
+class Shards:
+  """The finished batches of one sampling run: ``<dir>/batch_NNNNNN.npz`` and ``meta.json``."""
+
+  def __init__(self, directory, meta: dict):
+    self.dir = epath.Path(directory)
+    self.meta = meta
+
+  def open(self) -> None:
+    """Creates the folder, or checks that its shards were made with the same flags."""
+    meta_path = self.dir / "meta.json"
+    if meta_path.exists():
+      saved = json.loads(meta_path.read_text())
+      diff = {k: (saved.get(k), v) for k, v in self.meta.items() if saved.get(k) != v}
+      if diff:
+        shown = ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
+        raise app.UsageError(f"{self.dir} holds batches of a different sampling run ({shown}): "
+                             "pass the same flags to resume it, or delete the folder (or choose "
+                             "another --out) to start over")
+    else:
+      self.dir.mkdir(parents=True, exist_ok=True)
+      meta_path.write_text(json.dumps(self.meta, indent=1))
+
+  def path(self, b: int) -> epath.Path:
+    return self.dir / f"batch_{b:06d}.npz"
+
+  def done(self, num_batches: int) -> np.ndarray:
+    return np.asarray([self.path(b).exists() for b in range(num_batches)])
+
+  def write(self, b: int, arrays: dict) -> None:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    tmp = self.dir / f".batch_{b:06d}.npz.tmp"
+    tmp.write_bytes(buf.getvalue())
+    tmp.rename(self.path(b))        # a killed write never leaves a batch that looks finished
+
+  def read(self, b: int) -> dict:
+    with np.load(io.BytesIO(self.path(b).read_bytes()), allow_pickle=False) as f:
+      return {k: f[k] for k in f.files}
+
+
+def _heldout(run, task, num):
+  from data import pipeline
+  dc = run.config.data
+  if task not in ("caption", "vqa", "inpaint") and not (task == "t2i" and not FLAGS.prompt):
+    return []
+  heldout = pipeline.eval_examples(dc.name, split=pipeline.heldout_split(dc.name), num=num,
+                                   image_size=dc.image_size, channels=dc.channels,
+                                   data_dir=dc.data_dir)
+  if len(heldout) < num:
+    raise app.UsageError(f"--num={num}: --task={FLAGS.task} reads one held-out example per "
+                         f"sample, and the held-out split has {len(heldout)}")
+  return heldout
+
+
+def sample_batch(pipe, task, idx, keep, *, first_index, labels, heldout, prompts):
+  """One batch (the samples ``idx``, of which the first ``keep`` are kept): its shard arrays
+  (images uint8, labels, rows as JSON)."""
+  kw = dict(seed=FLAGS.seed, first_index=first_index)
+  ex = [heldout[i] for i in idx] if heldout else []
+  images, texts, rows = None, None, []
+  if task == "class2img":
+    images = pipe.class_to_image(labels[idx], **kw)
+  elif task == "t2i":
+    images = pipe.text_to_image([prompts[i] for i in idx], **kw)
+  elif task == "inpaint":   # keep the top half, generate the bottom half
+    given = np.stack([e["image"] for e in ex])
+    mask = np.zeros(given.shape[1:3], bool)
+    mask[: given.shape[1] // 2] = True
+    images = pipe.inpaint(given, mask, labels=labels[idx], **kw)
+  elif task == "joint":
+    images, texts = pipe.joint(len(idx), **kw)
+  elif task == "text":
+    texts = pipe.text(len(idx), **kw)
+  elif task == "caption":
+    texts = pipe.caption(np.stack([e["image"] for e in ex]), **kw)
+  elif task == "vqa":
+    texts = pipe.vqa(np.stack([e["image"] for e in ex]), [e["question"] for e in ex],
+                     temperature=None, **kw)
+  if texts is not None:
+    for j, i in enumerate(idx[:keep]):
+      row = {"index": int(i), "label": int(ex[j]["label"]) if ex else None}
+      if task == "vqa":
+        row.update(question=ex[j]["question"], reference=ex[j]["answer"])
+      row["text"] = texts[j]
+      if task == "caption":
+        row["reference"] = ex[j]["captions"][0]
+      rows.append(row)
+  arrays = {"rows": np.asarray(json.dumps(rows))}
+  if images is not None:
+    arrays["images"] = images[:keep]
+  if task in ("class2img", "inpaint"):
+    arrays["labels"] = labels[idx[:keep]]
+  return arrays
 
 
 def main(argv):
   del argv
-  from data import pipeline
+  task = TASK_NAMES[FLAGS.task]
+  check_flags(task)
   distributed.maybe_initialize("auto")
-  overrides = sampler_overrides(FLAGS.steps, FLAGS.cfg, FLAGS.temperature)
-  run = open_run(FLAGS.workdir, overrides)
-  task, num, tok = TASK_NAMES[FLAGS.task], FLAGS.num, run.tokenizer
-  mc, dc = run.trainer.model_cfg, run.config.data
-  rng = jax.random.PRNGKey(FLAGS.seed)
-  if tok is None and task not in ("class2img", "inpaint"):
-    raise app.UsageError(f"--task={FLAGS.task} needs text, but this run's data ({dc.name}) has "
-                         "none (it trained class-to-image only, without a tokenizer); use "
-                         "--task=class or --task=inpaint.")
-  heldout = []
-  if task in ("caption", "vqa", "inpaint", "t2i"):
-    heldout = pipeline.eval_examples(dc.name, split=pipeline.heldout_split(dc.name), num=num,
-                                     image_size=dc.image_size, channels=dc.channels,
-                                     data_dir=dc.data_dir)
-    if len(heldout) < num:
-      raise ValueError(f"--num={num} but the held-out split has {len(heldout)} examples")
-  labels = (np.full(num, FLAGS.label) if FLAGS.label is not None
-            else np.arange(num) % mc.num_classes)
-  given, rows, prompts = {}, [], None
-  if task in ("class2img", "inpaint"):
-    given["labels"] = jnp.asarray(labels)
-  if task in ("caption", "vqa", "inpaint"):
-    given["images"] = jnp.asarray(np.stack([e["image"] for e in heldout]))
-  if task == "inpaint":   # keep the top half, generate the bottom half
-    mask = np.zeros(given["images"].shape, bool)
-    mask[:, : mc.image_size // 2] = True
-    given["image_mask"] = jnp.asarray(mask)
+  run = open_run(FLAGS.workdir, sampler_overrides(FLAGS.steps, FLAGS.cfg, FLAGS.temperature))
+  pipe = api.Pipeline(run, batch_size=FLAGS.batch_size)
+  num, bs = FLAGS.num, min(pipe.batch_size, FLAGS.num)
+  if bs % jax.device_count():
+    logging.warning("--batch_size=%d is not a multiple of the %d devices: each batch is then "
+                    "not split over them (the model's batch axis is sharded only when it "
+                    "divides); pass a multiple for full speed", bs, jax.device_count())
+  if pipe.tokenizer is None and task not in ("class2img", "inpaint"):
+    raise app.UsageError(f"--task={FLAGS.task} needs text, but this run's data "
+                         f"({run.config.data.name}) has none (it trained class-to-image only, "
+                         "without a tokenizer); use --task=class or --task=inpaint.")
+  try:
+    labels = (pipe.check_labels(np.full(num, FLAGS.label)) if FLAGS.label is not None
+              else np.arange(num, dtype=np.int32) % pipe.num_classes)
+  except ValueError as e:
+    raise app.UsageError(f"--label={FLAGS.label}: {e}") from None
+  heldout = _heldout(run, task, num)
+  prompts = None
   if task == "t2i":
     prompts = [FLAGS.prompt] * num if FLAGS.prompt else [e["captions"][0] for e in heldout]
-    given["text"] = jnp.asarray(np.stack([tok.encode_padded(p, mc.max_text_len)[0]
-                                          for p in prompts]))
-  if task == "vqa":
-    seqs, plens = vqa_prompts(tok, heldout, mc.max_text_len)
-    given["text"], given["prompt_len"] = jnp.asarray(seqs), jnp.asarray(plens)
-  images, tokens = run.trainer.sample(run.state, task, rng, num, **given)
-  if jax.process_index() != 0:
-    return
+    api.encode_prompts(pipe.tokenizer, [FLAGS.prompt] if FLAGS.prompt else prompts,
+                       pipe.max_text_len)   # warns now, before anything compiles
 
-  if task in ("class2img", "t2i", "inpaint", "joint"):
-    path = _stem(FLAGS.out) + ".npz"
-    sample_io.save_npz(path, images, labels=labels if task != "t2i" else None, prompts=prompts)
-    sample_io.save_grid(images, _stem(FLAGS.out) + ".png", upscale=4)
-    print(f"wrote {path} and {_stem(FLAGS.out)}.png")
-  if task in ("caption", "vqa", "joint", "text"):
-    for i in range(num):
-      row = {"index": i, "label": int(heldout[i]["label"]) if heldout else None}
-      if task == "vqa":
-        plen = int(given["prompt_len"][i])
-        row.update(question=heldout[i]["question"], reference=heldout[i]["answer"],
-                   text=tok.decode(tokens[i][plen:]))
-      else:
-        row["text"] = tok.decode(tokens[i])
-        if task == "caption":
-          row["reference"] = heldout[i]["captions"][0]
-      rows.append(row)
-    path = _stem(FLAGS.out) + ".jsonl"
+  meta = dict(task=task, num=num, batch_size=bs, seed=FLAGS.seed, checkpoint_step=run.step,
+              workdir=os.fspath(FLAGS.workdir), label=FLAGS.label, prompt=FLAGS.prompt,
+              steps=run.trainer.sample_cfg.steps, guidance=run.trainer.sample_cfg.guidance,
+              temperature=run.trainer.sample_cfg.text_temperature)
+  shards = Shards(_stem(FLAGS.out) + ".shards", meta)
+  is_main = jax.process_index() == 0
+  if is_main:
+    shards.open()
+  num_batches = -(-num // bs)
+  done = shards.done(num_batches) if is_main else np.zeros(num_batches, bool)
+  if jax.process_count() > 1:   # every process runs the same batches (global computations)
+    from jax.experimental import multihost_utils
+    done = np.asarray(multihost_utils.broadcast_one_to_all(done))
+  todo = [b for b in range(num_batches) if not done[b]]
+  if done.any():
+    print(f"resuming: {int(done.sum())} of {num_batches} batches already in {shards.dir}; "
+          f"generating {len(todo)}", flush=True)
+  t0, written = time.time(), 0
+  for k, b in enumerate(todo):
+    start = b * bs
+    idx = np.arange(start, start + bs) % num      # the last batch wraps: one batch shape
+    keep = min(bs, num - start)
+    arrays = sample_batch(pipe, task, idx, keep, first_index=start, labels=labels,
+                          heldout=heldout, prompts=prompts)
+    if is_main:
+      shards.write(b, arrays)
+    written += 1
+    rate = sum(min(bs, num - t * bs) for t in todo[:k + 1]) / (time.time() - t0)
+    left = sum(min(bs, num - t * bs) for t in todo[k + 1:])
+    print(f"batch {b + 1}/{num_batches} | {int(done.sum()) + k + 1}/{num_batches} batches done "
+          f"| {rate:.2f} samples/s | ETA {left / rate:.0f}s", flush=True)
+    if FLAGS.kill_after_batches and written >= FLAGS.kill_after_batches:
+      os.kill(os.getpid(), signal.SIGKILL)
+  if not is_main:
+    return
+  merge(shards, task, num_batches, num, prompts)
+
+
+def merge(shards: Shards, task: str, num_batches: int, num: int, prompts) -> None:
+  """The shards, in order, into the output files (the images held once in memory)."""
+  stem, images, labels, rows, at = _stem(FLAGS.out), None, None, [], 0
+  for b in range(num_batches):
+    part = shards.read(b)
+    if "images" in part:
+      if images is None:
+        images = np.empty((num, *part["images"].shape[1:]), np.uint8)
+      images[at:at + len(part["images"])] = part["images"]
+    if "labels" in part:
+      labels = np.empty(num, part["labels"].dtype) if labels is None else labels
+      labels[at:at + len(part["labels"])] = part["labels"]
+    rows += json.loads(str(part["rows"]))
+    at += len(part["images"]) if "images" in part else len(json.loads(str(part["rows"])))
+  if task in IMAGE_TASKS:
+    path = stem + ".npz"
+    if FLAGS.format == "adm":
+      with epath.Path(path).open("wb") as f:
+        np.savez(f, arr_0=images, **({"arr_1": labels} if labels is not None else {}))
+    else:
+      sample_io.save_npz(path, images, labels=labels, prompts=prompts)
+    sample_io.save_grid(images[:GRID_MAX], stem + ".png", upscale=4)
+    print(f"wrote {path} ({len(images)} images) and {stem}.png")
+  if task in TEXT_TASKS:
+    path = stem + ".jsonl"
     sample_io.save_jsonl(path, rows)
     print(f"wrote {path}")
     for row in rows[:8]:

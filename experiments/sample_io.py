@@ -19,14 +19,16 @@ from PIL import Image
 
 
 def to_uint8(images) -> np.ndarray:
-  """Images in [-1, 1] (any float) -> uint8 in [0, 255]."""
+  """Images in [-1, 1] (any float) -> uint8 in [0, 255]; uint8 images are returned as they are."""
+  if np.asarray(images).dtype == np.uint8:
+    return np.asarray(images)
   x = np.asarray(images, np.float32)
   return np.clip(np.round((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
 def save_grid(images, path: str, *, nrow: Optional[int] = None, upscale: int = 1,
               pad: int = 1) -> str:
-  """Tile images (N, H, W, C) in [-1, 1] into one PNG with ``nrow`` images per row."""
+  """Tile images (N, H, W, C) in [-1, 1] (or uint8) into one PNG with ``nrow`` images per row."""
   x = to_uint8(images)
   n, h, w, c = x.shape
   nrow = nrow or int(math.ceil(math.sqrt(n)))

@@ -12,6 +12,9 @@ table as ``mdm_jax.losses``):
   text       caption generated, image absent (Gaussian noise at t = 1)
   inpaint    image generated where ``image_mask`` is False, known elsewhere; text absent
 
+Text infilling: ``text`` with ``text_mask`` (True where a token is given) for the text, caption
+or joint task generates only the masked positions.
+
 Classifier-free guidance (``guidance > 0``) guides the image noise prediction for class2img and
 t2i with ``(1 + w) eps(cond) - w eps(uncond)``, the unconditional call using the null class or an
 absent caption.
@@ -60,7 +63,7 @@ def generate(model: MDM, variables, task: str, rng: jax.Array, *, num: int,
              loss_cfg: LossConfig, sample_cfg: SampleConfig = SampleConfig(),
              labels: Optional[jax.Array] = None, text: Optional[jax.Array] = None,
              prompt_len: Optional[jax.Array] = None, images: Optional[jax.Array] = None,
-             image_mask: Optional[jax.Array] = None):
+             image_mask: Optional[jax.Array] = None, text_mask: Optional[jax.Array] = None):
   """Sample ``num`` examples of ``task``. Jit-compatible (``task`` and configs static).
 
   Args:
@@ -73,6 +76,7 @@ def generate(model: MDM, variables, task: str, rng: jax.Array, *, num: int,
     prompt_len: (num,) tokens of ``text`` that are given (vqa).
     images: (num, H, W, C) in [-1, 1]: the given image (caption, vqa, inpaint).
     image_mask: (num, H, W, C) or (num, H, W, 1) bool, True where the image is known (inpaint).
+    text_mask: (num, T) bool, True where ``text`` is given (infilling, for text/caption/joint).
   Returns:
     images (num, H, W, C) float32 in [-1, 1], tokens (num, T) int32. For tasks where a
     modality is given, it is returned as given; where absent, the returned value is meaningless.
@@ -82,6 +86,11 @@ def generate(model: MDM, variables, task: str, rng: jax.Array, *, num: int,
   need = {"t2i": ("text",), "caption": ("images",), "vqa": ("images", "text", "prompt_len"),
           "inpaint": ("images", "image_mask")}.get(task, ())
   given = dict(text=text, images=images, prompt_len=prompt_len, image_mask=image_mask)
+  infill_mask = text_mask
+  if infill_mask is not None:
+    if task not in ("text", "caption", "joint"):
+      raise ValueError(f"text_mask (infilling) is for the text, caption or joint task, not {task!r}")
+    need = need + ("text",)
   missing = [k for k in need if given[k] is None]
   if missing:
     raise ValueError(f"task {task!r} needs {missing}")
@@ -113,6 +122,8 @@ def generate(model: MDM, variables, task: str, rng: jax.Array, *, num: int,
     text_known = text.astype(jnp.int32)
   if task == "text":
     image_clean = image_absent = True
+  if infill_mask is not None:
+    text_mask, text_known = jnp.asarray(infill_mask, bool), text.astype(jnp.int32)
   if task == "inpaint":
     # A latent token is known when its whole patch is known.
     p = cfg.patch_size

@@ -203,3 +203,41 @@ def mdm_loss(model: MDM, batch: dict, rng: jax.Array, cfg: LossConfig):
   for i, name in enumerate(TASKS):
     terms[f"task/{name}"] = _masked_mean(per_ex, task == i)
   return total, terms
+
+
+def text_nll_bound(model: MDM, text0: jax.Array, rng: jax.Array, cfg: LossConfig,
+                   num_draws: int = 16):
+  """SEDD's bound on ``-log p(text)`` per token, the text task's (image absent) diffusion term.
+
+  Call through ``model.apply(variables, text0, rng, cfg, method=text_nll_bound)``. Score
+  entropy objective only (the Markov ablation's bound is its own loss).
+
+  Args:
+    text0: (b, T) int token ids (text, eos, pad: the whole fixed-length sequence is scored).
+    num_draws: Monte-Carlo draws of (t, x_t) per sequence.
+  Returns:
+    (num_draws, b, T) float32 ``dsigma(t) * score_entropy`` (``evaluation.perplexity.
+    sedd_nll_bound`` turns it into nats per sequence).
+  """
+  if cfg.objective != "score_entropy":
+    raise ValueError(f"text_nll_bound needs objective='score_entropy', not {cfg.objective!r}")
+  mc = model.cfg
+  b, n_txt = text0.shape
+  noise, graph = cfg.text_noise(), score_entropy.AbsorbingGraph(mc.vocab_size)
+  scale = model.latent_scale()
+  task = jnp.full((b,), T_TEXT, jnp.int32)
+  null = jnp.full((b,), mc.num_classes, jnp.int32)
+  ones = jnp.ones((b,), jnp.float32)
+
+  def draw(key):
+    k_t, k_x, k_z = jax.random.split(key, 3)
+    t = cfg.t_min + (1.0 - cfg.t_min) * jax.random.uniform(k_t, (b,))
+    sigma, dsigma = noise(t)
+    x_t = graph.sample_transition(k_x, text0, sigma[:, None])
+    z = jax.random.normal(k_z, (b, mc.n_image_tokens, mc.latent_dim))   # the absent image
+    text_latents = model.encode_text(x_t)[0] * scale[1] if cfg.grad_to_encoder else None
+    _, log_score = model.denoise(z, ones, x_t, t, sigma, null, task, text_latents=text_latents)
+    return score_entropy.score_entropy_loss(log_score, sigma[:, None], dsigma[:, None], x_t,
+                                            text0, graph)
+
+  return jnp.stack([draw(k) for k in jax.random.split(rng, num_draws)])

@@ -307,3 +307,24 @@ def test_an_unreadable_config_falls_back_to_the_previous_one(tmp_path, caplog):
       _, step = reader.restore_latest(abstract_of(make_state(0)))
   assert step == 1
   assert "Refusing the config of checkpoint 2" in caplog.text
+
+
+def test_restoring_a_subset_reads_those_keys_and_verifies_their_digests(tmp_path, caplog):
+  """Sampling restores ema (+ step) alone; a changed array among them is still caught."""
+  _save_steps(tmp_path, (1, 2))
+  ckpt = ckpt_lib.Checkpointer(tmp_path, read_only=True)
+  restored, step = ckpt.restore_latest(abstract_of(make_state(0)), only=("ema", "step"))
+  assert step == 2 and sorted(restored) == ["ema", "step"]
+  want = make_state(2)
+  assert_state_equal(restored, {"ema": want["ema"], "step": want["step"]})
+  with pytest.raises(KeyError, match="not in the state's keys"):
+    ckpt.restore(2, abstract_of(make_state(0)), only=("ema", "emma"))
+  ckpt.close()
+  root = tmp_path / "checkpoints"   # step 2's arrays replaced by step 1's (digests of step 2)
+  shutil.rmtree(root / "2" / "state")
+  shutil.copytree(root / "1" / "state", root / "2" / "state")
+  with caplog.at_level(logging.WARNING):
+    with ckpt_lib.Checkpointer(tmp_path, read_only=True) as ckpt:
+      restored, step = ckpt.restore_latest(abstract_of(make_state(0)), only=("ema",))
+  assert step == 1 and "do not match the digests written with step 2" in caplog.text
+  assert_state_equal(restored, {"ema": make_state(1)["ema"]})

@@ -26,6 +26,10 @@ def test_notebook_runs_on_cpu(tmp_path, monkeypatch):
   assert [l.split("|")[0].split()[1] for l in progress] == [f"{s}/6" for s in range(1, 7)]
   assert all("loss" in l and "steps/s" in l and "ETA" in l for l in progress)
   assert "subprocess" not in nb.cells[3].source
+  # It samples through the Python API, not by hand (no tokenizing or trainer.sample calls).
+  code = "".join(c.source for c in nb.cells if c.cell_type == "code")
+  assert "mdm_jax.load(WORKDIR)" in code
+  assert not [w for w in ("trainer.sample", "encode_padded", "encode_vqa", "tok.") if w in code]
   # The sample grids were displayed inline as images.
   images = [o for o in outputs if "image/png" in o.get("data", {})]
   assert len(images) >= 4

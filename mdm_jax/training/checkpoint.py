@@ -28,6 +28,10 @@ for inspection, and so that re-saving those step numbers works). A reader's
 deletes left-over tmp directories (they may be a running trainer's save in progress)
 nor moves refused checkpoints.
 
+`restore(..., only=("ema", "latent_stats", "step"))` reads a subset of the state's
+top-level keys (sampling needs no optimizer state); the digests of what is read are
+verified as for a full restore.
+
 grain is imported lazily, so this module imports without the data stack.
 """
 
@@ -314,7 +318,8 @@ class Checkpointer:
         int(step), args=ocp.args.Composite(**items), force=force)
 
   def restore(
-      self, step: int, abstract_state: PyTree, data_iter: Any = None
+      self, step: int, abstract_state: PyTree, data_iter: Any = None,
+      only: tuple[str, ...] | None = None,
   ) -> PyTree:
     """Restores checkpoint `step` exactly, raising on any problem.
 
@@ -324,12 +329,26 @@ class Checkpointer:
         shardings (e.g. from `sharding.abstract_sharded`) or of concrete arrays.
         Arrays are restored with these shardings and dtypes.
       data_iter: a grain iterator to set to the saved position (in place), or None.
+      only: top-level keys of the state dict to restore (e.g. ("ema", "latent_stats",
+        "step") for sampling); the other arrays are never read. Their digests are
+        verified as for a full restore.
 
     Returns:
-      The restored state pytree.
+      The restored state pytree (with only the `only` keys when given).
     """
+    if only is not None:
+      missing = [k for k in only if k not in abstract_state]
+      if missing:
+        raise KeyError(f"only={only} names {missing}, not in the state's keys "
+                       f"{sorted(abstract_state)}")
+      abstract_state = {k: abstract_state[k] for k in only}
     target = jax.tree.map(_to_restore_target, abstract_state)
-    items = {"state": ocp.args.StandardRestore(target)}
+    if only is None:
+      items = {"state": ocp.args.StandardRestore(target)}
+    else:  # a subset of the saved tree: orbax reads only these arrays
+      items = {"state": ocp.args.PyTreeRestore(
+          item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+          partial_restore=True)}
     if data_iter is not None:
       items["data_iter"] = _grain_args(data_iter, save=False)
     for name in ("config", "integrity"):  # restored only to check them, when present
@@ -345,12 +364,14 @@ class Checkpointer:
     return state
 
   def restore_latest(
-      self, abstract_state: PyTree, data_iter: Any = None
+      self, abstract_state: PyTree, data_iter: Any = None,
+      only: tuple[str, ...] | None = None,
   ) -> tuple[PyTree, int] | None:
     """Restores the newest checkpoint that restores cleanly.
 
     Args:
       abstract_state: the expected state (see `restore`).
+      only: restore these top-level keys alone (see `restore`).
       data_iter: a grain iterator to set to the saved position, or None. It is
         left at its current position if nothing is restored.
 
@@ -368,7 +389,7 @@ class Checkpointer:
     refused = []
     for step in reversed(steps):
       try:
-        state = self.restore(step, abstract_state, data_iter=data_iter)
+        state = self.restore(step, abstract_state, data_iter=data_iter, only=only)
       except Exception as e:  # pylint: disable=broad-except
         reason = f"{type(e).__name__}: {e}"
         if len(reason) > _MAX_REASON_CHARS:

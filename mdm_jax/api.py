@@ -1,0 +1,480 @@
+"""Generation from a trained run without a CLI: ``mdm_jax.load(path)`` and one method per task.
+
+  import mdm_jax
+  run = mdm_jax.load("/tmp/mdm_digits")          # a training workdir or an export
+  images = run.class_to_image([3, 3, 7])         # uint8 (3, H, W, C)
+  images = run.text_to_image(["seven, a handwritten digit"])
+  captions = run.caption(images)                 # list[str]
+  answers = run.vqa(images, ["what digit is this?"])
+  images, captions = run.joint(8)
+  filled = run.inpaint(images, mask)             # mask True where the image is kept
+  texts = run.infill(["seven, a [MASK] digit"])  # each [MASK] is one token to generate
+  pil = mdm_jax.api.to_pil(images)
+
+Every method takes any number of inputs and generates them in batches of ``batch_size`` (one
+compilation per task; a short last batch is padded), with the EMA parameters; only those (and
+the latent statistics) are read from the checkpoint, never the optimizer state. ``seed`` fixes
+the samples; ``first_index`` names the first sample's place in a larger run, so a run split
+into several calls gives the same samples as one call (``experiments.sample`` resumes that way).
+
+Under several processes every process must make the same calls (a global computation), and
+each gets the whole result.
+
+The data stack (sentencepiece, the dataset registry) is imported only when a run is loaded.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from typing import Any, Sequence
+
+from etils import epath
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+_log = logging.getLogger(__name__)
+
+TOKENIZER_FILE = "tokenizer.model"
+INFO_FILE = "run_info.json"            # what the data offers (classes, text), for exports
+CONFIG_FILE = "config.json"
+SAFETENSORS_FILE = "ema.safetensors"
+SAMPLING_KEYS = ("ema", "latent_stats", "step")   # what generation restores
+MASK_WORD = "[MASK]"
+
+
+@dataclasses.dataclass
+class Run:
+  config: Any                  # ml_collections.ConfigDict
+  tokenizer: Any               # None when the data has no text (class-to-image only)
+  trainer: Any
+  state: Any                   # SAMPLING_KEYS only, unless opened with full_state=True
+  step: int
+  info: dict
+
+
+def upgrade_saved_config(config):
+  """Fills fields that a checkpoint's saved config predates with the behaviour it was trained
+  with (not today's default), so an old workdir samples as it trained."""
+  if "text_score" not in config.model:  # added 2026-11-27; before it, SEDD's form was the only one
+    config.model.text_score = "sedd"
+  if "text_temperature" not in config.sample:  # added with it; before it, always sampled at 1
+    config.sample.text_temperature = 1.0
+  return config
+
+
+def _apply_overrides(config, overrides):
+  for key, value in (overrides or {}).items():
+    node = config
+    *path, leaf = key.split(".")
+    for p in path:
+      node = node[p]
+    node[leaf] = type(node[leaf])(value) if node[leaf] is not None else value
+
+
+def open_run(path, overrides: dict | None = None, *, full_state: bool = False) -> Run:
+  """Opens what ``experiments.train`` (a workdir) or ``experiments.export`` wrote, read-only.
+
+  Args:
+    path: the workdir or export folder (local or any ``etils.epath`` path).
+    overrides: {"sample.steps": 50, ...} applied to the saved config.
+    full_state: restore the whole train state (optimizer included); by default only
+      ``SAMPLING_KEYS``.
+  """
+  import ml_collections
+  from data import pipeline, tokenizer as tokenizer_lib
+  from mdm_jax.training import checkpoint as ckpt_lib
+  from mdm_jax.training import sharding
+  from mdm_jax.training.trainer import Trainer
+  root = epath.Path(path)
+  ckpt_dir = root / "checkpoints"
+  checkpointer = None
+  if ckpt_dir.is_dir():
+    checkpointer = ckpt_lib.Checkpointer(root, read_only=True)  # a reader changes nothing
+    saved = checkpointer.restore_config()
+    if saved is None:
+      raise FileNotFoundError(f"no checkpoint in {ckpt_dir}")
+  elif (root / SAFETENSORS_FILE).exists() and (root / CONFIG_FILE).exists():
+    if full_state:
+      raise ValueError(f"{root} is an export (EMA parameters only): it has no train state")
+    saved = json.loads((root / CONFIG_FILE).read_text())
+  else:
+    raise FileNotFoundError(f"{path} has no checkpoints/ (nor an export's {SAFETENSORS_FILE}): "
+                            f"train first with `python -m experiments.train --workdir={path}`")
+  config = upgrade_saved_config(ml_collections.ConfigDict(saved))
+  _apply_overrides(config, overrides)
+  if (root / INFO_FILE).exists():
+    info = json.loads((root / INFO_FILE).read_text())
+  else:
+    info = pipeline.describe(config.data.name, data_dir=config.data.data_dir)
+  if info["has_caption"]:
+    tokenizer = tokenizer_lib.Tokenizer.load(root / TOKENIZER_FILE)
+    vocab_size = tokenizer.vocab_size
+  else:
+    tokenizer, vocab_size = None, config.data.vocab_size
+  data_keys = tuple(k for k, has in (("caption", info["has_caption"]), ("vqa", info["has_vqa"]))
+                    if has)
+  mesh = sharding.make_mesh(**dict(config.mesh))
+  trainer = Trainer(config, mesh, vocab_size=vocab_size,
+                    num_classes=max(info["num_classes"], 1), data_keys=data_keys)
+  only = None if full_state else SAMPLING_KEYS
+  if checkpointer is not None:
+    state, step = checkpointer.restore_latest(trainer.abstract_state, only=only)
+    checkpointer.close()
+  else:
+    state = read_safetensors(root / SAFETENSORS_FILE,
+                             {k: trainer.abstract_state[k] for k in SAMPLING_KEYS})
+    step = int(state["step"])
+  return Run(config, tokenizer, trainer, state, step, info)
+
+
+# ----------------------------------------------------------------------------- safetensors
+def _names(tree) -> list[str]:
+  return ["/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in p)
+          for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+def write_safetensors(path, tree) -> None:
+  """Every leaf of ``tree`` as a named tensor ("ema/<module>/<param>", ...)."""
+  from safetensors.numpy import save
+  arrays = {n: np.asarray(jax.device_get(x)) for n, x in zip(_names(tree), jax.tree.leaves(tree))}
+  epath.Path(path).write_bytes(save(arrays))
+
+
+def read_safetensors(path, abstract):
+  """The tensors of ``write_safetensors`` as the pytree ``abstract`` describes (shapes and
+  dtypes checked; arrays placed with its shardings)."""
+  from safetensors.numpy import load
+  arrays = load(epath.Path(path).read_bytes())
+  names, leaves = _names(abstract), jax.tree.leaves(abstract)
+  missing = [n for n in names if n not in arrays]
+  if missing:
+    raise ValueError(f"{path} lacks {len(missing)} tensors the model needs, e.g. {missing[:3]}: "
+                     "it was exported from a different model or config")
+  out = []
+  for n, a in zip(names, leaves):
+    x = arrays[n]
+    if x.shape != tuple(a.shape) or x.dtype != a.dtype:
+      raise ValueError(f"{path}: {n} is {x.dtype}{list(x.shape)}, the model needs "
+                       f"{a.dtype}{list(a.shape)}")
+    sh = getattr(a, "sharding", None)
+    out.append(jax.device_put(x, sh) if sh is not None else jnp.asarray(x))
+  return jax.tree.unflatten(jax.tree.structure(abstract), out)
+
+
+# ----------------------------------------------------------------------------- images
+def to_uint8(images) -> np.ndarray:
+  """Images in [-1, 1] (any float) -> uint8 in [0, 255]."""
+  x = np.asarray(images, np.float32)
+  return np.clip(np.round((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def to_pil(images) -> list:
+  """uint8 (N, H, W, C) images -> PIL images (greyscale for C = 1)."""
+  from PIL import Image
+  x = np.asarray(images)
+  return [Image.fromarray(im[..., 0] if im.shape[-1] == 1 else im) for im in x]
+
+
+_warned: set = set()   # each problem text is warned about once per process
+
+
+def _warn_once(key, msg, *args):
+  if key not in _warned:
+    _warned.add(key)
+    _log.warning(msg, *args)
+
+
+def encode_prompts(tokenizer, prompts: Sequence[str], max_len: int) -> np.ndarray:
+  """Prompts as int32 (n, max_len) ids + eos + pad. Warns, saying what the model sees, for a
+  prompt cut to ``max_len - 1`` tokens or with characters the tokenizer does not know."""
+  rows = []
+  for i, p in enumerate(prompts):
+    if not isinstance(p, str):
+      raise TypeError(f"prompt {i} is a {type(p).__name__}, not a str")
+    ids, truncated = tokenizer.encode_padded(p, max_len)
+    warn_unknown(tokenizer, p, f"prompt {i}")
+    if truncated:
+      _warn_once(("long", p), "prompt %d has %d tokens, more than the model's max_text_len - 1 "
+                 "= %d: only %r is used", i, len(tokenizer.encode(p)), max_len - 1, tokenizer.decode(ids))
+    rows.append(ids)
+  return np.stack(rows)
+
+
+def warn_unknown(tokenizer, text: str, what: str) -> None:
+  unknown = sorted({c for c in text if not c.isspace()
+                    and tokenizer.unk_id in tokenizer.encode(c)})
+  if unknown:
+    kept = tokenizer.decode(tokenizer.encode(text))
+    _warn_once(("unk", text), "%s has characters the tokenizer does not know, %s; each became "
+               "<unk>: the model sees %r", what, "".join(unknown), kept)
+
+
+# ----------------------------------------------------------------------------- the API
+class Pipeline:
+  """A loaded run and one generation method per task (see the module docstring)."""
+
+  def __init__(self, run: Run, batch_size: int | None = None):
+    self.run = run
+    self.config = run.config
+    self.tokenizer = run.tokenizer
+    self.step = run.step
+    mc = run.trainer.model_cfg
+    self.num_classes = mc.num_classes
+    self.class_names = run.info.get("class_names")
+    self.image_shape = (mc.image_size, mc.image_size, mc.channels)
+    self.max_text_len = mc.max_text_len
+    self.batch_size = int(batch_size or run.config.sample.num)
+    if self.batch_size < 1:
+      raise ValueError(f"batch_size={self.batch_size} must be >= 1")
+
+  # --- checks ---------------------------------------------------------------------------
+  def _need_text(self, what):
+    if self.tokenizer is None:
+      raise ValueError(f"{what} needs text, but this run's data ({self.config.data.name}) has "
+                       "none (it trained class-to-image only); use class_to_image or inpaint")
+
+  def check_labels(self, labels) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or labels.size == 0:
+      raise ValueError(f"labels must be a non-empty 1-D list of class ids, got shape "
+                       f"{labels.shape}")
+    if not np.issubdtype(labels.dtype, np.integer):
+      raise TypeError(f"labels must be integers, got {labels.dtype}")
+    bad = labels[(labels < 0) | (labels >= self.num_classes)]
+    if bad.size:
+      raise ValueError(f"label {int(bad[0])} is out of range: this run has {self.num_classes} "
+                       f"classes, ids 0..{self.num_classes - 1}")
+    return labels.astype(np.int32)
+
+  def _images(self, images, n=None) -> np.ndarray:
+    """uint8 or [-1, 1] float images (N, H, W[, C]) or PIL images -> float32 NHWC in [-1, 1]."""
+    if isinstance(images, (list, tuple)) and images and hasattr(images[0], "mode"):
+      images = np.stack([np.asarray(im) for im in images])
+    x = np.asarray(images)
+    h, w, c = self.image_shape
+    if x.ndim == 3 and c == 1:
+      x = x[..., None]
+    if x.ndim != 4 or x.shape[1:] != (h, w, c):
+      raise ValueError(f"images must be (N, {h}, {w}, {c}) (this model's size), got {x.shape}")
+    if x.shape[0] == 0:
+      raise ValueError("no images given")
+    if n is not None and x.shape[0] != n:
+      raise ValueError(f"{x.shape[0]} images for {n} inputs: give one image per input")
+    if x.dtype == np.uint8:
+      return x.astype(np.float32) / 127.5 - 1.0
+    x = x.astype(np.float32)
+    if x.min() < -1.0 - 1e-3 or x.max() > 1.0 + 1e-3:
+      raise ValueError(f"float images must be in [-1, 1], got [{x.min()}, {x.max()}]; pass "
+                       "uint8 for 0..255")
+    return x
+
+  @staticmethod
+  def _count(n) -> int:
+    if int(n) < 1:
+      raise ValueError(f"n={n} must be >= 1")
+    return int(n)
+
+  @staticmethod
+  def _texts(texts, what) -> list[str]:
+    if isinstance(texts, str):
+      texts = [texts]
+    texts = list(texts)
+    if not texts:
+      raise ValueError(f"no {what} given: pass a non-empty list of strings")
+    return texts
+
+  # --- batching -------------------------------------------------------------------------
+  def generate(self, task: str, n: int, *, seed: int = 0, first_index: int = 0,
+               sample_cfg=None, **given):
+    """``task`` for ``n`` samples in fixed-size batches: (images float (n, H, W, C) in [-1, 1],
+    tokens int32 (n, T)). ``given``: numpy arrays with a leading axis of ``n``."""
+    bs = min(self.batch_size, n)
+    key = jax.random.PRNGKey(seed)
+    images, tokens = [], []
+    for start in range(0, n, bs):
+      idx = np.arange(start, start + bs) % n
+      chunk = {k: jnp.asarray(np.asarray(v)[idx]) for k, v in given.items()}
+      rng = jax.random.fold_in(key, first_index + start)
+      out_i, out_t = self.run.trainer.sample(self.run.state, task, rng, bs,
+                                             sample_cfg=sample_cfg, **chunk)
+      keep = min(bs, n - start)
+      images.append(out_i[:keep])
+      tokens.append(out_t[:keep])
+    return np.concatenate(images), np.concatenate(tokens)
+
+  # --- tasks ----------------------------------------------------------------------------
+  def class_to_image(self, labels, *, seed: int = 0, first_index: int = 0) -> np.ndarray:
+    """uint8 (len(labels), H, W, C), one image of each class id in ``labels``."""
+    labels = self.check_labels(labels)
+    images, _ = self.generate("class2img", len(labels), seed=seed, first_index=first_index,
+                              labels=labels)
+    return to_uint8(images)
+
+  def text_to_image(self, prompts, *, seed: int = 0, first_index: int = 0) -> np.ndarray:
+    """uint8 (len(prompts), H, W, C), one image per caption."""
+    self._need_text("text_to_image")
+    prompts = self._texts(prompts, "prompts")
+    text = encode_prompts(self.tokenizer, prompts, self.max_text_len)
+    images, _ = self.generate("t2i", len(prompts), seed=seed, first_index=first_index,
+                              text=text)
+    return to_uint8(images)
+
+  def caption(self, images, *, seed: int = 0, first_index: int = 0) -> list[str]:
+    """One caption per image (uint8 or [-1, 1] float (N, H, W, C), or PIL images)."""
+    self._need_text("caption")
+    x = self._images(images)
+    _, tokens = self.generate("caption", len(x), seed=seed, first_index=first_index, images=x)
+    return [self.tokenizer.decode(t) for t in tokens]
+
+  def vqa(self, images, questions, *, temperature: float | None = 0.0, seed: int = 0,
+          first_index: int = 0) -> list[str]:
+    """One answer per (image, question). ``temperature`` 0 decodes greedily (as VQA benchmarks
+    do); None samples at the config's ``sample.text_temperature``."""
+    self._need_text("vqa")
+    questions = self._texts(questions, "questions")
+    x = self._images(images, n=len(questions))
+    seqs, plens = [], []
+    for i, q in enumerate(questions):
+      ids, plen, truncated = self.tokenizer.encode_vqa(q, "", self.max_text_len)
+      warn_unknown(self.tokenizer, q, f"question {i}")
+      if truncated:
+        _log.warning("question %d is longer than max_text_len allows: only %r is used", i,
+                     self.tokenizer.decode(ids[:plen - 1]))
+      seqs.append(ids)
+      plens.append(plen)
+    plens = np.asarray(plens, np.int32)
+    sample_cfg = None
+    if temperature is not None:
+      sample_cfg = dataclasses.replace(self.run.trainer.sample_cfg,
+                                       text_temperature=float(temperature))
+    _, tokens = self.generate("vqa", len(questions), seed=seed, first_index=first_index,
+                              sample_cfg=sample_cfg, images=x, text=np.stack(seqs),
+                              prompt_len=plens)
+    return [self.tokenizer.decode(t[p:]) for t, p in zip(tokens, plens)]
+
+  def joint(self, n: int, *, seed: int = 0, first_index: int = 0):
+    """``n`` images and their captions generated together: (uint8 (n, H, W, C), list[str])."""
+    self._need_text("joint")
+    images, tokens = self.generate("joint", self._count(n), seed=seed, first_index=first_index)
+    return to_uint8(images), [self.tokenizer.decode(t) for t in tokens]
+
+  def text(self, n: int, *, seed: int = 0, first_index: int = 0) -> list[str]:
+    """``n`` captions generated without an image."""
+    self._need_text("text")
+    _, tokens = self.generate("text", self._count(n), seed=seed, first_index=first_index)
+    return [self.tokenizer.decode(t) for t in tokens]
+
+  def inpaint(self, images, mask, *, labels=None, seed: int = 0,
+              first_index: int = 0) -> np.ndarray:
+    """Regenerates each image where ``mask`` is False, keeping it where True.
+
+    Args:
+      images: (N, H, W, C) uint8 or [-1, 1] float, or PIL images.
+      mask: bool (H, W), (N, H, W) or (N, H, W, 1|C), True where the image is kept.
+      labels: optional class ids guiding the generated region (default: unconditional).
+    Returns:
+      uint8 (N, H, W, C): the given pixels where ``mask`` is True (exactly), generated ones
+      elsewhere. A latent patch is held known when all its pixels are.
+    """
+    x = self._images(images)
+    n = len(x)
+    m = np.asarray(mask, bool)
+    m = m[None, ..., None] if m.ndim == 2 else m[..., None] if m.ndim == 3 else m
+    try:
+      m = np.broadcast_to(m, x.shape).copy()
+    except ValueError:
+      raise ValueError(f"mask {np.shape(mask)} does not fit the images {x.shape}: give (H, W), "
+                       "(N, H, W) or (N, H, W, 1|C), True where the image is kept") from None
+    given = dict(images=x, image_mask=m)
+    if labels is not None:
+      given["labels"] = self.check_labels(labels)
+      if len(given["labels"]) != n:
+        raise ValueError(f"{len(given['labels'])} labels for {n} images")
+    out, _ = self.generate("inpaint", n, seed=seed, first_index=first_index, **given)
+    return to_uint8(np.where(given["image_mask"], x, out))
+
+  def infill(self, texts, *, seed: int = 0, first_index: int = 0) -> list[str]:
+    """Fills each ``[MASK]`` of each text with one generated token; the rest is kept."""
+    self._need_text("infill")
+    texts = self._texts(texts, "texts")
+    tok, T = self.tokenizer, self.max_text_len
+    seqs, masks = [], []
+    for i, t in enumerate(texts):
+      parts = t.split(MASK_WORD)
+      if len(parts) == 1:
+        raise ValueError(f"text {i} ({t!r}) has no {MASK_WORD} to fill")
+      ids, known = [], []
+      for j, part in enumerate(parts):
+        if j:
+          ids.append(tok.unk_id)      # any id: the position is generated
+          known.append(False)
+        warn_unknown(tok, part, f"text {i}")
+        piece = tok.encode(part.strip()) if part.strip() else []
+        ids += piece
+        known += [True] * len(piece)
+      if len(ids) > T - 1:
+        raise ValueError(f"text {i} needs {len(ids)} tokens and eos, more than the model's "
+                         f"max_text_len = {T}: shorten it")
+      row = np.full((T,), tok.pad_id, np.int32)
+      row[:len(ids)] = ids
+      row[len(ids)] = tok.eos_id
+      seqs.append(row)
+      masks.append(np.concatenate([known, np.ones(T - len(known), bool)]))
+    _, tokens = self.generate("text", len(texts), seed=seed, first_index=first_index,
+                              text=np.stack(seqs), text_mask=np.stack(masks))
+    return [tok.decode(t) for t in tokens]
+
+  def text_nll(self, texts, *, num_draws: int = 16, seed: int = 0):
+    """SEDD's bound on each text's negative log-likelihood (the text task, image absent).
+
+    The text's tokens and its eos count; the padding after eos is left out (as in the field's
+    perplexities of padded text). Returns (nll nats per text (n,), tokens per text incl. eos
+    (n,)); ``evaluation.perplexity.perplexity_from_elbo(nll, tokens)`` makes a perplexity (the
+    bound's, up to Monte-Carlo noise).
+    """
+    from mdm_jax import losses
+    from mdm_jax.evaluation import perplexity
+    from mdm_jax.training import sharding
+    self._need_text("text_nll")
+    texts = self._texts(texts, "texts")
+    text0 = encode_prompts(self.tokenizer, texts, self.max_text_len)
+    tokens = np.minimum(np.asarray([len(self.tokenizer.encode(t)) + 1 for t in texts]),
+                        self.max_text_len)
+    mask = np.arange(self.max_text_len)[None] < tokens[:, None]
+    trainer = self.run.trainer
+    fns = self.__dict__.setdefault("_nll_fns", {})
+    if num_draws not in fns:
+      fns[num_draws] = jax.jit(lambda v, x, m, rng: perplexity.sedd_nll_bound(
+          trainer.model.apply(v, x, rng, trainer.loss_cfg, num_draws,
+                              method=losses.text_nll_bound), m))
+    variables = {"params": self.run.state["ema"], "latent_stats": self.run.state["latent_stats"]}
+    bs, n, key, out = min(self.batch_size, len(texts)), len(texts), jax.random.PRNGKey(seed), []
+    for start in range(0, n, bs):
+      idx = np.arange(start, start + bs) % n
+      with sharding.mesh_context(trainer.mesh):
+        nll = fns[num_draws](variables, jnp.asarray(text0[idx]), jnp.asarray(mask[idx]),
+                             jax.random.fold_in(key, start))
+      out.append(np.asarray(nll)[:min(bs, n - start)])
+    return np.concatenate(out).astype(np.float64), tokens
+
+
+def load(path, *, batch_size: int | None = None, steps: int | None = None,
+         guidance: float | None = None, temperature: float | None = None) -> Pipeline:
+  """Opens a training workdir or an ``experiments.export`` folder for generation.
+
+  Args:
+    path: local or any ``etils.epath`` path (gs://...).
+    batch_size: samples per compiled call (default: the config's ``sample.num``).
+    steps, guidance, temperature: sampler settings replacing the config's (``sample.steps``,
+      ``sample.guidance``, ``sample.text_temperature``).
+  """
+  overrides = {}
+  if steps:
+    overrides["sample.steps"] = steps
+  if guidance is not None:
+    overrides["sample.guidance"] = guidance
+  if temperature is not None:
+    overrides["sample.text_temperature"] = temperature
+  return Pipeline(open_run(path, overrides), batch_size=batch_size)

@@ -1,0 +1,276 @@
+"""mdm_jax.load and its per-task methods, experiments.export, and experiments.sample at scale
+(batches, kill + resume, ADM's layout), on one `tiny` workdir trained here (~50 s of CPU).
+
+Sampling runs with 2 sampler steps in batches of 4, so each task compiles once (a few s)."""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import mdm_jax
+from mdm_jax import api
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BATCH, STEPS, SIZE = 4, 2, (8, 8, 1)
+
+
+def _env(cache):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=cache)
+  env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
+                              if "device_count" not in f)
+  return env
+
+
+def run_module(module, *args, cache, timeout=400):
+  return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=_env(cache),
+                        capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("xla_cache"))
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, cache):
+  wd = tmp_path_factory.mktemp("api") / "wd"
+  proc = run_module("experiments.train", "--config=tiny", f"--workdir={wd}", cache=cache)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return wd
+
+
+@pytest.fixture(scope="module")
+def pipe(workdir):
+  return mdm_jax.load(str(workdir), batch_size=BATCH, steps=STEPS)
+
+
+def test_load_reads_the_ema_parameters_only(pipe):
+  assert tuple(sorted(pipe.run.state)) == tuple(sorted(api.SAMPLING_KEYS))
+  assert pipe.step == 6 and pipe.num_classes == 10 and pipe.image_shape == SIZE
+  assert pipe.run.trainer.sample_cfg.steps == STEPS
+
+
+def test_class_to_image(pipe):
+  labels = [3, 1, 4, 1, 5, 9]                  # 2 batches of 4, the last padded
+  images = pipe.class_to_image(labels)
+  assert images.dtype == np.uint8 and images.shape == (6, *SIZE)
+  np.testing.assert_array_equal(pipe.class_to_image(labels), images)     # seeded
+  # Split into calls at a batch boundary with first_index: the same samples.
+  parts = np.concatenate([pipe.class_to_image(labels[:4]),
+                          pipe.class_to_image(labels[4:], first_index=4)])
+  np.testing.assert_array_equal(parts, images)
+  assert not np.array_equal(pipe.class_to_image([3] * 4), pipe.class_to_image([5] * 4))
+  assert not np.array_equal(pipe.class_to_image([3] * 4, seed=1), pipe.class_to_image([3] * 4))
+  assert len(api.to_pil(images)) == 6 and api.to_pil(images)[0].size == (8, 8)
+
+
+@pytest.mark.parametrize("labels,match", [([10], "label 10 is out of range: this run has 10"),
+                                          ([-3], "label -3 is out of range"),
+                                          ([], "non-empty"), ([1.5], "integers")])
+def test_invalid_labels_are_clear_errors(pipe, labels, match):
+  with pytest.raises((ValueError, TypeError), match=match):
+    pipe.class_to_image(np.asarray(labels, float if labels == [1.5] else int))
+
+
+def test_text_to_image_warns_what_it_kept(pipe, caplog):
+  prompts = ["seven, a handwritten digit", "two, a handwritten digit"]
+  images = pipe.text_to_image(prompts)
+  assert images.dtype == np.uint8 and images.shape == (2, *SIZE)
+  assert not np.array_equal(images[0], pipe.text_to_image(prompts[::-1])[0])
+  with caplog.at_level(logging.WARNING):
+    pipe.text_to_image(["seven " * 40 + "digit", "seven \u2603 digit"])
+  assert "only 'seven seven" in caplog.text and "max_text_len - 1 = 11" in caplog.text
+  assert "does not know, \u2603" in caplog.text and "'seven  \u2047  digit'" in caplog.text
+  with pytest.raises(ValueError, match="no prompts given"):
+    pipe.text_to_image([])
+
+
+def test_caption_and_vqa(pipe):
+  images = pipe.class_to_image([0, 1, 2, 3, 4])
+  captions = pipe.caption(images)
+  assert len(captions) == 5 and all(isinstance(c, str) for c in captions)
+  # uint8, [-1, 1] floats and PIL images are the same input.
+  assert pipe.caption(images.astype(np.float32) / 127.5 - 1) == captions
+  assert pipe.caption(api.to_pil(images)) == captions
+  answers = pipe.vqa(images, ["what digit is this?"] * 5)
+  assert len(answers) == 5 and all(isinstance(a, str) for a in answers)
+  with pytest.raises(ValueError, match="5 images for 2 inputs"):
+    pipe.vqa(images, ["what digit is this?"] * 2)
+  with pytest.raises(ValueError, match=r"images must be \(N, 8, 8, 1\)"):
+    pipe.caption(np.zeros((2, 16, 16, 1), np.uint8))
+
+
+def test_joint_and_text(pipe):
+  images, captions = pipe.joint(5)
+  assert images.dtype == np.uint8 and images.shape == (5, *SIZE) and len(captions) == 5
+  assert len(pipe.text(3)) == 3
+  with pytest.raises(ValueError, match="n=0 must be >= 1"):
+    pipe.joint(0)
+
+
+def test_inpaint_keeps_the_known_region_and_conditions_on_it(pipe):
+  images = pipe.class_to_image([0, 1, 2, 3])
+  other = images.copy()
+  other[:, :4] = 255 - other[:, :4]           # a different known (top) half
+  mask = np.zeros((8, 8), bool)
+  mask[:4] = True
+  a, b = pipe.inpaint(images, mask), pipe.inpaint(other, mask)
+  assert a.dtype == np.uint8 and a.shape == (4, *SIZE)
+  np.testing.assert_array_equal(a[:, :4], images[:, :4])
+  np.testing.assert_array_equal(b[:, :4], other[:, :4])
+  # Same seed, same noise: the generated bottom half differs only through the known half. After
+  # 6 training steps that dependence is below uint8 rounding: compare the float samples.
+  m4 = np.broadcast_to(mask[None, :, :, None], (4, *SIZE))
+  fa, _ = pipe.generate("inpaint", 4, images=images / 127.5 - 1, image_mask=m4)
+  fb, _ = pipe.generate("inpaint", 4, images=other / 127.5 - 1, image_mask=m4)
+  fc, _ = pipe.generate("inpaint", 4, images=images / 127.5 - 1, image_mask=m4)
+  np.testing.assert_array_equal(fa, fc)
+  assert np.abs(fa - fb)[:, 4:].max() > 1e-6
+  with pytest.raises(ValueError, match="does not fit the images"):
+    pipe.inpaint(images, np.zeros((5, 8), bool))
+
+
+def test_infill_keeps_the_unmasked_words(pipe):
+  texts = ["seven, a [MASK] digit", "[MASK] [MASK] handwritten digit"]
+  out = pipe.infill(texts)
+  assert len(out) == 2
+  for text, got in zip(texts, out):
+    at = 0
+    for part in (p.strip() for p in text.split("[MASK]")):
+      if part:
+        at = got.find(part, at)
+        assert at >= 0, (text, got)           # every given part, in order
+  with pytest.raises(ValueError, match=r"has no \[MASK\] to fill"):
+    pipe.infill(["seven"])
+  with pytest.raises(ValueError, match="more than the model's max_text_len = 12"):
+    pipe.infill(["seven " * 20 + "[MASK]"])
+
+
+def test_export_round_trip(pipe, workdir, tmp_path):
+  from experiments import export
+  out = tmp_path / "export"
+  result = export.export(str(workdir), str(out))
+  assert result["step"] == 6
+  assert {"checkpoints", "ema.safetensors", "config.json", "tokenizer.model"} <= set(
+      result["files"])
+  want = pipe.class_to_image([7, 2, 7, 2])
+  loaded = mdm_jax.load(str(out), batch_size=BATCH, steps=STEPS)
+  np.testing.assert_array_equal(loaded.class_to_image([7, 2, 7, 2]), want)
+  shutil.rmtree(out / "checkpoints")           # the safetensors file alone
+  loaded = mdm_jax.load(str(out), batch_size=BATCH, steps=STEPS)
+  assert loaded.step == 6
+  np.testing.assert_array_equal(loaded.class_to_image([7, 2, 7, 2]), want)
+  with pytest.raises(FileExistsError, match="is not empty"):
+    export.export(str(workdir), str(out))
+
+
+# ----------------------------------------------------------------------------- sample CLI
+def test_sample_adm_killed_and_resumed(pipe, workdir, cache, tmp_path):
+  """10 class samples in batches of 4 (3 batches), killed after 2, resumed: ADM's layout,
+  the finished batches not regenerated, the samples those of one uninterrupted call."""
+  out = tmp_path / "fid.npz"
+  args = [f"--workdir={workdir}", "--task=class", "--num=10", "--batch_size=4",
+          f"--steps={STEPS}", "--format=adm", f"--out={out}"]
+  killed = run_module("experiments.sample", *args, "--kill_after_batches=2", cache=cache)
+  assert killed.returncode == -9, killed.stderr[-3000:]
+  shards = tmp_path / "fid.shards"
+  assert sorted(os.listdir(shards)) == ["batch_000000.npz", "batch_000001.npz", "meta.json"]
+  assert "batch 2/3 | 2/3 batches done" in killed.stdout and "samples/s" in killed.stdout
+  stamps = {f: os.stat(shards / f).st_mtime_ns for f in os.listdir(shards)}
+  resumed = run_module("experiments.sample", *args, cache=cache)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "resuming: 2 of 3 batches already" in resumed.stdout
+  assert "batch 3/3" in resumed.stdout and "batch 1/3" not in resumed.stdout
+  assert all(os.stat(shards / f).st_mtime_ns == t for f, t in stamps.items())
+  with np.load(out) as f:                      # as ADM's evaluator reads it
+    assert sorted(f.files) == ["arr_0", "arr_1"]
+    arr_0, arr_1 = f["arr_0"], f["arr_1"]
+  assert arr_0.dtype == np.uint8 and arr_0.shape == (10, *SIZE)
+  np.testing.assert_array_equal(arr_1, np.arange(10) % 10)
+  # The API in this process (8 devices, not 1): the same samples up to rounding.
+  want = pipe.class_to_image(np.arange(10) % 10)
+  assert np.abs(arr_0.astype(int) - want).max() <= 2
+  changed = run_module("experiments.sample", *args[:-1], "--seed=1", f"--out={out}",
+                       cache=cache)
+  assert changed.returncode != 0 and "holds batches of a different sampling run" in (
+      changed.stderr) and "seed: 0 there, 1 now" in changed.stderr
+
+
+@pytest.mark.parametrize("flag,match", [("--label=99", "--label=99: label 99 is out of range"),
+                                        ("--label=-3", "label -3 is out of range"),
+                                        ("--num=0", "--num=0: ask for at least one sample")])
+def test_sample_refuses_bad_values_before_compiling(workdir, cache, tmp_path, flag, match):
+  proc = run_module("experiments.sample", f"--workdir={workdir}", "--task=class", flag,
+                    f"--out={tmp_path / 'x.npz'}", cache=cache)
+  assert proc.returncode != 0 and match in proc.stderr, proc.stderr[-2000:]
+  assert not os.path.exists(tmp_path / "x.shards")
+
+
+def _random_inception_weights(path):
+  """InceptionV3 weights in PyTorch's state_dict layout, random (ADM's keys and shapes)."""
+  from mdm_jax.evaluation import inception
+  rng = np.random.default_rng(0)
+  out = {}
+  for name, shape in inception.inception_weight_shapes().items():
+    if name.endswith("running_var"):
+      out[name] = rng.uniform(0.5, 1.5, shape).astype(np.float32)
+    elif name.endswith("conv.weight"):
+      out[name] = (rng.normal(size=shape) / np.sqrt(np.prod(shape[1:]))).astype(np.float32)
+    else:
+      out[name] = (0.1 * rng.normal(size=shape)).astype(np.float32)
+  np.savez(path, **out)
+
+
+def test_evaluate_against_an_adm_reference_batch(workdir, cache, tmp_path):
+  """The reference batch scored against itself: FID ~0, precision = recall = 1."""
+  import json
+  from data import digits
+  x, _ = digits.load("test")
+  ref = tmp_path / "ref.npz"
+  np.savez(ref, arr_0=x[:16, ..., None])          # ADM's key, uint8 NHWC
+  weights = tmp_path / "pt_inception.npz"
+  _random_inception_weights(weights)
+  proc = run_module("experiments.evaluate", f"--workdir={workdir}", "--per_class=1",
+                    "--num_heldout=4", "--batch=4", f"--steps={STEPS}", f"--ref_batch={ref}",
+                    f"--inception_weights={weights}", f"--samples={ref}", cache=cache)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads((workdir / "eval.json").read_text())
+  assert abs(result["fid"]) < 1e-3, result["fid"]
+  assert result["precision_inception"] == 1.0 and result["recall_inception"] == 1.0
+  assert result["num_samples"] == result["num_reference"] == 16
+  assert np.isfinite(result["inception_score"]) and result["inception_score"] >= 1.0 - 1e-6
+  assert "| fid |" in proc.stdout and "| caption_accuracy |" in proc.stdout
+  # The digits metrics as before, plus the held-out captions' likelihood.
+  assert result["text_perplexity"] > 1.0 and result["text_bits_per_token"] > 0
+  assert abs(2 ** result["text_bits_per_token"] - result["text_perplexity"]) < 1e-6 * (
+      result["text_perplexity"])
+  assert "| text_perplexity |" in proc.stdout
+
+
+def test_text_nll(pipe):
+  from mdm_jax.evaluation import perplexity
+  texts = ["seven, a handwritten digit", "two", "zero, number zero", "one", "five"]
+  nll, tokens = pipe.text_nll(texts, num_draws=4)
+  assert nll.shape == (5,) and np.all(np.isfinite(nll)) and np.all(nll > 0)
+  np.testing.assert_array_equal(tokens, [len(pipe.tokenizer.encode(t)) + 1 for t in texts])
+  np.testing.assert_array_equal(pipe.text_nll(texts, num_draws=4)[0], nll)     # seeded
+  # Batches of 4: the first batch's bounds do not depend on the texts after it.
+  alone, _ = pipe.text_nll(texts[:4], num_draws=4)
+  np.testing.assert_allclose(alone, nll[:4], rtol=1e-5)
+  assert perplexity.perplexity_from_elbo(nll, tokens) > 1.0
+
+
+def test_import_mdm_jax_stays_light():
+  """`import mdm_jax` loads neither the API nor the data stack (load imports them)."""
+  code = ("import sys, mdm_jax; assert callable(mdm_jax.load); "
+          "print(sorted(m for m in ('mdm_jax.api', 'data', 'sentencepiece', 'grain', 'jax') "
+          "if m in sys.modules))")
+  proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                        timeout=120)
+  assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stderr[-2000:]
