@@ -19,7 +19,11 @@ Implementations:
     attention-like product inside each chunk, one state per chunk, a short recurrence over
     chunk states, and a state-to-output product. All arithmetic in float32 (dt, cumulative
     sums and states always; bf16 inputs are upcast), masking before ``exp`` so the backward
-    pass never sees ``0 * inf``.
+    pass never sees ``0 * inf``. Its backward is hand-derived (``jax.custom_vjp``, the same
+    derivation as the Pallas kernel's ``chunk_backward``): the forward keeps only the state
+    entering each chunk, and the backward walks the chunks in reverse for the state cotangent
+    and recomputes everything inside a chunk. Reverse mode only (as ``"pallas"``); forward-mode
+    (``jax.jvp``, ``jax.jacfwd``) needs ``"scan"``.
   * ``"pallas"``: the Pallas kernel in ``pallas_kernels.ssd`` (same contract), partitioned over
     the current device mesh with ``shard_map`` (batch and heads; see ``mdm_jax.ssm.kernel``).
   * ``"auto"``: ``"pallas"`` on TPU/GPU, ``"xla"`` on CPU.
@@ -30,6 +34,7 @@ state is exact. Every array argument is differentiable.
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import jax
@@ -66,61 +71,179 @@ def ssd_scan(x, dt, A, B, C, initial_state=None):
   return jnp.moveaxis(ys, 0, 1).astype(x.dtype), h_last
 
 
-def ssd_chunked(x, dt, A, B, C, initial_state=None, *, chunk_size=64):
-  """Chunked SSD in pure jnp (see module docstring). Cost O(l * chunk_size) per head."""
-  b, l, h, p, g, n = check_shapes(x, dt, A, B, C, initial_state)
-  if chunk_size < 1:
-    raise ValueError(f"ssd: chunk_size must be >= 1, got {chunk_size}")
-  r = h // g
-  q = chunk_size
-  f32 = jnp.float32
-  pad = (-l) % q
+def _to_chunks(x, dt, A, B, C, q):
+  """Pads the length to a multiple of ``q`` (dt = 0: decay 1, no input) and lays the inputs out
+  per chunk, heads split as (group, heads-per-group), in float32::
+
+      x (b, c, g, r, q, p)   dt (b, c, g, r, q)   A (g, r)   B, C (b, c, g, q, n)
+  """
+  g = B.shape[2]
+  pad = (-x.shape[1]) % q
   if pad:
-    # dt = 0 on padding: decay 1 and zero input, so states pass through unchanged.
     x = jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0)))
     dt = jnp.pad(dt, ((0, 0), (0, pad), (0, 0)))
     B = jnp.pad(B, ((0, 0), (0, pad), (0, 0), (0, 0)))
     C = jnp.pad(C, ((0, 0), (0, pad), (0, 0), (0, 0)))
-  # Heads split as (group, heads-per-group) so C.B^T is formed once per group, not per head.
-  xc = rearrange(x.astype(f32), "b (c q) (g r) p -> b c q g r p", q=q, g=g)
-  dtc = rearrange(dt.astype(f32), "b (c q) (g r) -> b c g r q", q=q, g=g)
-  Bc = rearrange(B.astype(f32), "b (c q) g n -> b c q g n", q=q)
-  Cc = rearrange(C.astype(f32), "b (c q) g n -> b c q g n", q=q)
-  Ag = rearrange(A.astype(f32), "(g r) -> g r", g=g)
+  f32 = jnp.float32
+  return (rearrange(x.astype(f32), "b (c q) (g r) p -> b c g r q p", q=q, g=g),
+          rearrange(dt.astype(f32), "b (c q) (g r) -> b c g r q", q=q, g=g),
+          rearrange(A.astype(f32), "(g r) -> g r", g=g),
+          rearrange(B.astype(f32), "b (c q) g n -> b c g q n", q=q),
+          rearrange(C.astype(f32), "b (c q) g n -> b c g q n", q=q))
 
-  a = dtc * Ag[:, :, None]                   # (b, c, g, r, q)  log-decay per step
-  acum = jnp.cumsum(a, axis=-1)              # inclusive cumulative log-decay in the chunk
-  xdt = xc * rearrange(dtc, "b c g r q -> b c q g r")[..., None]  # dt_s * x_s
 
-  # 1. Intra-chunk (diagonal blocks): y[t] = sum_{s<=t} exp(acum_t - acum_s) (C_t.B_s) dt_s x_s.
+def _chunk_decays(dtc, Ag):
+  """Per-chunk log-decays and the decay factors built from them.
+
+  Returns acum (b, c, g, r, q) (inclusive cumulative log-decay), the masked intra-chunk decay
+  ``exp(acum_t - acum_s)`` for t >= s else 0 (b, c, g, r, q, q), e_in = exp(acum) and
+  e_out = exp(total - acum) (b, c, g, r, q), and exp(total) (b, c, g, r). Every exponent is
+  <= 0 (A < 0, dt >= 0).
+  """
+  q = dtc.shape[-1]
+  acum = jnp.cumsum(dtc * Ag[:, :, None], axis=-1)
+  total = acum[..., -1]
   causal = jnp.tril(jnp.ones((q, q), dtype=bool))
-  seg = acum[..., :, None] - acum[..., None, :]                  # (b, c, g, r, t, s)
-  decay = jnp.exp(jnp.where(causal, seg, -jnp.inf))              # mask *before* exp
-  cb = jnp.einsum("bctgn,bcsgn->bcgts", Cc, Bc)                  # once per group
-  y = jnp.einsum("bcgts,bcgrts,bcsgrp->bctgrp", cb, decay, xdt)
+  # Mask *before* exp: above the diagonal the segment sum is positive (would overflow) and
+  # must contribute exactly zero to every cotangent.
+  decay = jnp.exp(jnp.where(causal, acum[..., :, None] - acum[..., None, :], -jnp.inf))
+  return acum, decay, jnp.exp(acum), jnp.exp(total[..., None] - acum), jnp.exp(total)
 
-  # 2. State contributed by each chunk alone (decayed to the chunk's end).
-  decay_to_end = jnp.exp(acum[..., -1:] - acum)                  # (b, c, g, r, q)
-  chunk_states = jnp.einsum("bcsgn,bcgrs,bcsgrp->bcgrpn", Bc, decay_to_end, xdt)
 
-  # 3. Inter-chunk recurrence over chunk states (c sequential steps of a (b,h,p,n) update).
-  chunk_decay = jnp.exp(acum[..., -1])                           # (b, c, g, r)
-  h0 = (jnp.zeros((b, g, r, p, n), f32) if initial_state is None
-        else rearrange(initial_state.astype(f32), "b (g r) p n -> b g r p n", g=g))
+def _chunked_forward(x, dt, A, B, C, h0, q):
+  """The chunked forward in the layout of ``_to_chunks``.
+
+  Returns y (b, l, h, p) float32, h_last (b, h, p, n) and the state entering each chunk,
+  (b, c, g, r, p, n), which is all the backward keeps besides the inputs.
+  """
+  b, l, h, p = x.shape
+  g = B.shape[2]
+  xc, dtc, Ag, Bc, Cc = _to_chunks(x, dt, A, B, C, q)
+  _, decay, e_in, e_out, e_total = _chunk_decays(dtc, Ag)
+  xdt = xc * dtc[..., None]                                       # dt_s x_s
+  cb = jnp.einsum("bcgtn,bcgsn->bcgts", Cc, Bc)                   # once per group
+  # 1. Intra-chunk: y_t = sum_{s<=t} exp(acum_t - acum_s) (C_t . B_s) dt_s x_s.
+  y = jnp.einsum("bcgrts,bcgrsp->bcgrtp", cb[:, :, :, None] * decay, xdt)
+  # 2. The state each chunk adds on its own, decayed to the chunk's end.
+  states = jnp.einsum("bcgrsp,bcgsn->bcgrpn", xdt * e_out[..., None], Bc)
+  # 3. Inter-chunk recurrence (c sequential steps of a (b, h, p, n) update).
+  h0 = rearrange(h0.astype(jnp.float32), "b (g r) p n -> b g r p n", g=g)
 
   def pass_state(state, inp):
     s_c, d_c = inp
     return d_c[..., None, None] * state + s_c, state  # emit the state *entering* chunk c
 
   h_last, entering = jax.lax.scan(
-      pass_state, h0, (jnp.moveaxis(chunk_states, 1, 0), jnp.moveaxis(chunk_decay, 1, 0)))
-  entering = jnp.moveaxis(entering, 0, 1)                        # (b, c, g, r, p, n)
+      pass_state, h0, (jnp.moveaxis(states, 1, 0), jnp.moveaxis(e_total, 1, 0)))
+  entering = jnp.moveaxis(entering, 0, 1)                         # (b, c, g, r, p, n)
+  # 4. State-to-output: y_t += exp(acum_t) h_entering C_t.
+  y = y + e_in[..., None] * jnp.einsum("bcgtn,bcgrpn->bcgrtp", Cc, entering)
+  y = rearrange(y, "b c g r t p -> b (c t) (g r) p")[:, :l]
+  return y, rearrange(h_last, "b g r p n -> b (g r) p n"), entering
 
-  # 4. State-to-output: y[t] += exp(acum_t) C_t . h_entering.
-  y = y + jnp.einsum("bctgn,bcgrt,bcgrpn->bctgrp", Cc, jnp.exp(acum), entering)
 
-  y = rearrange(y, "b c t g r p -> b (c t) (g r) p")[:, :l]
-  return y.astype(x.dtype), rearrange(h_last, "b g r p n -> b (g r) p n")
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _chunked(x, dt, A, B, C, h0, q):
+  y, h_last, _ = _chunked_forward(x, dt, A, B, C, h0, q)
+  return y.astype(x.dtype), h_last
+
+
+def _chunked_fwd(x, dt, A, B, C, h0, q):
+  y, h_last, entering = _chunked_forward(x, dt, A, B, C, h0, q)
+  return (y.astype(x.dtype), h_last), (x, dt, A, B, C, entering)
+
+
+def _chunked_bwd(q, residuals, cotangents):
+  """Reverse pass: a reverse walk over chunks carries the state cotangent, then everything
+  inside a chunk is recomputed from the inputs and the chunk's entering state.
+
+  Per chunk (one head; xdt_s = dt_s x_s, cb_ts = C_t . B_s, L_ts the masked decay, h the
+  entering state, dh the cotangent of the leaving state, dy that of y)::
+
+      m_ts   = L_ts (dy_t . xdt_s)
+      dxdt_s = sum_t L_ts cb_ts dy_t + e_out_s dh B_s
+      dC_t   = sum_s m_ts B_s + e_in_t h^T dy_t
+      dB_s   = sum_t m_ts C_t + e_out_s dh^T xdt_s
+      dh_in  = e_total dh + sum_t e_in_t outer(dy_t, C_t)
+      dacum_t = sum_s m_ts cb_ts - sum_u m_ut cb_ut + e_in_t dy_t . (h C_t)
+                - e_out_t xdt_t . (dh B_t)
+      dtotal = e_total <dh, h> + sum_t e_out_t xdt_t . (dh B_t)
+      da_u   = sum_{t>=u} dacum_t + dtotal          (a = dt A: ddt += da A, dA += sum da dt)
+
+  dB and dC of a group also sum over the group's heads.
+  """
+  x, dt, A, B, C, entering = residuals
+  dy, dh_last = cotangents
+  b, l, h, p = x.shape
+  g, n = B.shape[2], B.shape[3]
+  xc, dtc, Ag, Bc, Cc = _to_chunks(x, dt, A, B, C, q)
+  dyc = _to_chunks(dy, dt, A, B, C, q)[0]
+  acum, decay, e_in, e_out, e_total = _chunk_decays(dtc, Ag)
+  del acum
+  xdt = xc * dtc[..., None]
+  cb = jnp.einsum("bcgtn,bcgsn->bcgts", Cc, Bc)
+  dy_in = dyc * e_in[..., None]                                   # e_in_t dy_t
+
+  # Cotangent of the state leaving each chunk: reverse recurrence dS_{c-1} = e_total_c dS_c
+  # + sum_t e_in_t outer(dy_t, C_t) (the state-to-output term of chunk c).
+  from_y = jnp.einsum("bcgrtp,bcgtn->bcgrpn", dy_in, Cc)
+  dh_last = rearrange(dh_last.astype(jnp.float32), "b (g r) p n -> b g r p n", g=g)
+
+  def pass_cotangent(d, inp):
+    f_c, e_c = inp
+    return e_c[..., None, None] * d + f_c, d  # emit the cotangent of the state *leaving* c
+
+  dh0, dleave = jax.lax.scan(
+      pass_cotangent, dh_last, (jnp.moveaxis(from_y, 1, 0), jnp.moveaxis(e_total, 1, 0)),
+      reverse=True)
+  dleave = jnp.moveaxis(dleave, 0, 1)                             # (b, c, g, r, p, n)
+
+  m = jnp.einsum("bcgrtp,bcgrsp->bcgrts", dyc, xdt) * decay
+  mcb = m * cb[:, :, :, None]                                     # d(acum_t - acum_s)
+  dh_b = jnp.einsum("bcgsn,bcgrpn->bcgrsp", Bc, dleave)           # dh B_s
+  hc = jnp.einsum("bcgtn,bcgrpn->bcgrtp", Cc, entering)           # h C_t
+  dxdt = (jnp.einsum("bcgrts,bcgrtp->bcgrsp", cb[:, :, :, None] * decay, dyc)
+          + e_out[..., None] * dh_b)
+  xdt_out = xdt * e_out[..., None]
+  dC = (jnp.einsum("bcgrts,bcgsn->bcgtn", m, Bc)
+        + jnp.einsum("bcgrtp,bcgrpn->bcgtn", dy_in, entering))
+  dB = (jnp.einsum("bcgrts,bcgtn->bcgsn", m, Cc)
+        + jnp.einsum("bcgrsp,bcgrpn->bcgsn", xdt_out, dleave))
+
+  to_state = jnp.sum(xdt_out * dh_b, axis=-1)                     # (b, c, g, r, q)
+  dacum = (jnp.sum(mcb, axis=-1) - jnp.sum(mcb, axis=-2)
+           + jnp.sum(dy_in * hc, axis=-1) - to_state)
+  dtotal = (e_total * jnp.sum(dleave * entering, axis=(-2, -1))
+            + jnp.sum(to_state, axis=-1))                         # (b, c, g, r)
+  # acum is an inclusive cumsum of a: a_u feeds every acum_t with t >= u, and the total.
+  da = jnp.flip(jnp.cumsum(jnp.flip(dacum, -1), axis=-1), -1) + dtotal[..., None]
+  ddt = jnp.sum(dxdt * xc, axis=-1) + da * Ag[:, :, None]
+  dA = rearrange(jnp.sum(da * dtc, axis=(0, 1, 4)), "g r -> (g r)")
+
+  dx = rearrange(dxdt * dtc[..., None], "b c g r q p -> b (c q) (g r) p")[:, :l]
+  ddt = rearrange(ddt, "b c g r q -> b (c q) (g r)")[:, :l]
+  dB = rearrange(dB, "b c g q n -> b (c q) g n")[:, :l]
+  dC = rearrange(dC, "b c g q n -> b (c q) g n")[:, :l]
+  dh0 = rearrange(dh0, "b g r p n -> b (g r) p n")
+  return (dx.astype(x.dtype), ddt.astype(dt.dtype), dA.astype(A.dtype), dB.astype(B.dtype),
+          dC.astype(C.dtype), dh0)
+
+
+_chunked.defvjp(_chunked_fwd, _chunked_bwd)
+
+
+def ssd_chunked(x, dt, A, B, C, initial_state=None, *, chunk_size=64):
+  """Chunked SSD in pure jnp with a hand-derived backward (see module docstring).
+
+  Cost O(l * chunk_size) per head. A sequence shorter than ``chunk_size`` is one chunk of its
+  own length (the same computation, without the padding).
+  """
+  b, l, h, p, g, n = check_shapes(x, dt, A, B, C, initial_state)
+  if chunk_size < 1:
+    raise ValueError(f"ssd: chunk_size must be >= 1, got {chunk_size}")
+  h0 = (jnp.zeros((b, h, p, n), jnp.float32) if initial_state is None
+        else initial_state.astype(jnp.float32))
+  return _chunked(x, dt, A, B, C, h0, max(1, min(chunk_size, l)))
 
 
 def resolve_impl(impl: str, backend: Optional[str] = None) -> str:
