@@ -73,9 +73,12 @@ def ssd_scan(x, dt, A, B, C, initial_state=None):
 
 def _to_chunks(x, dt, A, B, C, q):
   """Pads the length to a multiple of ``q`` (dt = 0: decay 1, no input) and lays the inputs out
-  per chunk, heads split as (group, heads-per-group), in float32::
+  per chunk in float32, heads split as (group, heads-per-group)::
 
-      x (b, c, g, r, q, p)   dt (b, c, g, r, q)   A (g, r)   B, C (b, c, g, q, n)
+      x (b, c, g, q, r, p)   dt (b, c, g, r, q)   A (g, r)   B, C (b, c, g, q, n)
+
+  x keeps its heads next to the head dim (for one group, a plain reshape), so that products
+  with B, C and the states are single (q, n) x (n, r * p) matmuls per chunk.
   """
   g = B.shape[2]
   pad = (-x.shape[1]) % q
@@ -85,7 +88,7 @@ def _to_chunks(x, dt, A, B, C, q):
     B = jnp.pad(B, ((0, 0), (0, pad), (0, 0), (0, 0)))
     C = jnp.pad(C, ((0, 0), (0, pad), (0, 0), (0, 0)))
   f32 = jnp.float32
-  return (rearrange(x.astype(f32), "b (c q) (g r) p -> b c g r q p", q=q, g=g),
+  return (rearrange(x.astype(f32), "b (c q) (g r) p -> b c g q r p", q=q, g=g),
           rearrange(dt.astype(f32), "b (c q) (g r) -> b c g r q", q=q, g=g),
           rearrange(A.astype(f32), "(g r) -> g r", g=g),
           rearrange(B.astype(f32), "b (c q) g n -> b c g q n", q=q),
@@ -93,53 +96,54 @@ def _to_chunks(x, dt, A, B, C, q):
 
 
 def _chunk_decays(dtc, Ag):
-  """Per-chunk log-decays and the decay factors built from them.
+  """Per-chunk decay factors from the log-decays ``a = dt * A``.
 
-  Returns acum (b, c, g, r, q) (inclusive cumulative log-decay), the masked intra-chunk decay
-  ``exp(acum_t - acum_s)`` for t >= s else 0 (b, c, g, r, q, q), e_in = exp(acum) and
-  e_out = exp(total - acum) (b, c, g, r, q), and exp(total) (b, c, g, r). Every exponent is
-  <= 0 (A < 0, dt >= 0).
+  Returns the masked intra-chunk decay ``exp(acum_t - acum_s)`` for t >= s else 0
+  (b, c, g, r, q, q) with acum the inclusive cumulative log-decay, e_in = exp(acum) and
+  e_out = exp(total - acum) as (b, c, g, q, r, 1) columns, and exp(total) (b, c, g, r). Every
+  exponent is <= 0 (A < 0, dt >= 0).
   """
   q = dtc.shape[-1]
   acum = jnp.cumsum(dtc * Ag[:, :, None], axis=-1)
-  total = acum[..., -1]
+  total = acum[..., -1:]
   causal = jnp.tril(jnp.ones((q, q), dtype=bool))
   # Mask *before* exp: above the diagonal the segment sum is positive (would overflow) and
   # must contribute exactly zero to every cotangent.
   decay = jnp.exp(jnp.where(causal, acum[..., :, None] - acum[..., None, :], -jnp.inf))
-  return acum, decay, jnp.exp(acum), jnp.exp(total[..., None] - acum), jnp.exp(total)
+  col = lambda v: rearrange(v, "b c g r q -> b c g q r")[..., None]
+  return decay, col(jnp.exp(acum)), col(jnp.exp(total - acum)), jnp.exp(total[..., 0])
 
 
 def _chunked_forward(x, dt, A, B, C, h0, q):
   """The chunked forward in the layout of ``_to_chunks``.
 
-  Returns y (b, l, h, p) float32, h_last (b, h, p, n) and the state entering each chunk,
-  (b, c, g, r, p, n), which is all the backward keeps besides the inputs.
+  Returns y (b, l, h, p) float32, h_last (b, h, p, n) and the state entering each chunk as
+  (b, c, g, n, r, p), which is all the backward keeps besides the inputs.
   """
-  b, l, h, p = x.shape
+  l = x.shape[1]
   g = B.shape[2]
   xc, dtc, Ag, Bc, Cc = _to_chunks(x, dt, A, B, C, q)
-  _, decay, e_in, e_out, e_total = _chunk_decays(dtc, Ag)
-  xdt = xc * dtc[..., None]                                       # dt_s x_s
-  cb = jnp.einsum("bcgtn,bcgsn->bcgts", Cc, Bc)                   # once per group
+  decay, e_in, e_out, e_total = _chunk_decays(dtc, Ag)
+  xdt = xc * rearrange(dtc, "b c g r q -> b c g q r")[..., None]   # dt_s x_s
+  cb = jnp.einsum("bcgtn,bcgsn->bcgts", Cc, Bc)                      # once per group
   # 1. Intra-chunk: y_t = sum_{s<=t} exp(acum_t - acum_s) (C_t . B_s) dt_s x_s.
-  y = jnp.einsum("bcgrts,bcgrsp->bcgrtp", cb[:, :, :, None] * decay, xdt)
+  y = jnp.einsum("bcgrts,bcgsrp->bcgtrp", cb[:, :, :, None] * decay, xdt)
   # 2. The state each chunk adds on its own, decayed to the chunk's end.
-  states = jnp.einsum("bcgrsp,bcgsn->bcgrpn", xdt * e_out[..., None], Bc)
+  states = jnp.einsum("bcgsn,bcgsrp->bcgnrp", Bc, xdt * e_out)
   # 3. Inter-chunk recurrence (c sequential steps of a (b, h, p, n) update).
-  h0 = rearrange(h0.astype(jnp.float32), "b (g r) p n -> b g r p n", g=g)
+  h0 = rearrange(h0.astype(jnp.float32), "b (g r) p n -> b g n r p", g=g)
 
   def pass_state(state, inp):
     s_c, d_c = inp
-    return d_c[..., None, None] * state + s_c, state  # emit the state *entering* chunk c
+    return d_c[:, :, None, :, None] * state + s_c, state  # emit the state *entering* chunk c
 
   h_last, entering = jax.lax.scan(
       pass_state, h0, (jnp.moveaxis(states, 1, 0), jnp.moveaxis(e_total, 1, 0)))
-  entering = jnp.moveaxis(entering, 0, 1)                         # (b, c, g, r, p, n)
+  entering = jnp.moveaxis(entering, 0, 1)                           # (b, c, g, n, r, p)
   # 4. State-to-output: y_t += exp(acum_t) h_entering C_t.
-  y = y + e_in[..., None] * jnp.einsum("bcgtn,bcgrpn->bcgrtp", Cc, entering)
-  y = rearrange(y, "b c g r t p -> b (c t) (g r) p")[:, :l]
-  return y, rearrange(h_last, "b g r p n -> b (g r) p n"), entering
+  y = y + e_in * jnp.einsum("bcgtn,bcgnrp->bcgtrp", Cc, entering)
+  y = rearrange(y, "b c g t r p -> b (c t) (g r) p")[:, :l]
+  return y, rearrange(h_last, "b g n r p -> b (g r) p n"), entering
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
@@ -174,57 +178,60 @@ def _chunked_bwd(q, residuals, cotangents):
   """
   x, dt, A, B, C, entering = residuals
   dy, dh_last = cotangents
-  b, l, h, p = x.shape
-  g, n = B.shape[2], B.shape[3]
+  l = x.shape[1]
+  g = B.shape[2]
   xc, dtc, Ag, Bc, Cc = _to_chunks(x, dt, A, B, C, q)
   dyc = _to_chunks(dy, dt, A, B, C, q)[0]
-  acum, decay, e_in, e_out, e_total = _chunk_decays(dtc, Ag)
-  del acum
-  xdt = xc * dtc[..., None]
+  decay, e_in, e_out, e_total = _chunk_decays(dtc, Ag)
+  dt_col = rearrange(dtc, "b c g r q -> b c g q r")[..., None]
+  xdt = xc * dt_col
+  xdt_out = xdt * e_out
+  dy_in = dyc * e_in                                                # e_in_t dy_t
   cb = jnp.einsum("bcgtn,bcgsn->bcgts", Cc, Bc)
-  dy_in = dyc * e_in[..., None]                                   # e_in_t dy_t
 
   # Cotangent of the state leaving each chunk: reverse recurrence dS_{c-1} = e_total_c dS_c
   # + sum_t e_in_t outer(dy_t, C_t) (the state-to-output term of chunk c).
-  from_y = jnp.einsum("bcgrtp,bcgtn->bcgrpn", dy_in, Cc)
-  dh_last = rearrange(dh_last.astype(jnp.float32), "b (g r) p n -> b g r p n", g=g)
+  from_y = jnp.einsum("bcgtn,bcgtrp->bcgnrp", Cc, dy_in)
+  dh_last = rearrange(dh_last.astype(jnp.float32), "b (g r) p n -> b g n r p", g=g)
 
   def pass_cotangent(d, inp):
     f_c, e_c = inp
-    return e_c[..., None, None] * d + f_c, d  # emit the cotangent of the state *leaving* c
+    return e_c[:, :, None, :, None] * d + f_c, d  # emit the cotangent of the state *leaving* c
 
   dh0, dleave = jax.lax.scan(
       pass_cotangent, dh_last, (jnp.moveaxis(from_y, 1, 0), jnp.moveaxis(e_total, 1, 0)),
       reverse=True)
-  dleave = jnp.moveaxis(dleave, 0, 1)                             # (b, c, g, r, p, n)
+  dleave = jnp.moveaxis(dleave, 0, 1)                               # (b, c, g, n, r, p)
 
-  m = jnp.einsum("bcgrtp,bcgrsp->bcgrts", dyc, xdt) * decay
-  mcb = m * cb[:, :, :, None]                                     # d(acum_t - acum_s)
-  dh_b = jnp.einsum("bcgsn,bcgrpn->bcgrsp", Bc, dleave)           # dh B_s
-  hc = jnp.einsum("bcgtn,bcgrpn->bcgrtp", Cc, entering)           # h C_t
-  dxdt = (jnp.einsum("bcgrts,bcgrtp->bcgrsp", cb[:, :, :, None] * decay, dyc)
-          + e_out[..., None] * dh_b)
-  xdt_out = xdt * e_out[..., None]
+  m = jnp.einsum("bcgtrp,bcgsrp->bcgrts", dyc, xdt) * decay
+  mcb = jax.lax.optimization_barrier(m * cb[:, :, :, None])        # d(acum_t - acum_s)
+  dh_b = jnp.einsum("bcgsn,bcgnrp->bcgsrp", Bc, dleave)             # dh B_s
+  hc = jnp.einsum("bcgtn,bcgnrp->bcgtrp", Cc, entering)             # h C_t
+  dxdt = jnp.einsum("bcgrts,bcgtrp->bcgsrp", cb[:, :, :, None] * decay, dyc) + e_out * dh_b
   dC = (jnp.einsum("bcgrts,bcgsn->bcgtn", m, Bc)
-        + jnp.einsum("bcgrtp,bcgrpn->bcgtn", dy_in, entering))
+        + jnp.einsum("bcgtrp,bcgnrp->bcgtn", dy_in, entering))
   dB = (jnp.einsum("bcgrts,bcgtn->bcgsn", m, Cc)
-        + jnp.einsum("bcgrsp,bcgrpn->bcgsn", xdt_out, dleave))
+        + jnp.einsum("bcgsrp,bcgnrp->bcgsn", xdt_out, dleave))
 
-  to_state = jnp.sum(xdt_out * dh_b, axis=-1)                     # (b, c, g, r, q)
-  dacum = (jnp.sum(mcb, axis=-1) - jnp.sum(mcb, axis=-2)
-           + jnp.sum(dy_in * hc, axis=-1) - to_state)
-  dtotal = (e_total * jnp.sum(dleave * entering, axis=(-2, -1))
-            + jnp.sum(to_state, axis=-1))                         # (b, c, g, r)
+  row = lambda v: rearrange(v, "b c g q r -> b c g r q")
+  # Sums over p as matrix-vector products: XLA's CPU reductions of a fused product over the
+  # minor axis are several times slower.
+  ones_p = jnp.ones((xc.shape[-1],), jnp.float32)
+  psum = lambda a, b: row((a * b) @ ones_p)
+  to_state = psum(xdt_out, dh_b)                                    # (b, c, g, r, q)
+  dacum = (jnp.sum(mcb, axis=-1) - jnp.sum(mcb, axis=-2) + psum(dy_in, hc) - to_state)
+  dtotal = (e_total * jnp.sum(dleave * entering, axis=(-3, -1))
+            + jnp.sum(to_state, axis=-1))                           # (b, c, g, r)
   # acum is an inclusive cumsum of a: a_u feeds every acum_t with t >= u, and the total.
   da = jnp.flip(jnp.cumsum(jnp.flip(dacum, -1), axis=-1), -1) + dtotal[..., None]
-  ddt = jnp.sum(dxdt * xc, axis=-1) + da * Ag[:, :, None]
+  ddt = psum(dxdt, xc) + da * Ag[:, :, None]
   dA = rearrange(jnp.sum(da * dtc, axis=(0, 1, 4)), "g r -> (g r)")
 
-  dx = rearrange(dxdt * dtc[..., None], "b c g r q p -> b (c q) (g r) p")[:, :l]
+  dx = rearrange(dxdt * dt_col, "b c g q r p -> b (c q) (g r) p")[:, :l]
   ddt = rearrange(ddt, "b c g r q -> b (c q) (g r)")[:, :l]
   dB = rearrange(dB, "b c g q n -> b (c q) g n")[:, :l]
   dC = rearrange(dC, "b c g q n -> b (c q) g n")[:, :l]
-  dh0 = rearrange(dh0, "b g r p n -> b (g r) p n")
+  dh0 = rearrange(dh0, "b g n r p -> b (g r) p n")
   return (dx.astype(x.dtype), ddt.astype(dt.dtype), dA.astype(A.dtype), dB.astype(B.dtype),
           dC.astype(C.dtype), dh0)
 
