@@ -132,7 +132,8 @@ def peer_source(peer_file=None) -> str:
     tarballs = [f for f in os.listdir(tmp) if f.endswith(".tar.gz")]
     if proc.returncode or not tarballs:
       raise app.UsageError(
-          "--peer: could not download the mamba-ssm sdist with `" + " ".join(cmd[2:]) + "` ("
+          "--peer: could not download the mamba-ssm sdist with `" + " ".join(cmd[2:]) + "` "
+          "(preparing its metadata needs torch, setuptools and wheel importable: "
           + proc.stderr.strip()[-500:] + "); pass --peer_file=PATH/" + PEER_PATH + " instead")
     with tarfile.open(os.path.join(tmp, tarballs[0])) as tar:
       members = [m for m in tar.getmembers() if m.name.endswith(PEER_PATH)]
@@ -141,18 +142,22 @@ def peer_source(peer_file=None) -> str:
       return tar.extractfile(members[0]).read().decode()
 
 
-def load_peer(source: str):
-  """``ssd_minimal_discrete`` from the source of ``ssd_minimal.py``.
-
-  Its module imports the Triton kernels of mamba_ssm (used only by its own test), which are
-  replaced by a stub while it is executed.
-  """
+def check_peer_deps():
   try:
     import torch  # pylint: disable=g-import-not-at-top,unused-import
     import einops  # pylint: disable=g-import-not-at-top,unused-import
   except ImportError as e:
     raise app.UsageError(f"--peer needs torch and einops ({e}); e.g. `pip install torch einops`"
                          " in a virtual environment") from e
+
+
+def load_peer(source: str):
+  """``ssd_minimal_discrete`` from the source of ``ssd_minimal.py``.
+
+  Its module imports the Triton kernels of mamba_ssm (used only by its own test), which are
+  replaced by a stub while it is executed.
+  """
+  check_peer_deps()
   stubs = {}
   for name in ("mamba_ssm", "mamba_ssm.ops", "mamba_ssm.ops.triton",
                "mamba_ssm.ops.triton.ssd_combined"):
@@ -206,6 +211,8 @@ def time_peer(peer, x, dt, A, B, C, chunk: int, *, warmup: int, repeats: int) ->
 
 
 def bench_ssd():
+  if FLAGS.peer:
+    check_peer_deps()  # before downloading anything
   peer = load_peer(peer_source(FLAGS.peer_file)) if FLAGS.peer else None
   if peer and FLAGS.dtype != "float32":
     raise app.UsageError("--peer runs in float32 only; drop --dtype or use --dtype=float32")
