@@ -226,7 +226,7 @@ def _block_plan(l, q, block_tokens):
   """(blocks, padded length): blocks of whole chunks of at most ``block_tokens`` tokens (at
   least one chunk), as even as possible so that padding stays under one chunk per block."""
   chunks = -(-l // q)
-  nb = -(-chunks // max(1, block_tokens // q))
+  nb = max(1, -(-chunks // max(1, block_tokens // q)))
   return nb, nb * -(-chunks // nb) * q
 
 
