@@ -30,8 +30,8 @@ Implementations:
     the current device mesh with ``shard_map`` (batch and heads; see ``mdm_jax.ssm.kernel``).
   * ``"auto"``: ``"pallas"`` on TPU/GPU, ``"xla"`` on CPU.
 
-Any length works: the sequence is padded inside to a multiple of the chunk size with
-``dt = 0``, which leaves the state untouched (decay ``exp(0) = 1``, input ``0``), so the final
+Any length works: the sequence is padded inside to whole chunks (for ``"xla"``, to its blocks
+of whole chunks) with ``dt = 0``, which leaves the state untouched (decay ``exp(0) = 1``, input ``0``), so the final
 state is exact. Every array argument is differentiable.
 """
 from __future__ import annotations
