@@ -1,9 +1,10 @@
 r"""Benchmarks. Speed and memory are measured here, not in timed tests.
 
-  python -m experiments.bench ssd [--impl=scan,xla,attention] [--lengths=1024,...,65536]
+  python -m experiments.bench ssd [--impl=scan,xla,attention] [--lengths=1024,...,65536] [--peer]
       fwd+bwd time of the SSD implementations against a naive softmax attention with the same
       heads, per sequence length; prints a markdown table (and ratios) and writes it as JSON to
-      --out when given.
+      --out when given. --peer adds mamba_ssm's minimal SSD reference under PyTorch CPU (needs
+      torch and einops; see ``peer_ssd``).
   python -m experiments.bench model [--image_tokens=256,1024,4096,16384] [--max_gib=12]
       train-step time and compiled memory of MDM against the Transformer backbone at matched
       parameter counts; a step whose compiled memory exceeds --max_gib is reported, not run.
@@ -19,9 +20,15 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import platform
 import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
 import time
+import types
 from typing import Callable
 
 from absl import app, flags
@@ -45,6 +52,12 @@ flags.DEFINE_integer("warmup", 1, "Untimed runs after compilation.")
 flags.DEFINE_integer("repeats", 3, "Timed runs (median reported).")
 flags.DEFINE_float("max_gib", 12.0, "Skip a case whose estimated working set exceeds this.")
 flags.DEFINE_string("out", None, "Write the results as JSON here.")
+flags.DEFINE_bool("peer", False, "ssd: also time mamba_ssm's ssd_minimal_discrete (PyTorch CPU, "
+                  "fwd+bwd, best of --peer_chunks); needs torch and einops.")
+flags.DEFINE_string("peer_file", None, "ssd --peer: path of mamba_ssm/modules/ssd_minimal.py; "
+                    "without it the file is read from the mamba-ssm sdist that pip downloads.")
+flags.DEFINE_list("peer_chunks", ["64", "128", "256"], "ssd --peer: the peer's chunk sizes "
+                  "(its best is reported).")
 
 
 def time_fn(fn: Callable, *args, warmup: int, repeats: int) -> float:
@@ -94,7 +107,115 @@ def make_fwd_bwd(impl: str, chunk: int):
   return jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3, 4)))
 
 
+PEER_PATH = "mamba_ssm/modules/ssd_minimal.py"
+
+
+def peer_source(peer_file=None) -> str:
+  """The source of mamba_ssm's ``ssd_minimal.py``: from ``peer_file``, else from the mamba-ssm
+  sdist fetched by ``pip download`` into a temporary directory (nothing of it is kept)."""
+  if peer_file:
+    if not os.path.isfile(peer_file):
+      raise app.UsageError(f"--peer_file={peer_file} does not exist; pass the path of "
+                           f"{PEER_PATH} from a mamba_ssm checkout or sdist")
+    with open(peer_file) as f:
+      return f.read()
+  with tempfile.TemporaryDirectory() as tmp:
+    # The sdist's metadata step imports torch (so no build isolation) and would build CUDA
+    # kernels unless told to skip them; only the tarball is used.
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+           "--no-build-isolation", "--quiet", "mamba-ssm", "-d", tmp]
+    env = dict(os.environ, MAMBA_SKIP_CUDA_BUILD="TRUE")
+    try:
+      proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    except (OSError, subprocess.TimeoutExpired) as e:
+      proc = types.SimpleNamespace(returncode=1, stderr=str(e))
+    tarballs = [f for f in os.listdir(tmp) if f.endswith(".tar.gz")]
+    if proc.returncode or not tarballs:
+      raise app.UsageError(
+          "--peer: could not download the mamba-ssm sdist with `" + " ".join(cmd[2:]) + "` "
+          "(preparing its metadata needs torch, setuptools and wheel importable: "
+          + proc.stderr.strip()[-500:] + "); pass --peer_file=PATH/" + PEER_PATH + " instead")
+    with tarfile.open(os.path.join(tmp, tarballs[0])) as tar:
+      members = [m for m in tar.getmembers() if m.name.endswith(PEER_PATH)]
+      if not members:
+        raise app.UsageError(f"--peer: {tarballs[0]} has no {PEER_PATH}; pass --peer_file")
+      return tar.extractfile(members[0]).read().decode()
+
+
+def check_peer_deps():
+  try:
+    import torch  # pylint: disable=g-import-not-at-top,unused-import
+    import einops  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError as e:
+    raise app.UsageError(f"--peer needs torch and einops ({e}); e.g. `pip install torch einops`"
+                         " in a virtual environment") from e
+
+
+def load_peer(source: str):
+  """``ssd_minimal_discrete`` from the source of ``ssd_minimal.py``.
+
+  Its module imports the Triton kernels of mamba_ssm (used only by its own test), which are
+  replaced by a stub while it is executed.
+  """
+  check_peer_deps()
+  stubs = {}
+  for name in ("mamba_ssm", "mamba_ssm.ops", "mamba_ssm.ops.triton",
+               "mamba_ssm.ops.triton.ssd_combined"):
+    stubs[name] = types.ModuleType(name)
+  stubs["mamba_ssm.ops.triton.ssd_combined"].mamba_chunk_scan_combined = None
+  saved = {k: sys.modules.get(k) for k in stubs}
+  sys.modules.update(stubs)
+  try:
+    namespace = {"__name__": "ssd_minimal"}
+    exec(compile(source, PEER_PATH, "exec"), namespace)  # pylint: disable=exec-used
+  finally:
+    for k, v in saved.items():
+      if v is None:
+        sys.modules.pop(k, None)
+      else:
+        sys.modules[k] = v
+  if "ssd_minimal_discrete" not in namespace:
+    raise app.UsageError(f"--peer: the given {PEER_PATH} defines no ssd_minimal_discrete")
+  return namespace["ssd_minimal_discrete"]
+
+
+def time_peer(peer, x, dt, A, B, C, chunk: int, *, warmup: int, repeats: int) -> float:
+  """Median fwd+bwd seconds of the peer in float32 on the CPU, on the same inputs as ours.
+
+  Its inputs are per head and pre-discretised (X = x dt, A = A dt; B and C repeated over the
+  heads of each group), all inside the autograd graph so that every input gets a gradient, as
+  ours do.
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  h, g = x.shape[2], B.shape[2]
+  leaves = [torch.from_numpy(np.asarray(v, np.float32)).requires_grad_() for v in
+            (x, dt, A, B, C)]
+
+  def step():
+    tx, tdt, tA, tB, tC = leaves
+    for v in leaves:
+      v.grad = None
+    y, _ = peer(tx * tdt[..., None], tA * tdt, tB.repeat_interleave(h // g, dim=2),
+                tC.repeat_interleave(h // g, dim=2), chunk)
+    y.sum().backward()
+
+  for _ in range(1 + warmup):
+    step()
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    step()
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times)
+
+
 def bench_ssd():
+  if FLAGS.peer:
+    check_peer_deps()  # before downloading anything
+  peer = load_peer(peer_source(FLAGS.peer_file)) if FLAGS.peer else None
+  if peer and FLAGS.dtype != "float32":
+    raise app.UsageError("--peer runs in float32 only; drop --dtype or use --dtype=float32")
   dtype = jnp.dtype(FLAGS.dtype)
   b, h, p, n, g = FLAGS.batch, FLAGS.heads, FLAGS.headdim, FLAGS.state, FLAGS.groups
   rows = []
@@ -115,9 +236,18 @@ def bench_ssd():
           continue
         fn = make_fwd_bwd(impl, chunk or 64)
         row[name] = time_fn(fn, x, dt, A, B, C, warmup=FLAGS.warmup, repeats=FLAGS.repeats)
-      print(f"  L={length}: " + ", ".join(
+    if peer:
+      peer_times = {}
+      for chunk in map(int, FLAGS.peer_chunks):
+        if length % chunk == 0:  # the peer needs whole chunks
+          peer_times[chunk] = time_peer(peer, x, dt, A, B, C, chunk, warmup=FLAGS.warmup,
+                                        repeats=FLAGS.repeats)
+      best = min(peer_times, key=peer_times.get) if peer_times else None
+      row["peer"] = peer_times[best] if peer_times else None
+      row["peer_chunk"] = best
+    print(f"  L={length}: " + ", ".join(
           f"{k}={v * 1e3:.1f}ms" if v else f"{k}=skipped" for k, v in row.items()
-          if k != "length"), flush=True)
+          if k not in ("length", "peer_chunk")), flush=True)
     rows.append(row)
   print_table(rows)
   if FLAGS.out:
@@ -137,8 +267,14 @@ def flag_values() -> dict:
 
 
 def print_table(rows):
-  names = [k for k in rows[0] if k != "length"]
+  names = [k for k in rows[0] if k not in ("length", "peer_chunk")]
   print(f"\nSSD fwd+bwd, median ms; {machine()}; {flag_values()}")
+  if "peer" in names:
+    import torch  # pylint: disable=g-import-not-at-top
+    print(f"peer: mamba_ssm ssd_minimal_discrete, torch {torch.__version__} CPU "
+          f"({torch.get_num_threads()} threads), float32, best of chunks "
+          f"{','.join(FLAGS.peer_chunks)} (chunk per length: "
+          + ", ".join(f"{r['length']}: {r['peer_chunk']}" for r in rows) + ")")
   header = "| length | " + " | ".join(f"{k} (ms)" for k in names)
   ratio_cols = []
   if "xla" in names:
@@ -150,8 +286,14 @@ def print_table(rows):
   for row in rows:
     cells = [str(row["length"])] + [fmt(row[k]) for k in names]
     for k in ratio_cols:
-      cells.append("-" if row[k] is None or row["xla"] is None else f"{row[k] / row['xla']:.1f}x")
+      cells.append("-" if row[k] is None or row["xla"] is None else f"{row[k] / row['xla']:.2f}x")
     print("| " + " | ".join(cells) + " |")
+  for k in names:  # growth from the shortest to each longer length (linear: the length ratio)
+    base = rows[0]
+    for row in rows[1:]:
+      if row[k] and base[k]:
+        print(f"{k}: {row['length']} / {base['length']} tokens = "
+              f"{row[k] / base[k]:.1f}x the time (linear: {row['length'] / base['length']:.0f}x)")
 
 
 # ----------------------------------------------------------------------------- model / mfu

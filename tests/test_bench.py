@@ -64,3 +64,30 @@ def test_evaluate_imports_beside_the_clis_that_use_it(cli):
   proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                         env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_peer_file_errors_name_the_flag(tmp_path):
+  with pytest.raises(app.UsageError, match="--peer_file=.*does not exist"):
+    bench.peer_source(str(tmp_path / "missing.py"))
+  src = tmp_path / "ssd_minimal.py"
+  src.write_text("x = 1\n")
+  assert bench.peer_source(str(src)) == "x = 1\n"
+
+
+def test_load_peer_stubs_the_triton_import(tmp_path):
+  """The peer's module imports mamba_ssm's Triton kernels at the top; load_peer runs it with a
+  stub for them and returns its ssd_minimal_discrete (or says that torch/einops are needed)."""
+  source = ("from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined\n"
+            "def ssd_minimal_discrete(X, A, B, C, block_len, initial_states=None):\n"
+            "  return 'peer', block_len\n")
+  try:
+    import torch, einops  # noqa: F401  pylint: disable=g-import-not-at-top,multiple-imports
+  except ImportError:
+    with pytest.raises(app.UsageError, match="needs torch and einops"):
+      bench.load_peer(source)
+    return
+  peer = bench.load_peer(source)
+  assert peer(None, None, None, None, 64) == ("peer", 64)
+  assert "mamba_ssm" not in sys.modules  # the stubs are removed again
+  with pytest.raises(app.UsageError, match="defines no ssd_minimal_discrete"):
+    bench.load_peer("y = 2\n")

@@ -240,7 +240,8 @@ def test_denoiser_layers_scan_the_grid_in_their_orders():
   @jax.jit(compiler_options=FAST_COMPILE)
   def dependencies(p):
     """Per (output token, input token): max |d out / d in| over channels."""
-    jac = jax.jacfwd(apply, argnums=(1, 2))({"params": p}, z_img, z_txt)
+    # Reverse mode: the SSD's custom VJP (impl "xla" and "pallas") has no forward-mode rule.
+    jac = jax.jacrev(apply, argnums=(1, 2))({"params": p}, z_img, z_txt)
     dep = lambda j: jnp.max(jnp.abs(j[0, :, :, 0]), axis=(1, 3))
     (ii, it), (ti, tt) = jac
     return jnp.block([[dep(ii), dep(it)], [dep(ti), dep(tt)]])  # [out, in]: image, then text
