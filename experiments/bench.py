@@ -12,6 +12,8 @@ r"""Benchmarks. Speed and memory are measured here, not in timed tests.
       the digits train step's achieved FLOP/s against a matmul peak measured in the same run.
   python -m experiments.bench sampler --workdir=DIR
       image sampler and steps against class accuracy and FID on a trained digits run.
+  python -m experiments.bench data
+      batches/s of the digits input pipeline.
 
 Each measurement compiles once, runs ``--warmup`` times, then reports the median of
 ``--repeats`` timed runs (``block_until_ready`` on every output).
@@ -484,7 +486,26 @@ def bench_sampler():
           f"{r['fid_digits']:.3f} | {r['class2img_seconds']:.1f} |")
 
 
-BENCHES = {"ssd": bench_ssd, "model": bench_model, "mfu": bench_mfu, "sampler": bench_sampler}
+def bench_data():
+  """Batches/s of the digits input pipeline (batch 64, 16x16 images, 32 text ids; the
+  tokenizer trained as a run trains it): best of ``--repeats`` passes of 200 batches."""
+  from data import digits, pipeline, tokenizer as tokenizer_lib
+  tok = tokenizer_lib.Tokenizer.train(digits.text_corpus(), None, 256)
+  it = pipeline.make_dataset("digits", split="train", batch_size=64, image_size=16, channels=1,
+                             max_text_len=32, tokenizer=tok, seed=0)
+  next(it)
+  rates = []
+  for _ in range(FLAGS.repeats):
+    t = time.perf_counter()
+    for _ in range(200):
+      next(it)
+    rates.append(200 / (time.perf_counter() - t))
+  print(f"digits pipeline, batch 64 (16x16, 32 text ids): {max(rates):.0f} batches/s best, "
+        f"{statistics.median(rates):.0f} median of {FLAGS.repeats}; {machine()}")
+
+
+BENCHES = {"ssd": bench_ssd, "model": bench_model, "mfu": bench_mfu, "sampler": bench_sampler,
+           "data": bench_data}
 
 
 def main(argv):
