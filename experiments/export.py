@@ -25,8 +25,11 @@ from mdm_jax import api
 from mdm_jax.training import checkpoint as ckpt_lib
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "A training workdir.", required=True)
-flags.DEFINE_string("out", None, "Folder to write the export to (new or empty).", required=True)
+def define_flags():
+  """Defined only when run as a program (absl flags are global; see experiments.train)."""
+  flags.DEFINE_string("workdir", None, "A training workdir.", required=True)
+  flags.DEFINE_string("out", None, "Folder to write the export to (new or empty).",
+                      required=True)
 
 
 def export(workdir, out) -> dict:
@@ -59,4 +62,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

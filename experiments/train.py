@@ -37,30 +37,34 @@ from mdm_jax.training import run_lock
 from mdm_jax.training import sharding
 from mdm_jax.training.trainer import Trainer, model_config
 
-if __name__ == "__main__":
-  # Before DEFINE_config_file, which already applies sys.argv's overrides to the default config:
-  # names become paths and unknown override fields get a clear error.
-  sys.argv = config_registry.rewrite_argv(sys.argv)
-config_flags.DEFINE_config_file(
-    "config", config_registry.resolve("digits"),
-    f"Config name ({', '.join(config_registry.NAMES)}) or file; default: digits.", lock_config=True)
-flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and samples go.")
-flags.DEFINE_bool("dry_run", False, "Count parameters and compile the train step on a simulated "
-                  "mesh of fake CPU devices (see --dry_run_devices), then lower it for TPU with "
-                  "the Pallas kernels; no data, no training.")
-flags.DEFINE_integer("dry_run_devices", 64, "Simulated chips for --dry_run.")
-flags.DEFINE_integer("kill_at_step", 0, "Testing: SIGKILL this process after this step (and "
-                     "after pending checkpoint writes), to simulate preemption.")
-flags.DEFINE_enum("distributed", "auto", ["auto", "yes", "no"],
-                  "Call jax.distributed.initialize() (auto: when a multi-host environment is "
-                  "detected).")
-flags.DEFINE_string("coordinator_address", None, "host:port of process 0's coordinator, for "
-                    "clusters jax does not detect (default: $JAX_COORDINATOR_ADDRESS).")
-flags.DEFINE_integer("num_processes", None, "Processes of the run, with --coordinator_address "
-                     "(default: $JAX_NUM_PROCESSES).")
-flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes) "
-                     "(default: $JAX_PROCESS_ID).")
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """The command's flags, defined only when this module runs as a program: absl flags are
+  global, so importing ``train`` (the notebook, tests) beside another CLI defines none of
+  them (two CLIs' ``--workdir`` would clash)."""
+  config_flags.DEFINE_config_file(
+      "config", config_registry.resolve("digits"),
+      f"Config name ({', '.join(config_registry.NAMES)}) or file; default: digits.",
+      lock_config=True)
+  flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and samples go.")
+  flags.DEFINE_bool("dry_run", False, "Count parameters and compile the train step on a simulated "
+                    "mesh of fake CPU devices (see --dry_run_devices), then lower it for TPU with "
+                    "the Pallas kernels; no data, no training.")
+  flags.DEFINE_integer("dry_run_devices", 64, "Simulated chips for --dry_run.")
+  flags.DEFINE_integer("kill_at_step", 0, "Testing: SIGKILL this process after this step (and "
+                       "after pending checkpoint writes), to simulate preemption.")
+  flags.DEFINE_enum("distributed", "auto", ["auto", "yes", "no"],
+                    "Call jax.distributed.initialize() (auto: when a multi-host environment is "
+                    "detected).")
+  flags.DEFINE_string("coordinator_address", None, "host:port of process 0's coordinator, for "
+                      "clusters jax does not detect (default: $JAX_COORDINATOR_ADDRESS).")
+  flags.DEFINE_integer("num_processes", None, "Processes of the run, with --coordinator_address "
+                       "(default: $JAX_NUM_PROCESSES).")
+  flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes) "
+                       "(default: $JAX_PROCESS_ID).")
+
 
 # ----------------------------------------------------------------------------- samples
 def write_samples(trainer: Trainer, state, tokenizer, eval_examples, outdir: str, tag: str):
@@ -402,4 +406,8 @@ def _train(config, workdir: str, *, kill_at_step: int, on_log):
   return trainer, state, tokenizer
 
 if __name__ == "__main__":
+  # Before DEFINE_config_file, which already applies sys.argv's overrides to the default config:
+  # names become paths and unknown override fields get a clear error.
+  sys.argv = config_registry.rewrite_argv(sys.argv)
+  define_flags()
   app.run(main)

@@ -7,8 +7,8 @@ returns the 2048-d ``pool_3`` features and the ``fc`` logits (1008 classes for t
 weights, 1000 for torchvision's ImageNet weights).
 
 Nothing is downloaded: weights come from a user-supplied ``.npz`` (or ``.safetensors``, with the
-``safetensors`` package installed) whose keys and layouts are those of the PyTorch ``state_dict`` (``Conv2d_1a_3x3.conv.weight``
-(O, I, kh, kw), ``*.bn.weight/bias/running_mean/running_var``, ``fc.weight`` (classes, 2048),
+``safetensors`` package installed) whose keys and layouts are those of the PyTorch
+``state_dict`` (``Conv2d_1a_3x3.conv.weight`` (O, I, kh, kw), ``*.bn.weight/bias/running_mean/running_var``, ``fc.weight`` (classes, 2048),
 ``fc.bias``). Where PyTorch and pytorch-fid are installed, produce the file once with::
 
     import numpy as np
