@@ -150,8 +150,14 @@ def evaluate(workdir: str, *, per_class=30, num_heldout=None, batch=100, overrid
       results["is_digits"] = image_metrics.inception_score(np.asarray(jax.nn.softmax(logits)))
       p, r = image_metrics.precision_recall(f_real, f_fake, k=3)
       results["precision"], results["recall"] = p, r
+      # Against every held-out digit of each class (--num_heldout may leave too few).
+      real = heldout if num_heldout is None else pipeline.eval_examples(
+          config.data.name, split=pipeline.heldout_split(config.data.name), num=None,
+          image_size=config.data.image_size, channels=config.data.channels,
+          data_dir=config.data.data_dir)
       results["diversity"] = multimodal.within_class_diversity(
-          images, labels, heldout_images, np.asarray([e["label"] for e in heldout]))
+          images, labels, np.stack([e["image"] for e in real]),
+          np.asarray([e["label"] for e in real]))
 
   if is_digits and tok is not None and weights["t2i"] > 0 and heldout and "t2i" in tasks:
     # Prompts: the held-out captions, and separately every caption template of every digit

@@ -251,6 +251,13 @@ def test_evaluate_against_an_adm_reference_batch(workdir, cache, tmp_path):
   assert abs(2 ** result["text_bits_per_token"] - result["text_perplexity"]) < 1e-6 * (
       result["text_perplexity"])
   assert "| text_perplexity |" in proc.stdout
+  # The multimodal tasks: 4 held-out captions, 10 templates x 10 digits, 1 x 10 joint pairs
+  # (fractions of those counts).
+  for key, n in (("t2i_accuracy", 4), ("t2i_accuracy_templates", 100),
+                 ("joint_consistency", 10)):
+    assert 0.0 <= result[key] <= 1.0 and abs(result[key] * n - round(result[key] * n)) < 1e-6
+    assert f"| {key} |" in proc.stdout
+  assert len(result["joint_examples"]) == 10
 
 
 def test_text_nll(pipe):
