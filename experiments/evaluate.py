@@ -8,8 +8,17 @@ Digits (the default run):
     real digits' training split (97-98% on held-out real digits; cached in the workdir) reads
     them; ``class_accuracy`` is the fraction read as the requested digit. FID / IS /
     precision / recall use that classifier's features against the held-out real digits.
+    ``diversity``: per digit, the samples' mean per-pixel std over that of the held-out real
+    digits of that class, averaged over the digits (1: as varied as real digits, 0: one image).
+  * t2i: ``t2i_accuracy``, the fraction of images generated from the held-out captions that
+    the classifier reads as the digit the prompt names; ``t2i_accuracy_templates`` the same
+    with every caption template of every digit as prompts (``per_class // 10`` each, >= 1).
+  * joint: ``joint_consistency``, over ``per_class * 10`` image+caption pairs generated
+    together, the fraction whose image the classifier reads as the one digit its caption
+    names (a caption naming no digit or several counts as inconsistent).
   * caption: one caption per held-out image; ``caption_accuracy`` is the fraction that name
-    the image's digit (as a word or numeral) and no other digit. BLEU-4 and CIDEr-D against
+    the image's digit (as a word or numeral) and no other digit (``multimodal.digit_named``,
+    the reading the t2i and joint metrics share). BLEU-4 and CIDEr-D against
     the image's reference captions (every template of its label).
   * vqa: one question per held-out image (cycling through the question types); ``vqa_accuracy``
     is the VQA score against the dataset's own answer (exact match after VQA normalisation).
@@ -35,7 +44,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 import time
 
 from absl import app, flags, logging
@@ -47,7 +55,7 @@ from experiments import distributed
 from experiments.workdir import open_run, sampler_overrides, vqa_prompts
 from mdm_jax import api
 from mdm_jax.evaluation import (digits_classifier, feature_extractor, image_metrics, inception,
-                                 perplexity, reference_batch, text_metrics, vqa)
+                                 multimodal, perplexity, reference_batch, text_metrics, vqa)
 
 FLAGS = flags.FLAGS
 
@@ -71,16 +79,6 @@ def define_flags():
   flags.DEFINE_string("samples", None, "With --ref_batch: the samples to score (an .npz of "
                       "experiments.sample, arr_0 or images); default: the class2img samples "
                       "generated here.")
-
-DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-
-
-def digits_named(text: str) -> set[int]:
-  """Digits a caption names, as words or numerals."""
-  words = re.findall(r"[a-z]+|\d", text.lower())
-  return {DIGIT_WORDS.index(w) if w in DIGIT_WORDS else int(w) for w in words
-          if w in DIGIT_WORDS or w.isdigit()}
-
 
 def reference_metrics(samples: np.ndarray, ref_batch: str, inception_weights: str, *,
                       batch: int = 100, k: int = 3) -> dict:
@@ -111,7 +109,7 @@ def classifier(workdir):
 
 
 def evaluate(workdir: str, *, per_class=30, num_heldout=None, batch=100, overrides=None,
-             tasks=("class2img", "caption", "vqa", "text"), write=True, vqa_temperature=0.0,
+             tasks=("class2img", "t2i", "joint", "caption", "vqa", "text"), write=True, vqa_temperature=0.0,
              text_draws=16,
              ref_batch=None, inception_weights=None, samples=None):
   from data import pipeline
@@ -152,6 +150,43 @@ def evaluate(workdir: str, *, per_class=30, num_heldout=None, batch=100, overrid
       results["is_digits"] = image_metrics.inception_score(np.asarray(jax.nn.softmax(logits)))
       p, r = image_metrics.precision_recall(f_real, f_fake, k=3)
       results["precision"], results["recall"] = p, r
+      # Against every held-out digit of each class (--num_heldout may leave too few).
+      real = heldout if num_heldout is None else pipeline.eval_examples(
+          config.data.name, split=pipeline.heldout_split(config.data.name), num=None,
+          image_size=config.data.image_size, channels=config.data.channels,
+          data_dir=config.data.data_dir)
+      results["diversity"] = multimodal.within_class_diversity(
+          images, labels, np.stack([e["image"] for e in real]),
+          np.asarray([e["label"] for e in real]))
+
+  if is_digits and tok is not None and weights["t2i"] > 0 and heldout and "t2i" in tasks:
+    # Prompts: the held-out captions, and separately every caption template of every digit
+    # (repeated to about per_class samples per digit).
+    from data import text_templates
+    params = classifier(workdir)
+    t0 = time.time()
+    templates = text_templates.DIGIT_CAPTION_TEMPLATES
+    repeats = max(1, per_class // len(templates))
+    prompt_sets = {
+        "t2i_accuracy": [e["captions"][0] for e in heldout],
+        "t2i_accuracy_templates": [
+            t.format(word=text_templates.DIGIT_WORDS[d], num=d)
+            for d in range(10) for t in templates for _ in range(repeats)]}
+    for name, prompts in prompt_sets.items():
+      images_t2i = pipe.text_to_image(prompts, seed=seed)
+      results[name] = multimodal.text_to_image_accuracy(
+          digits_classifier.digits_predict(params, images_t2i), prompts)
+    results["t2i_seconds"] = time.time() - t0
+
+  if is_digits and tok is not None and weights["joint"] > 0 and "joint" in tasks:
+    params = classifier(workdir)
+    t0 = time.time()
+    images_joint, captions_joint = pipe.joint(per_class * mc.num_classes, seed=seed)
+    predicted = digits_classifier.digits_predict(params, images_joint)
+    results["joint_consistency"] = multimodal.joint_consistency(predicted, captions_joint)
+    results["joint_seconds"] = time.time() - t0
+    results["joint_examples"] = [{"read_as": int(p), "text": c}
+                                 for p, c in list(zip(predicted, captions_joint))[:10]]
 
   if ref_batch is not None:
     if samples is not None:
@@ -172,7 +207,7 @@ def evaluate(workdir: str, *, per_class=30, num_heldout=None, batch=100, overrid
     results["cider_d"] = text_metrics.cider_d(captions, refs)[0]
     if is_digits:
       results["caption_accuracy"] = float(np.mean(
-          [digits_named(c) == {e["label"]} for c, e in zip(captions, heldout)]))
+          [multimodal.digit_named(c) == e["label"] for c, e in zip(captions, heldout)]))
     results["caption_examples"] = [{"label": e["label"], "text": c}
                                    for e, c in list(zip(heldout, captions))[:10]]
 
@@ -227,7 +262,7 @@ def main(argv):
       print(f"| {k} | {v:.4f} |")
     elif isinstance(v, (int, str)):
       print(f"| {k} | {v} |")
-  for k in ("caption_examples", "vqa_examples"):
+  for k in ("caption_examples", "vqa_examples", "joint_examples"):
     for row in results.get(k, [])[:5]:
       print(f"  {k[:-9]}: {row}")
 

@@ -9,7 +9,18 @@ r"""Sample from a trained workdir (or an export), for any task and any number of
   python -m experiments.sample --workdir=DIR --task=vqa --num=20 --out=vqa.jsonl
   python -m experiments.sample --workdir=DIR --task=joint --num=16 --out=joint   # .npz + .jsonl
   python -m experiments.sample --workdir=DIR --task=text --num=16 --out=text.jsonl
-  python -m experiments.sample --workdir=DIR --task=inpaint --num=10 --out=inpaint.npz
+  python -m experiments.sample --workdir=DIR --task=inpaint --num=10 --mask=left \
+      --out=inpaint.npz            # keeps the left half of each held-out image, redraws the rest
+  python -m experiments.sample --workdir=DIR --task=infill --prompt="[MASK] written by hand" \
+      --num=8 --out=infill.jsonl   # each [MASK] becomes one generated token, the rest is kept
+
+VQA answers are greedy (temperature 0, as VQA benchmarks decode) unless ``--temperature`` is
+given; the other text tasks sample at ``--temperature`` or the config's.
+
+Inpainting: ``--mask`` names the region KEPT from the held-out image (``top``, ``bottom``,
+``left``, ``right``: that half; ``center``: the central half-size square), everything else is
+generated; or a ``.npy`` / ``.png`` file of the image's height x width, True / nonzero where
+the image is kept.
 
 The samples are generated in batches of ``--batch_size`` (one compilation), with a progress line
 (samples/s, ETA). Each finished batch is written at once to ``<out stem>.shards/`` (one
@@ -50,9 +61,10 @@ from mdm_jax import api
 
 FLAGS = flags.FLAGS
 TASK_NAMES = {"class": "class2img", "t2i": "t2i", "caption": "caption", "vqa": "vqa",
-              "joint": "joint", "text": "text", "inpaint": "inpaint"}
+              "joint": "joint", "text": "text", "inpaint": "inpaint", "infill": "infill"}
 IMAGE_TASKS = ("class2img", "t2i", "inpaint", "joint")
-TEXT_TASKS = ("caption", "vqa", "joint", "text")
+TEXT_TASKS = ("caption", "vqa", "joint", "text", "infill")
+MASK_REGIONS = ("top", "bottom", "left", "right", "center")
 GRID_MAX = 256
 flags.DEFINE_string("workdir", None, "A training workdir or an export.", required=True)
 flags.DEFINE_enum("task", "class", list(TASK_NAMES), "What to generate.")
@@ -64,12 +76,49 @@ flags.DEFINE_enum("format", "npz", ["npz", "adm"], "Image output layout: npz (im
 flags.DEFINE_integer("steps", None, "Sampler steps (default: the config's).")
 flags.DEFINE_float("cfg", None, "Guidance weight w (default: the config's).")
 flags.DEFINE_float("temperature", None, "Text temperature: 1 samples the model's tokens, 0 takes "
-                   "the most likely (greedy; default: the config's).")
-flags.DEFINE_string("prompt", None, "Caption for t2i (default: held-out captions).")
+                   "the most likely (greedy; default: 0 for vqa, the config's otherwise).")
+flags.DEFINE_string("prompt", None, "Caption for t2i (default: held-out captions); for "
+                    "infill, the text whose [MASK]s are filled (required).")
+flags.DEFINE_string("mask", "top", "inpaint: the region KEPT from each image, one of "
+                    f"{'|'.join(MASK_REGIONS)}, or a .npy/.png file (H, W), True/nonzero where "
+                    "kept; the rest is generated.")
 flags.DEFINE_integer("label", None, "Class for class/inpaint (default: cycle through classes).")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.DEFINE_integer("kill_after_batches", None, "Testing: SIGKILL this process after writing "
                      "this many batches (to test resuming).")
+
+
+def vqa_temperature(flag: float | None) -> float:
+  """The VQA answers' text temperature: greedy (0) unless ``--temperature`` is given."""
+  return 0.0 if flag is None else float(flag)
+
+
+def inpaint_mask(spec: str, shape: tuple[int, int]) -> np.ndarray:
+  """bool (H, W), True where the image is KEPT: a region name (``MASK_REGIONS``: ``top`` keeps
+  the top half, ``center`` the central (H/2, W/2) square) or a .npy / .png file."""
+  h, w = shape
+  m = np.zeros((h, w), bool)
+  if spec in MASK_REGIONS:
+    region = {"top": np.s_[:h // 2], "bottom": np.s_[h // 2:], "left": np.s_[:, :w // 2],
+              "right": np.s_[:, w // 2:],
+              "center": np.s_[h // 4:h // 4 + h // 2, w // 4:w // 4 + w // 2]}[spec]
+    m[region] = True
+    return m
+  path = epath.Path(spec)
+  if path.suffix.lower() not in (".npy", ".png") or not path.exists():
+    raise app.UsageError(f"--mask={spec}: give one of {', '.join(MASK_REGIONS)} or an existing "
+                         ".npy / .png file of the image size, True / nonzero where kept")
+  if path.suffix.lower() == ".npy":
+    with path.open("rb") as f:
+      m = np.load(f, allow_pickle=False)
+  else:
+    from PIL import Image
+    with path.open("rb") as f:
+      m = np.asarray(Image.open(f).convert("L"))
+  if m.shape != (h, w):
+    raise app.UsageError(f"--mask={spec} is {m.shape}, the images are {(h, w)}: give an "
+                         "(H, W) mask")
+  return m.astype(bool)
 
 
 def _stem(path):
@@ -88,8 +137,11 @@ def check_flags(task: str) -> None:
     raise app.UsageError(f"--format=adm writes images; --task={FLAGS.task} makes text")
   if FLAGS.label is not None and task not in ("class2img", "inpaint"):
     raise app.UsageError(f"--label is for --task=class or inpaint, not {FLAGS.task}")
-  if FLAGS.prompt is not None and task != "t2i":
-    raise app.UsageError(f"--prompt is for --task=t2i, not {FLAGS.task}")
+  if FLAGS.prompt is not None and task not in ("t2i", "infill"):
+    raise app.UsageError(f"--prompt is for --task=t2i or infill, not {FLAGS.task}")
+  if task == "infill" and (FLAGS.prompt is None or api.MASK_WORD not in FLAGS.prompt):
+    raise app.UsageError(f"--task=infill fills the {api.MASK_WORD}s of --prompt: pass e.g. "
+                         f'--prompt="{api.MASK_WORD} written by hand"')
   if FLAGS.prompt is not None and not FLAGS.prompt.strip():
     raise app.UsageError("--prompt is empty: give a caption, or leave it out to use the "
                          "held-out captions")
@@ -151,7 +203,7 @@ def _heldout(run, task, num):
   return heldout
 
 
-def sample_batch(pipe, task, idx, keep, *, first_index, labels, heldout, prompts):
+def sample_batch(pipe, task, idx, keep, *, first_index, labels, heldout, prompts, mask=None):
   """One batch (the samples ``idx``, of which the first ``keep`` are kept): its shard arrays
   (images uint8, labels, rows as JSON)."""
   kw = dict(seed=FLAGS.seed, first_index=first_index)
@@ -161,11 +213,10 @@ def sample_batch(pipe, task, idx, keep, *, first_index, labels, heldout, prompts
     images = pipe.class_to_image(labels[idx], **kw)
   elif task == "t2i":
     images = pipe.text_to_image([prompts[i] for i in idx], **kw)
-  elif task == "inpaint":   # keep the top half, generate the bottom half
-    given = np.stack([e["image"] for e in ex])
-    mask = np.zeros(given.shape[1:3], bool)
-    mask[: given.shape[1] // 2] = True
-    images = pipe.inpaint(given, mask, labels=labels[idx], **kw)
+  elif task == "inpaint":   # keep the image where mask is True, generate the rest
+    images = pipe.inpaint(np.stack([e["image"] for e in ex]), mask, labels=labels[idx], **kw)
+  elif task == "infill":
+    texts = pipe.infill([prompts[i] for i in idx], **kw)
   elif task == "joint":
     images, texts = pipe.joint(len(idx), **kw)
   elif task == "text":
@@ -174,7 +225,7 @@ def sample_batch(pipe, task, idx, keep, *, first_index, labels, heldout, prompts
     texts = pipe.caption(np.stack([e["image"] for e in ex]), **kw)
   elif task == "vqa":
     texts = pipe.vqa(np.stack([e["image"] for e in ex]), [e["question"] for e in ex],
-                     temperature=None, **kw)
+                     temperature=vqa_temperature(FLAGS.temperature), **kw)
   if texts is not None:
     for j, i in enumerate(idx[:keep]):
       row = {"index": int(i), "label": int(ex[j]["label"]) if ex else None}
@@ -183,6 +234,8 @@ def sample_batch(pipe, task, idx, keep, *, first_index, labels, heldout, prompts
       row["text"] = texts[j]
       if task == "caption":
         row["reference"] = ex[j]["captions"][0]
+      if task == "infill":
+        row["prompt"] = prompts[i]
       rows.append(row)
   arrays = {"rows": np.asarray(json.dumps(rows))}
   if images is not None:
@@ -214,7 +267,11 @@ def main(argv):
   except ValueError as e:
     raise app.UsageError(f"--label={FLAGS.label}: {e}") from None
   heldout = _heldout(run, task, num)
-  prompts = None
+  prompts, mask = None, None
+  if task == "infill":
+    prompts = [FLAGS.prompt] * num
+  if task == "inpaint":
+    mask = inpaint_mask(FLAGS.mask, pipe.image_shape[:2])
   if task == "t2i":
     prompts = [FLAGS.prompt] * num if FLAGS.prompt else [e["captions"][0] for e in heldout]
     api.encode_prompts(pipe.tokenizer, [FLAGS.prompt] if FLAGS.prompt else prompts,
@@ -223,7 +280,9 @@ def main(argv):
   meta = dict(task=task, num=num, batch_size=bs, seed=FLAGS.seed, checkpoint_step=run.step,
               workdir=os.fspath(FLAGS.workdir), label=FLAGS.label, prompt=FLAGS.prompt,
               steps=run.trainer.sample_cfg.steps, guidance=run.trainer.sample_cfg.guidance,
-              temperature=run.trainer.sample_cfg.text_temperature)
+              temperature=(vqa_temperature(FLAGS.temperature) if task == "vqa"
+                           else run.trainer.sample_cfg.text_temperature),
+              mask=FLAGS.mask if task == "inpaint" else None)
   shards = Shards(_stem(FLAGS.out) + ".shards", meta)
   is_main = jax.process_index() == 0
   if is_main:
@@ -243,7 +302,7 @@ def main(argv):
     idx = np.arange(start, start + bs) % num      # the last batch wraps: one batch shape
     keep = min(bs, num - start)
     arrays = sample_batch(pipe, task, idx, keep, first_index=start, labels=labels,
-                          heldout=heldout, prompts=prompts)
+                          heldout=heldout, prompts=prompts, mask=mask)
     if is_main:
       shards.write(b, arrays)
     written += 1

@@ -251,6 +251,13 @@ def test_evaluate_against_an_adm_reference_batch(workdir, cache, tmp_path):
   assert abs(2 ** result["text_bits_per_token"] - result["text_perplexity"]) < 1e-6 * (
       result["text_perplexity"])
   assert "| text_perplexity |" in proc.stdout
+  # The multimodal tasks: 4 held-out captions, 10 templates x 10 digits, 1 x 10 joint pairs
+  # (fractions of those counts).
+  for key, n in (("t2i_accuracy", 4), ("t2i_accuracy_templates", 100),
+                 ("joint_consistency", 10)):
+    assert 0.0 <= result[key] <= 1.0 and abs(result[key] * n - round(result[key] * n)) < 1e-6
+    assert f"| {key} |" in proc.stdout
+  assert len(result["joint_examples"]) == 10
 
 
 def test_text_nll(pipe):
@@ -274,3 +281,75 @@ def test_import_mdm_jax_stays_light():
   proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                         timeout=120)
   assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stderr[-2000:]
+
+
+# ----------------------------------------------------------------------------- sample: infill, inpaint, vqa
+def _jsonl(path):
+  import json
+  with open(path) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_sample_mask_regions_and_vqa_default():
+  """The --mask names (True = kept) against hand-built masks, and VQA's default temperature, in
+  a fresh process (experiments.sample defines absl flags at import)."""
+  code = """
+import numpy as np
+from experiments import sample
+want = {n: np.zeros((8, 6), bool) for n in sample.MASK_REGIONS}
+want["top"][:4] = True; want["bottom"][4:] = True; want["left"][:, :3] = True
+want["right"][:, 3:] = True; want["center"][2:6, 1:4] = True
+for n, m in want.items():
+  np.testing.assert_array_equal(sample.inpaint_mask(n, (8, 6)), m)
+assert sample.vqa_temperature(None) == 0.0 and sample.vqa_temperature(0.7) == 0.7
+assert sample.FLAGS["temperature"].default is None
+print("ok")
+"""
+  proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                        timeout=120, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+def test_sample_infill_inpaint_and_greedy_vqa(pipe, workdir, cache, tmp_path):
+  from data import pipeline
+  common = [f"--workdir={workdir}", "--batch_size=4", f"--steps={STEPS}"]
+  # Infill: every [MASK] filled, the given words kept in order.
+  prompt = "[MASK] written by hand"
+  proc = run_module("experiments.sample", *common, "--task=infill", f"--prompt={prompt}",
+                    "--num=4", f"--out={tmp_path / 'infill.jsonl'}", cache=cache)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = _jsonl(tmp_path / "infill.jsonl")
+  assert [r["index"] for r in rows] == [0, 1, 2, 3] and all(r["prompt"] == prompt for r in rows)
+  assert all(r["text"].endswith("written by hand") and "[MASK]" not in r["text"] for r in rows)
+  bad = run_module("experiments.sample", *common, "--task=infill", "--prompt=seven",
+                   f"--out={tmp_path / 'bad.jsonl'}", cache=cache)
+  assert bad.returncode != 0 and "fills the [MASK]s of --prompt" in bad.stderr
+  # Inpaint with a mask file: the kept region is the held-out image's, exactly.
+  keep = np.zeros((8, 8), bool)
+  keep[:, 5:] = True
+  keep[0] = True
+  np.save(tmp_path / "keep.npy", keep)
+  proc = run_module("experiments.sample", *common, "--task=inpaint", "--num=4",
+                    f"--mask={tmp_path / 'keep.npy'}", f"--out={tmp_path / 'inp.npz'}",
+                    cache=cache)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  dc = pipe.run.config.data
+  given = np.stack([e["image"] for e in pipeline.eval_examples(
+      dc.name, split=pipeline.heldout_split(dc.name), num=4, image_size=dc.image_size,
+      channels=dc.channels, data_dir=dc.data_dir)])
+  with np.load(tmp_path / "inp.npz") as f:
+    got = f["images"]
+  np.testing.assert_array_equal(got[:, keep], api.to_uint8(given)[:, keep])
+  assert not np.array_equal(got[:, ~keep], api.to_uint8(given)[:, ~keep])
+  bad = run_module("experiments.sample", *common, "--task=inpaint", "--mask=diagonal",
+                   f"--out={tmp_path / 'bad.npz'}", cache=cache)
+  assert bad.returncode != 0 and "--mask=diagonal: give one of top, bottom" in bad.stderr
+  # VQA, no --temperature: greedy, so another seed gives the same answers.
+  answers = []
+  for seed in (0, 1):
+    out = tmp_path / f"vqa{seed}.jsonl"
+    proc = run_module("experiments.sample", *common, "--task=vqa", "--num=4", f"--seed={seed}",
+                      f"--out={out}", cache=cache)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    answers.append([r["text"] for r in _jsonl(out)])
+  assert answers[0] == answers[1]

@@ -282,7 +282,9 @@ def test_evaluate(cli_outputs, runs):
   # 2 per class x 10 classes, and 10 held-out images: accuracies are counts over those.
   assert result["vqa_temperature"] == 0.0   # greedy answers, and sampled ones beside them
   for key, n in (("class_accuracy", 20), ("caption_accuracy", 10), ("vqa_accuracy", 10),
-                 ("vqa_accuracy_sampled", 10)):
+                 ("vqa_accuracy_sampled", 10), ("t2i_accuracy", 10),
+                 ("t2i_accuracy_templates", 100), ("joint_consistency", 20)):
     assert 0.0 <= result[key] <= 1.0
     assert abs(result[key] * n - round(result[key] * n)) < 1e-6, (key, result[key])
   assert [r["label"] for r in result["caption_examples"]] == _heldout_labels(10)
+  assert np.isfinite(result["diversity"]) and result["diversity"] >= 0.0

@@ -129,6 +129,12 @@ def digits_accuracy(params, images: np.ndarray, labels: np.ndarray) -> float:
   return float(np.mean(np.asarray(logits).argmax(axis=-1) == np.asarray(labels)))
 
 
+def digits_predict(params, images: np.ndarray) -> np.ndarray:
+  """int32 (n,): the digit the classifier reads in each image (see ``to_classifier_input``)."""
+  _, logits = _apply(params, jnp.asarray(to_classifier_input(images)))
+  return np.asarray(logits).argmax(axis=-1).astype(np.int32)
+
+
 def save_digits_classifier(params, path: str) -> None:
   """Writes params to ``path`` (.npz) with '/'-joined keys, e.g. ``hidden_0/kernel``."""
   flat = traverse_util.flatten_dict(jax.device_get(params), sep="/")
