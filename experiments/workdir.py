@@ -18,12 +18,9 @@ import numpy as np
 
 # Reopening a run lives in the library (mdm_jax.api, behind mdm_jax.load); re-exported here
 # for the CLIs.
-from mdm_jax.api import TOKENIZER_FILE, Run, open_run, upgrade_saved_config  # noqa: F401
-
-
-def is_local(path) -> bool:
-  """True for a local file path, False for a URI (gs://, s3://, ...)."""
-  return "://" not in os.fspath(path)
+from mdm_jax.api import (TOKENIZER_FILE, Run, open_run, sampler_overrides,  # noqa: F401
+                         upgrade_saved_config)
+from mdm_jax.training.paths import is_local
 
 
 def tensorboard_dir(workdir) -> str:
@@ -46,20 +43,6 @@ def tensorboard_dir(workdir) -> str:
                   "the workdir has every logged value.", local, logdir, scheme,
                   client or "a client it supports")
   return local
-
-
-def sampler_overrides(steps: int | None = None, guidance: float | None = None,
-                      temperature: float | None = None) -> dict:
-  """The ``open_run`` overrides of the ``--steps`` / ``--cfg`` / ``--temperature`` flags of
-  sample and evaluate."""
-  overrides = {}
-  if steps:
-    overrides["sample.steps"] = steps
-  if guidance is not None:
-    overrides["sample.guidance"] = guidance
-  if temperature is not None:
-    overrides["sample.text_temperature"] = temperature
-  return overrides
 
 
 def vqa_prompts(tokenizer, examples, max_len: int):

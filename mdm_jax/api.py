@@ -460,6 +460,20 @@ class Pipeline:
     return np.concatenate(out).astype(np.float64), tokens
 
 
+def sampler_overrides(steps: int | None = None, guidance: float | None = None,
+                      temperature: float | None = None) -> dict:
+  """``open_run`` overrides for sampler settings (``load``'s arguments and the ``--steps`` /
+  ``--cfg`` / ``--temperature`` flags of sample and evaluate); None keeps the config's."""
+  overrides = {}
+  if steps:
+    overrides["sample.steps"] = steps
+  if guidance is not None:
+    overrides["sample.guidance"] = guidance
+  if temperature is not None:
+    overrides["sample.text_temperature"] = temperature
+  return overrides
+
+
 def load(path, *, batch_size: int | None = None, steps: int | None = None,
          guidance: float | None = None, temperature: float | None = None) -> Pipeline:
   """Opens a training workdir or an ``experiments.export`` folder for generation.
@@ -470,11 +484,5 @@ def load(path, *, batch_size: int | None = None, steps: int | None = None,
     steps, guidance, temperature: sampler settings replacing the config's (``sample.steps``,
       ``sample.guidance``, ``sample.text_temperature``).
   """
-  overrides = {}
-  if steps:
-    overrides["sample.steps"] = steps
-  if guidance is not None:
-    overrides["sample.guidance"] = guidance
-  if temperature is not None:
-    overrides["sample.text_temperature"] = temperature
-  return Pipeline(open_run(path, overrides), batch_size=batch_size)
+  return Pipeline(open_run(path, sampler_overrides(steps, guidance, temperature)),
+                  batch_size=batch_size)

@@ -17,6 +17,8 @@ from typing import Any
 
 from etils import epath
 
+from mdm_jax.training import paths
+
 METRICS_FILE = "metrics.jsonl"
 _log = logging.getLogger(__name__)
 
@@ -30,10 +32,6 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
     except ValueError:
       continue
   return records
-
-
-def _is_local(path: epath.Path) -> bool:
-  return "://" not in os.fspath(path)
 
 
 def rewind(path: epath.Path, last_step: int) -> int:
@@ -79,7 +77,7 @@ class MetricsLog:
     dropped = rewind(self.path, start_step)
     if dropped:
       _log.info("Dropped %d metrics records after the restored step %d.", dropped, start_step)
-    if _is_local(self.path):
+    if paths.is_local(self.path):
       self._file, self._text = self.path.open("a"), None
     else:
       self._file, self._text = None, self.path.read_text() if self.path.exists() else ""

@@ -19,6 +19,8 @@ import time
 
 from etils import epath
 
+from mdm_jax.training import paths
+
 LOCK_FILE = "trainer.lock"
 _log = logging.getLogger(__name__)
 
@@ -35,10 +37,6 @@ def _pid_alive(pid: int) -> bool:
   except PermissionError:  # exists, owned by someone else
     return True
   return True
-
-
-def _is_local(path: epath.Path) -> bool:
-  return "://" not in os.fspath(path)
 
 
 class WorkdirLock:
@@ -64,7 +62,7 @@ class WorkdirLock:
 
   def _create(self) -> bool:
     """Creates the lock file if absent; False if it exists."""
-    if _is_local(self.path):
+    if paths.is_local(self.path):
       try:
         fd = os.open(os.fspath(self.path), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
       except FileExistsError:
