@@ -61,6 +61,10 @@ def upgrade_saved_config(config):
     config.model.text_score = "sedd"
   if "text_temperature" not in config.sample:  # added with it; before it, always sampled at 1
     config.sample.text_temperature = 1.0
+  if "text_pool_cond" not in config.model:  # trained without the pooled caption in adaLN
+    config.model.text_pool_cond = False
+  if "joint_order" not in config.sample:  # sampled both modalities on one time grid
+    config.sample.joint_order = "together"
   return config
 
 

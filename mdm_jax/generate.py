@@ -15,6 +15,18 @@ table as ``mdm_jax.losses``):
 Text infilling: ``text`` with ``text_mask`` (True where a token is given) for the text, caption
 or joint task generates only the masked positions.
 
+Joint generation follows ``SampleConfig.joint_order``:
+
+  together    image and caption on one time grid, the joint task (both noised, one call a step)
+  text_first  the caption first (the text task, image absent), then the image from it (t2i):
+              p(text) p(image | text), each factor a task the network is trained on, with
+              caption guidance in the second stage (default)
+  image_first the image first (class2img with the null class), then its caption (caption)
+
+The two modalities need not move together: a digit's identity is fixed early in the image's
+reverse diffusion, while the caption's digit word can be revealed at any step, so on one grid
+the two often settle on different digits (README, "Text-to-image and joint generation").
+
 Classifier-free guidance (``guidance > 0``) guides the image noise prediction for class2img and
 t2i with ``(1 + w) eps(cond) - w eps(uncond)``, the unconditional call using the null class or an
 absent caption.
@@ -32,6 +44,7 @@ from mdm_jax.losses import LossConfig
 from mdm_jax.models.mdm import MDM, TASK_IDS, TASKS
 
 GEN_TASKS = TASKS + ("inpaint",)
+JOINT_ORDERS = ("text_first", "image_first", "together")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +59,12 @@ class SampleConfig:
   text_method: str = "auto"
   t_end: float = 1e-3
   text_temperature: float = 1.0
+  joint_order: str = "text_first"
+
+  def __post_init__(self):
+    if self.joint_order not in JOINT_ORDERS:
+      raise ValueError(f"sample.joint_order must be one of {JOINT_ORDERS}, got "
+                       f"{self.joint_order!r}")
 
 
 def _solvers(loss_cfg: LossConfig, sample_cfg: SampleConfig) -> tuple[str, str]:
@@ -94,6 +113,9 @@ def generate(model: MDM, variables, task: str, rng: jax.Array, *, num: int,
   missing = [k for k in need if given[k] is None]
   if missing:
     raise ValueError(f"task {task!r} needs {missing}")
+  if task == "joint" and sample_cfg.joint_order != "together":
+    return _joint_in_two_stages(model, variables, rng, num=num, loss_cfg=loss_cfg,
+                                sample_cfg=sample_cfg, text=text, text_mask=text_mask)
   cfg = model.cfg
   image_solver, text_method = _solvers(loss_cfg, sample_cfg)
   sched, noise = loss_cfg.vp_schedule(), loss_cfg.text_noise()
@@ -165,3 +187,17 @@ def generate(model: MDM, variables, task: str, rng: jax.Array, *, num: int,
   if images is not None and task in ("caption", "vqa"):
     out_images = images
   return out_images, tokens
+
+
+def _joint_in_two_stages(model, variables, rng, *, num, loss_cfg, sample_cfg, text, text_mask):
+  """Joint samples as one modality, then the other given it (``joint_order``, module doc)."""
+  k_first, k_second = jax.random.split(rng)
+  kw = dict(num=num, loss_cfg=loss_cfg, sample_cfg=sample_cfg)
+  if sample_cfg.joint_order == "text_first":
+    _, tokens = generate(model, variables, "text", k_first, text=text, text_mask=text_mask, **kw)
+    images, _ = generate(model, variables, "t2i", k_second, text=tokens, **kw)
+  else:
+    images, _ = generate(model, variables, "class2img", k_first, **kw)
+    _, tokens = generate(model, variables, "caption", k_second, images=images, text=text,
+                         text_mask=text_mask, **kw)
+  return images, tokens

@@ -236,3 +236,46 @@ def test_guidance_changes_the_generated_image(setup):
   plain, _ = run_generate(setup, "class2img", guidance=0.0)
   guided, _ = run_generate(setup, "class2img", guidance=3.0)
   assert np.max(np.abs(guided - plain)) > 1e-3
+
+
+@pytest.mark.parametrize("order,stages", [
+    ("text_first", (("text", "image absent"), ("t2i", "text clean"))),
+    ("image_first", (("class2img", "text absent"), ("caption", "image clean"))),
+    ("together", (("joint", "same time"),)),
+])
+def test_joint_order_generates_one_modality_then_the_other(setup, order, stages):
+  """Every network call of a joint sample, in order: (task, t_img, t_txt). ``text_first`` is
+  the text task's steps + 1 calls with the image absent (t_img = 1), then t2i's with the
+  caption clean (t_txt = 0); ``together`` moves both times on one grid."""
+  model, variables, _ = setup
+  seen = []
+
+  def record(next_fun, a, kw, context):
+    if isinstance(context.module, MDM) and context.method_name == "denoise":
+      jax.debug.callback(lambda t_img, t_txt, task: seen.append(
+          (TASKS[int(task[0])], float(t_img[0]), float(t_txt[0]))), a[1], a[3], a[6],
+                         ordered=True)
+    return next_fun(*a, **kw)
+
+  steps = 2
+  fn = functools.partial(generate, model, task="joint", num=NUM, loss_cfg=LossConfig(),
+                         sample_cfg=SampleConfig(steps=steps, joint_order=order))
+  with nn.intercept_methods(record):
+    jax.block_until_ready(jax.jit(fn, compiler_options=FAST_COMPILE)(variables, rng=key(1)))
+  jax.effects_barrier()
+  assert [s[0] for s in seen] == [task for task, _ in stages for _ in range(steps + 1)]
+  for i, (task, role) in enumerate(stages):
+    calls = seen[i * (steps + 1):(i + 1) * (steps + 1)]
+    t_img, t_txt = np.array([c[1] for c in calls]), np.array([c[2] for c in calls])
+    moving = {"image absent": t_txt, "text clean": t_img, "text absent": t_img,
+              "image clean": t_txt, "same time": t_img}[role]
+    assert np.all(np.diff(moving) < 0) and moving[0] == 1.0
+    held = {"image absent": (t_img, 1.0), "text clean": (t_txt, 0.0),
+            "text absent": (t_txt, 1.0), "image clean": (t_img, 0.0),
+            "same time": (t_txt, t_img)}[role]
+    np.testing.assert_array_equal(held[0], np.broadcast_to(held[1], held[0].shape))
+
+
+def test_unknown_joint_order_is_refused():
+  with pytest.raises(ValueError, match="joint_order"):
+    SampleConfig(joint_order="sideways")

@@ -20,7 +20,8 @@ import pytest
 from mdm_jax.diffusion import score_entropy as se
 from mdm_jax.losses import LossConfig, mdm_loss
 from mdm_jax.models.mdm import MDM, TASKS, Denoiser, MDMConfig, absorbing_log_score
-from tiny_mdm import FAST_COMPILE, TEXT_LEN, VOCAB, key, randomize_zero_kernels, tiny_config
+from tiny_mdm import (FAST_COMPILE, NUM_CLASSES, TEXT_LEN, VOCAB, key, randomize_zero_kernels,
+                      tiny_config)
 
 BATCH = 6
 QUESTION_LEN = 3
@@ -218,7 +219,8 @@ def test_denoiser_layers_scan_the_grid_in_their_orders():
 
   Row-end tokens make the scanned grid 3 x 4 (non-square), so row/column mix-ups show.
   """
-  cfg = tiny_config(image_size=6, max_text_len=4, n_layers=4, row_end_tokens=True)
+  cfg = tiny_config(image_size=6, max_text_len=4, n_layers=4, row_end_tokens=True,
+                    text_pool_cond=False)  # the pooled caption reaches every token; own test
   gh, gw = cfg.grid
   n_img, n_txt, d_lat = gh * gw, cfg.max_text_len, cfg.latent_dim
   den = Denoiser(cfg)
@@ -289,6 +291,39 @@ def test_noised_text_ids_reach_the_network_only_through_their_embedding(text_id_
     assert change > 1e-3
   else:
     assert change == 0.0
+
+
+@pytest.mark.parametrize("text_pool_cond", [True, False])
+def test_pooled_caption_reaches_the_image_without_the_scan(text_pool_cond):
+  """With every mixer's output zeroed no token reads another through the sequence (each block is
+  then its per-token SwiGLU, modulated by adaLN). The image output then changes with the
+  caption iff the pooled caption is in the adaLN input, and it is blind to the caption's order
+  (a mean: reversing the text tokens changes nothing)."""
+  cfg = tiny_config(text_pool_cond=text_pool_cond, mlp_ratio=2.0)
+  den = Denoiser(cfg)
+  rs = np.random.RandomState(0)
+  z_img = jnp.asarray(rs.randn(1, cfg.n_image_tokens, cfg.latent_dim).astype(np.float32))
+  z_txt = jnp.asarray(rs.randn(1, cfg.max_text_len, cfg.latent_dim).astype(np.float32))
+  ids = jnp.asarray(rs.randint(0, VOCAB, (1, cfg.max_text_len)), jnp.int32)
+  args = lambda zt, i: (z_img, jnp.array([0.5]), zt, jnp.array([0.0]), jnp.array([1e-3]), i,
+                        jnp.array([NUM_CLASSES]), jnp.array([1]))
+  params = nn.meta.unbox(jax.jit(den.init, compiler_options=FAST_COMPILE)(key(0), *args(z_txt,
+                                                                                        ids)))
+  params = randomize_zero_kernels(params["params"], scale=0.5)
+  assert ("text_pool" in params) == text_pool_cond
+  out_proj = params["layers"]["mixer"]["out_proj"]
+  params["layers"]["mixer"]["out_proj"] = jax.tree.map(jnp.zeros_like, out_proj)
+  apply = jax.jit(lambda zt, i: den.apply({"params": params}, *args(zt, i))[0],
+                  compiler_options=FAST_COMPILE)
+  base = apply(z_txt, ids)
+  other_word = float(jnp.max(jnp.abs(apply(z_txt.at[0, 1].set(0.0), ids.at[0, 1].set(7))
+                                     - base)))
+  reversed_text = float(jnp.max(jnp.abs(apply(z_txt[:, ::-1], ids[:, ::-1]) - base)))
+  if text_pool_cond:
+    assert other_word > 1e-3
+    assert reversed_text < 1e-5
+  else:
+    assert other_word == 0.0
 
 
 def test_one_direction_ablation_uses_identity_order_everywhere():

@@ -28,20 +28,20 @@ def get_config():
       vocab_size=256, num_classes=10,     # both reset from the data at run time
       vae_width=128, vae_depth=2, latent_dim=4,
       backbone="mamba2", d_model=128, n_layers=6, mlp_ratio=0.0, n_pad_tokens=2,
-      row_end_tokens=False, directions=4, text_score="conditional",
+      row_end_tokens=False, directions=4, text_score="conditional", text_pool_cond=True,
       d_state=16, d_conv=4, expand=2, headdim=64, ngroups=1, selective=True,
       chunk_size=16, ssd_impl="auto", pallas_target="auto", attn_heads=4,
       dtype="float32", remat=False, scan_layers=True))
 
   c.loss = ml_collections.ConfigDict(dict(
-      task_weights=(1.0, 0.5, 1.0, 1.5, 0.5, 0.25),
+      task_weights=(1.0, 1.0, 1.0, 1.5, 0.25, 0.25),
       objective="score_entropy", image_target="eps", beta_kl=1e-3, cond_drop=0.1,
       grad_to_encoder=False, t_min=1e-3, image_weight=1.0, text_weight=1.0,
       schedule="linear", noise_eps=1e-3))
 
   c.sample = ml_collections.ConfigDict(dict(
       steps=50, guidance=3.0, image_solver="auto", text_method="auto", t_end=1e-3,
-      text_temperature=1.0,
+      text_temperature=1.0, joint_order="text_first",
       num=40))
 
   c.optim = ml_collections.ConfigDict(dict(
