@@ -483,3 +483,21 @@ def eval_examples(name: str, *, split: str | None = None, num: int | None = None
         "answer": answer,
     })
   return out
+
+
+def split_size(name: str, *, split: str, data_dir: str | None = None) -> int:
+  """Number of examples in ``split``."""
+  return len(open_source(name, split=split, data_dir=data_dir))
+
+
+def iter_images(name: str, *, split: str, num: int | None = None, image_size: int = 8,
+                channels: int = 1, data_dir: str | None = None, batch_size: int = 256):
+  """The first ``num`` images of ``split`` in order, as the model sees them, in batches:
+  float32 (<= batch_size, S, S, C) in [-1, 1]. Streams (one batch in memory at a time), so a
+  50K-image reference split never has to fit."""
+  src = open_source(name, split=split, data_dir=data_dir)
+  n = len(src) if num is None else min(num, len(src))
+  for start in range(0, n, batch_size):
+    yield np.stack([images_lib.to_model_image(src.decode(src.records[i])["image"], image_size,
+                                              channels)
+                    for i in range(start, min(start + batch_size, n))])

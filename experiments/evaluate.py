@@ -37,7 +37,10 @@ Any dataset, against an ADM reference batch (ADM's protocol: ``experiments.sampl
 
 gives ``fid``, ``inception_score``, ``precision_inception`` and ``recall_inception`` (k = 3)
 from InceptionV3 pool_3 features; without ``--samples`` the class2img samples generated here are
-scored.
+scored. ``--ref_split=validation`` (with ``--ref_num=N`` for its first N images) takes the
+reference from a split of the run's own dataset instead, at the model's resolution. Either
+way the reference's features and statistics are computed once and cached in the workdir's
+``reference_stats/``; ``--tasks=`` (empty) skips sampling to score only a ``--samples`` file.
 """
 from __future__ import annotations
 
@@ -55,7 +58,8 @@ from experiments import distributed
 from experiments.workdir import open_run, sampler_overrides, vqa_prompts
 from mdm_jax import api
 from mdm_jax.evaluation import (digits_classifier, feature_extractor, image_metrics, inception,
-                                 multimodal, perplexity, reference_batch, text_metrics, vqa)
+                                 multimodal, perplexity, reference_batch, reference_stats,
+                                 text_metrics, vqa)
 
 FLAGS = flags.FLAGS
 
@@ -74,29 +78,76 @@ def define_flags():
   flags.DEFINE_string("ref_batch", None, "An ADM reference batch .npz (arr_0 uint8 NHWC, and "
                       "mu/sigma if precomputed): FID / IS / precision / recall against it, with "
                       "--inception_weights.")
+  flags.DEFINE_string("ref_split", None, "A split of the run's own dataset (e.g. validation) "
+                      "as the reference, at the model's resolution: FID / IS / precision / "
+                      "recall against it, with --inception_weights. Its statistics are cached "
+                      "in the workdir's reference_stats/.")
+  flags.DEFINE_integer("ref_num", None, "With --ref_split: its first N images (default: all).")
+  flags.DEFINE_list("tasks", list(EVAL_TASKS), "The tasks to sample and score (comma-separated; "
+                    "empty: only the --samples file against the reference).")
   flags.DEFINE_string("inception_weights", None, "InceptionV3 weights (.npz or .safetensors, "
                       "PyTorch state_dict keys; see mdm_jax.evaluation.inception).")
-  flags.DEFINE_string("samples", None, "With --ref_batch: the samples to score (an .npz of "
+  flags.DEFINE_string("samples", None, "With --ref_batch or --ref_split: the samples to score (an .npz of "
                       "experiments.sample, arr_0 or images); default: the class2img samples "
                       "generated here.")
 
-def reference_metrics(samples: np.ndarray, ref_batch: str, inception_weights: str, *,
+REFERENCE_CACHE = "reference_stats"   # under the workdir
+
+
+def reference_statistics(workdir, extractor, inception_weights: str, *, config,
+                         ref_batch: str | None = None, ref_split: str | None = None,
+                         ref_num: int | None = None, batch: int = 100):
+  """InceptionV3 statistics of the reference set: an ADM reference batch (its own mu/sigma
+  when it has them, as ADM's evaluator) or the first ``ref_num`` images of a split of the
+  run's dataset at the model's resolution. Computed once, then read from
+  ``workdir/reference_stats/`` (keyed by the reference and the weights file's digest).
+
+  Returns (ReferenceStats, a dict of what was used, for eval.json)."""
+  from data import pipeline
+  weights = reference_stats.file_digest(inception_weights)
+  extract = lambda images: extractor.features(images)[0]
+  if ref_batch is not None:
+    digest = reference_stats.file_digest(ref_batch)
+    key = f"batch {digest} inception {weights}"
+    name = f"batch-{digest}-inception-{weights}.npz"
+
+    def compute():
+      ref = reference_batch.load_reference_batch(ref_batch)
+      batches = (ref.images[i:i + batch] for i in range(0, len(ref.images), batch))
+      return reference_stats.stats_from_batches(extract, batches, mu=ref.mu, sigma=ref.sigma)
+    info = {"reference": f"batch {ref_batch}"}
+  else:
+    d = config.data
+    n = pipeline.split_size(d.name, split=ref_split, data_dir=d.data_dir)
+    n = n if ref_num is None else min(ref_num, n)
+    shape = f"{d.image_size}x{d.image_size}x{d.channels}"
+    key = f"{d.name} {ref_split} {n} {shape} inception {weights}"
+    name = f"{d.name}-{ref_split}-{n}-{shape}-inception-{weights}.npz"
+    batches = (api.to_uint8(x) for x in pipeline.iter_images(
+        d.name, split=ref_split, num=n, image_size=d.image_size, channels=d.channels,
+        data_dir=d.data_dir, batch_size=batch))
+    compute = lambda: reference_stats.stats_from_batches(extract, batches)
+    info = {"reference": f"{d.name}/{ref_split}"}
+  path = epath.Path(workdir) / REFERENCE_CACHE / name
+  t0 = time.time()
+  stats, was_cached = reference_stats.cached(path, key, compute)
+  logging.info("reference statistics of %s (%d images): %s in %.1fs", info["reference"],
+               stats.count, "read from " + os.fspath(path) if was_cached else "computed",
+               time.time() - t0)
+  return stats, dict(info, reference_cache=os.fspath(path), reference_cached=was_cached)
+
+
+def reference_metrics(samples: np.ndarray, ref: reference_stats.ReferenceStats, extractor, *,
                       batch: int = 100, k: int = 3) -> dict:
-  """FID / IS / precision / recall of uint8 (n, h, w, c) ``samples`` against an ADM reference
-  batch, with InceptionV3 pool_3 features (the reference's own mu/sigma for FID when it has
-  them, as ADM's evaluator)."""
-  ref = reference_batch.load_reference_batch(ref_batch)
-  extractor = inception.InceptionFeatureExtractor(inception_weights)
+  """FID / IS / precision / recall of uint8 (n, h, w, c) ``samples`` against the reference
+  statistics, with InceptionV3 pool_3 features."""
   f_fake, logits = feature_extractor.extract_features(extractor, samples, batch)
-  f_real, _ = feature_extractor.extract_features(extractor, ref.images, batch)
-  mu, sigma = (ref.mu, ref.sigma) if ref.mu is not None else image_metrics.gaussian_statistics(
-      f_real)
-  p, r = image_metrics.precision_recall(f_real, f_fake, k=k)
-  return {"fid": image_metrics.frechet_distance(mu, sigma,
+  p, r = image_metrics.precision_recall(ref.features, f_fake, k=k)
+  return {"fid": image_metrics.frechet_distance(ref.mu, ref.sigma,
                                                 *image_metrics.gaussian_statistics(f_fake)),
           "inception_score": image_metrics.inception_score(np.asarray(jax.nn.softmax(logits))),
           "precision_inception": p, "recall_inception": r, "num_samples": int(len(samples)),
-          "num_reference": int(len(ref.images))}
+          "num_reference": ref.count}
 
 
 def classifier(workdir):
@@ -108,16 +159,28 @@ def classifier(workdir):
   return params
 
 
+EVAL_TASKS = ("class2img", "t2i", "joint", "caption", "vqa", "text")
+
+
 def evaluate(workdir: str, *, per_class=30, num_heldout=None, batch=100, overrides=None,
-             tasks=("class2img", "t2i", "joint", "caption", "vqa", "text"), write=True, vqa_temperature=0.0,
+             tasks=EVAL_TASKS, write=True, vqa_temperature=0.0,
              text_draws=16,
-             ref_batch=None, inception_weights=None, samples=None):
+             ref_batch=None, ref_split=None, ref_num=None, inception_weights=None,
+             samples=None):
   from data import pipeline
-  if (ref_batch is None) != (inception_weights is None):
-    raise ValueError("--ref_batch and --inception_weights go together: FID against a reference "
-                     "batch needs the InceptionV3 weights file")
-  if samples is not None and ref_batch is None:
-    raise ValueError("--samples is scored against --ref_batch: pass it (and --inception_weights)")
+  if ref_batch is not None and ref_split is not None:
+    raise ValueError("pass one reference: --ref_batch (an ADM .npz) or --ref_split (a split of "
+                     "the run's dataset), not both")
+  has_ref = ref_batch is not None or ref_split is not None
+  if has_ref != (inception_weights is not None):
+    raise ValueError("--inception_weights goes with --ref_batch or --ref_split: FID against a "
+                     "reference needs both the reference and the InceptionV3 weights file")
+  if samples is not None and not has_ref:
+    raise ValueError("--samples is scored against --ref_batch or --ref_split: pass one (and "
+                     "--inception_weights)")
+  unknown = [t for t in tasks if t not in EVAL_TASKS]
+  if unknown:
+    raise ValueError(f"unknown --tasks {unknown}; choose from {EVAL_TASKS}")
   run = open_run(workdir, overrides)
   pipe = api.Pipeline(run, batch_size=batch)
   config, tok, mc = run.config, run.tokenizer, run.trainer.model_cfg
@@ -188,14 +251,20 @@ def evaluate(workdir: str, *, per_class=30, num_heldout=None, batch=100, overrid
     results["joint_examples"] = [{"read_as": int(p), "text": c}
                                  for p, c in list(zip(predicted, captions_joint))[:10]]
 
-  if ref_batch is not None:
+  if has_ref:
     if samples is not None:
       scored = reference_batch.load_reference_batch(samples).images
     elif images is not None:
       scored = api.to_uint8(images)
     else:
-      raise ValueError("no samples to score against --ref_batch: pass --samples")
-    results.update(reference_metrics(scored, ref_batch, inception_weights, batch=batch))
+      raise ValueError("no samples to score against the reference: pass --samples, or keep "
+                       "class2img in --tasks")
+    extractor = inception.InceptionFeatureExtractor(inception_weights)
+    ref, info = reference_statistics(workdir, extractor, inception_weights, config=config,
+                                     ref_batch=ref_batch, ref_split=ref_split, ref_num=ref_num,
+                                     batch=batch)
+    results.update(info)
+    results.update(reference_metrics(scored, ref, extractor, batch=batch))
 
   if tok is None:  # data without text: class-to-image only (its text tasks never trained)
     tasks = tuple(t for t in tasks if t == "class2img")
@@ -254,7 +323,9 @@ def main(argv):
   results = evaluate(FLAGS.workdir, per_class=FLAGS.per_class, num_heldout=FLAGS.num_heldout,
                      batch=FLAGS.batch, overrides=overrides,
                      vqa_temperature=FLAGS.vqa_temperature, ref_batch=FLAGS.ref_batch,
-                     inception_weights=FLAGS.inception_weights, samples=FLAGS.samples,
+                     ref_split=FLAGS.ref_split, ref_num=FLAGS.ref_num,
+                     tasks=tuple(FLAGS.tasks), inception_weights=FLAGS.inception_weights,
+                     samples=FLAGS.samples,
                      text_draws=FLAGS.text_draws)
   print(f"\n| metric | value |\n|---|---|")
   for k, v in results.items():

@@ -260,6 +260,42 @@ def test_evaluate_against_an_adm_reference_batch(workdir, cache, tmp_path):
   assert len(result["joint_examples"]) == 10
 
 
+def test_evaluate_against_a_dataset_split_caches_its_statistics(workdir, cache, tmp_path):
+  """--ref_split: the split's own first 16 images scored against it give FID ~0; the statistics
+  are cached in the workdir and read back (a tampered cache shows in the next FID: mu + 1 in
+  each of the 2048 dimensions adds exactly 2048); another --ref_num is another cache entry."""
+  import json
+  from data import digits
+  x, _ = digits.load("test")
+  samples = tmp_path / "samples.npz"
+  np.savez(samples, arr_0=x[:16, ..., None])
+  weights = tmp_path / "pt_inception.npz"
+  _random_inception_weights(weights)
+  args = [f"--workdir={workdir}", "--tasks=", "--batch=8", "--ref_split=test",
+          f"--inception_weights={weights}", f"--samples={samples}"]
+
+  def evaluate(*extra):
+    proc = run_module("experiments.evaluate", *args, *extra, cache=cache)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((workdir / "eval.json").read_text())
+
+  first = evaluate("--ref_num=16")
+  assert abs(first["fid"]) < 1e-3 and first["num_reference"] == 16
+  assert not first["reference_cached"] and "class_accuracy" not in first
+  path = first["reference_cache"]
+  with np.load(path) as data:
+    assert data["features"].shape == (16, 2048)
+    tampered = dict(data)
+  tampered["mu"] = tampered["mu"] + 1.0
+  np.savez(path, **tampered)
+  second = evaluate("--ref_num=16")
+  assert second["reference_cached"] and second["reference_cache"] == path
+  np.testing.assert_allclose(second["fid"], first["fid"] + 2048.0, rtol=1e-6)
+  other = evaluate("--ref_num=8")
+  assert not other["reference_cached"] and other["num_reference"] == 8
+  assert other["reference_cache"] != path
+
+
 def test_text_nll(pipe):
   from mdm_jax.evaluation import perplexity
   texts = ["seven, a handwritten digit", "two", "zero, number zero", "one", "five"]
