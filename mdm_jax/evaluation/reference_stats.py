@@ -80,7 +80,7 @@ def save(path, key: str, stats: ReferenceStats) -> None:
   np.savez(buf, key=np.asarray(key), features=stats.features, mu=stats.mu, sigma=stats.sigma)
   tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
   tmp.write_bytes(buf.getvalue())
-  tmp.rename(path)
+  tmp.replace(path)
 
 
 def cached(path, key: str, compute: Callable[[], ReferenceStats]) -> tuple[ReferenceStats, bool]:
