@@ -15,9 +15,8 @@ DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven",
 # {word}: "seven", {num}: "7". The digit leads every caption and the templates vary what
 # follows: the caption's first token is then the one the image decides, at a fixed place. With
 # the digit at a template-dependent place (e.g. "a handwritten digit seven", "the number 7
-# written by hand"), the default run learned the ten templates but not the digit within its
-# 20-minute budget (caption accuracy at chance after 1500 steps); see README, "How the digits
-# run was made to work".
+# written by hand"), the default run learns the ten templates but not the digit within its
+# budget; see README, "How the digits run was made to work".
 DIGIT_CAPTION_TEMPLATES = (
     "{word}, a handwritten digit",
     "{num} written by hand",

@@ -57,7 +57,7 @@ class Run:
 def upgrade_saved_config(config):
   """Fills fields that a checkpoint's saved config predates with the behaviour it was trained
   with (not today's default), so an old workdir samples as it trained."""
-  if "text_score" not in config.model:  # added 2026-11-27; before it, SEDD's form was the only one
+  if "text_score" not in config.model:  # before the field, SEDD's form was the only one
     config.model.text_score = "sedd"
   if "text_temperature" not in config.sample:  # added with it; before it, always sampled at 1
     config.sample.text_temperature = 1.0

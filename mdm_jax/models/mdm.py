@@ -18,20 +18,18 @@ task shares one sequence layout and one compiled step.
 
 The conditioning (each modality's time, the class and the task) enters twice: as the paper's
 prefix tokens, and as DiT-style adaLN-Zero modulation of every block (per segment: image tokens
-are modulated by t_img, text tokens by t_txt). With prefix tokens alone, measured on digits,
-the class and the image barely reached the generated tokens after 1600 steps (class-to-image
-and captions ignored their condition): a token far from the prefix only sees it through the
-SSM's decaying state.
+are modulated by t_img, text tokens by t_txt). Prefix tokens alone are not enough: a token far
+from the prefix only sees it through the SSM's decaying state, and on digits class-to-image and
+captions ignored their condition that way (README, "How the digits run was made to work").
 
 The caption also enters the adaLN conditioning of every block as one pooled vector
 (``text_pool_cond``, on by default), as SD3 adds a pooled text embedding to its time
 embedding: the mean over text positions of the text tokens' input embeddings (noised, so
-[MASK] where masked), through a 2-layer MLP. The sequence path alone did not carry the caption
-to the image: on the digits run, text-to-image drew the digit its prompt names 0.29 of the time
-(class-to-image, conditioned through adaLN, 1.00), and joint samples matched their captions
-0.28 of the time (README, "Text-to-image and joint generation"). The pooled vector is a bag of
-the caption's tokens; word order and the token-level detail still reach the image through the
-layers that scan the text first.
+[MASK] where masked), through a 2-layer MLP. Without it the caption reaches the image only
+through the layers that scan the text first, and on digits text-to-image then mostly ignored
+its prompt while class-to-image, conditioned through adaLN, did not (README, "Text-to-image and
+joint generation"). The pooled vector is a bag of the caption's tokens; word order and
+token-level detail still reach the image through the sequence.
 
 Each text token enters as its VAE latent plus a learned embedding of its noised id
 (``text_id_embed``, on by default; off is the paper's latents-only input). With latents alone
