@@ -19,7 +19,8 @@ import pytest
 
 from mdm_jax.diffusion import score_entropy as se
 from mdm_jax.losses import LossConfig, mdm_loss
-from mdm_jax.models.mdm import MDM, TASKS, Denoiser, MDMConfig, absorbing_log_score
+from mdm_jax.models.mdm import (MDM, TASKS, Denoiser, MDMConfig, PooledTextEmbedding,
+                                absorbing_log_score)
 from tiny_mdm import (FAST_COMPILE, NUM_CLASSES, TEXT_LEN, VOCAB, key, randomize_zero_kernels,
                       tiny_config)
 
@@ -272,7 +273,7 @@ def test_noised_text_ids_reach_the_network_only_through_their_embedding(text_id_
   """Same text latents, different noised ids ([MASK] against a word): the image output changes
   iff ``text_id_embed`` is on (off: the paper's latents-only input, ids only fix the score's
   current-token entry)."""
-  cfg = tiny_config(text_id_embed=text_id_embed)
+  cfg = tiny_config(text_id_embed=text_id_embed, text_pool_cond=False)  # the sequence input only
   den = Denoiser(cfg)
   rs = np.random.RandomState(0)
   z_img = jnp.asarray(rs.randn(1, cfg.n_image_tokens, cfg.latent_dim).astype(np.float32))
@@ -324,6 +325,20 @@ def test_pooled_caption_reaches_the_image_without_the_scan(text_pool_cond):
     assert reversed_text < 1e-5
   else:
     assert other_word == 0.0
+
+
+def test_pooled_caption_is_the_sum_over_revealed_tokens():
+  """numpy: the sum of the table's rows of the non-[MASK] ids; an absent caption gives 0."""
+  pool = PooledTextEmbedding(VOCAB, 8, TEXT_LEN)
+  ids = np.asarray([[3, VOCAB, 7, 3] + [0] * (TEXT_LEN - 4), [VOCAB] * TEXT_LEN], np.int32)
+  params = pool.init(key(0), jnp.asarray(ids))
+  table = np.asarray(nn.meta.unbox(params)["params"]["embedding"])
+  assert table.shape == (VOCAB + 1, 8)
+  np.testing.assert_allclose(table.std(), TEXT_LEN ** -0.5, rtol=0.2)
+  got = np.asarray(pool.apply(params, jnp.asarray(ids)))
+  want0 = 2 * table[3] + table[7] + (TEXT_LEN - 4) * table[0]
+  np.testing.assert_allclose(got[0], want0, rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(got[1], np.zeros(8, np.float32))
 
 
 def test_one_direction_ablation_uses_identity_order_everywhere():

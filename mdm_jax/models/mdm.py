@@ -24,12 +24,10 @@ captions ignored their condition that way (README, "How the digits run was made 
 
 The caption also enters the adaLN conditioning of every block as one pooled vector
 (``text_pool_cond``, on by default), as SD3 adds a pooled text embedding to its time
-embedding: the mean over text positions of the text tokens' input embeddings (noised, so
-[MASK] where masked), through a 2-layer MLP. Without it the caption reaches the image only
-through the layers that scan the text first, and on digits text-to-image then mostly ignored
-its prompt while class-to-image, conditioned through adaLN, did not (README, "Text-to-image and
-joint generation"). The pooled vector is a bag of the caption's tokens; word order and
-token-level detail still reach the image through the sequence.
+embedding: the sum of a learned embedding of each revealed token (``PooledTextEmbedding``).
+Without it the caption reaches the image only through the layers that scan the text first,
+and on digits text-to-image then mostly ignored its prompt while class-to-image, conditioned
+through adaLN, did not (README, "Text-to-image and joint generation").
 
 Each text token enters as its VAE latent plus a learned embedding of its noised id
 (``text_id_embed``, on by default; off is the paper's latents-only input). With latents alone
@@ -190,17 +188,31 @@ class TimeEmbedding(nn.Module):
 
 
 class PooledTextEmbedding(nn.Module):
-  """Text token embeddings (b, T, d) -> one conditioning vector (b, width): their mean over
-  the T positions through a 2-layer MLP (SD3's pooled text embedding, here pooled from the
-  denoiser's own text inputs)."""
+  """Noised text ids (b, T) -> one conditioning vector (b, width): the sum of a learned
+  embedding of every revealed token ([MASK] positions contribute nothing, so an absent caption
+  gives 0).
+
+  The caption's counterpart of the class embedding, and added next to it: a table of its own
+  (not the sequence input's), summed rather than averaged so one token that matters (a digit
+  word among template words) is not diluted T-fold, initialised at 1/sqrt(T) so that a whole
+  caption's sum starts at unit scale per channel like the class and time embeddings. A learned
+  pooling of the sequence's own input embeddings (mean or attention, through an MLP) stayed
+  dominated by the template words on digits (README, "Text-to-image and joint generation").
+  No positions enter: it is a bag of the caption's tokens, word order reaches the image
+  through the sequence.
+  """
+  vocab_size: int
   width: int
+  max_len: int
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, tokens):
-    h = jnp.mean(tokens.astype(jnp.float32), axis=1).astype(self.dtype)
-    h = nn.silu(_lp_dense(self.width, ("embed", "mlp"), "in", self.dtype)(h))
-    return _lp_dense(self.width, ("mlp", "embed"), "out", self.dtype)(h)
+  def __call__(self, ids):
+    init = nn.with_logical_partitioning(nn.initializers.normal(self.max_len ** -0.5),
+                                        ("vocab", "embed"))
+    table = self.param("embedding", init, (self.vocab_size + 1, self.width), jnp.float32)
+    revealed = (ids != self.vocab_size).astype(jnp.float32)[..., None]   # [MASK] == vocab_size
+    return jnp.sum(jnp.take(table, ids, axis=0) * revealed, axis=1).astype(self.dtype)
 
 
 class SwiGLU(nn.Module):
@@ -295,7 +307,8 @@ class Denoiser(nn.Module):
     if cfg.text_id_embed:
       self.text_id_embed = emb(cfg.vocab_size + 1, "text_id_embed")  # last row: [MASK]
     if cfg.text_pool_cond:
-      self.text_pool = PooledTextEmbedding(d, dtype=dtype, name="text_pool")
+      self.text_pool = PooledTextEmbedding(cfg.vocab_size, d, cfg.max_text_len, dtype=dtype,
+                                           name="text_pool")
     init = lp(nn.initializers.normal(0.02), (None, "embed"))
     self.pad_tokens = self.param("pad_tokens", init, (cfg.n_pad_tokens, d), jnp.float32)
     self.image_pos = self.param("image_pos", init, (cfg.n_image_tokens, d), jnp.float32)
@@ -359,7 +372,7 @@ class Denoiser(nn.Module):
     # class, the task and the pooled caption are shared.
     shared = e_cls + e_task
     if cfg.text_pool_cond:
-      shared = shared + self.text_pool(txt)
+      shared = shared + self.text_pool(ids_t)
     cond = jnp.stack([shared + e_img + e_txt, shared + e_img, shared + e_txt], axis=1)
     img = (self.latent_in(z_img.astype(dtype)) + self.image_pos.astype(dtype)
            + self.modality[0].astype(dtype))
