@@ -54,6 +54,7 @@ import numpy as np
 from experiments import distributed
 from experiments.workdir import open_run, sampler_overrides, vqa_prompts
 from mdm_jax import api
+from mdm_jax import tasks as tasks_lib
 from mdm_jax.evaluation import (digits_classifier, feature_extractor, image_metrics, inception,
                                  multimodal, perplexity, reference_batch, text_metrics, vqa)
 
@@ -109,7 +110,7 @@ def classifier(workdir):
 
 
 def evaluate(workdir: str, *, per_class=30, num_heldout=None, batch=100, overrides=None,
-             tasks=("class2img", "t2i", "joint", "caption", "vqa", "text"), write=True, vqa_temperature=0.0,
+             tasks=tasks_lib.TASKS, write=True, vqa_temperature=0.0,
              text_draws=16,
              ref_batch=None, inception_weights=None, samples=None):
   from data import pipeline
@@ -121,8 +122,7 @@ def evaluate(workdir: str, *, per_class=30, num_heldout=None, batch=100, overrid
   run = open_run(workdir, overrides)
   pipe = api.Pipeline(run, batch_size=batch)
   config, tok, mc = run.config, run.tokenizer, run.trainer.model_cfg
-  weights = dict(zip(("class2img", "t2i", "caption", "vqa", "joint", "text"),
-                     config.loss.task_weights))
+  weights = dict(zip(tasks_lib.TASKS, config.loss.task_weights))
   seed = 1234
   results = {"step": run.step, "config": config.data.name}
   heldout = pipeline.eval_examples(config.data.name,
@@ -198,7 +198,7 @@ def evaluate(workdir: str, *, per_class=30, num_heldout=None, batch=100, overrid
     results.update(reference_metrics(scored, ref_batch, inception_weights, batch=batch))
 
   if tok is None:  # data without text: class-to-image only (its text tasks never trained)
-    tasks = tuple(t for t in tasks if t == "class2img")
+    tasks = tuple(t for t in tasks if t in tasks_lib.servable(()))
   if weights["caption"] > 0 and heldout and "caption" in tasks:
     _, tokens = pipe.generate("caption", len(heldout), seed=seed, images=heldout_images)
     captions = [tok.decode(t) for t in tokens]
