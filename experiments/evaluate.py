@@ -57,6 +57,7 @@ import numpy as np
 from experiments import distributed
 from experiments.workdir import open_run, sampler_overrides, vqa_prompts
 from mdm_jax import api
+from mdm_jax import tasks as tasks_lib
 from mdm_jax.evaluation import (digits_classifier, feature_extractor, image_metrics, inception,
                                  multimodal, perplexity, reference_batch, reference_stats,
                                  text_metrics, vqa)
@@ -159,7 +160,7 @@ def classifier(workdir):
   return params
 
 
-EVAL_TASKS = ("class2img", "t2i", "joint", "caption", "vqa", "text")
+EVAL_TASKS = tasks_lib.TASKS   # every trained task has its metrics
 
 
 def evaluate(workdir: str, *, per_class=30, num_heldout=None, batch=100, overrides=None,
@@ -184,8 +185,7 @@ def evaluate(workdir: str, *, per_class=30, num_heldout=None, batch=100, overrid
   run = open_run(workdir, overrides)
   pipe = api.Pipeline(run, batch_size=batch)
   config, tok, mc = run.config, run.tokenizer, run.trainer.model_cfg
-  weights = dict(zip(("class2img", "t2i", "caption", "vqa", "joint", "text"),
-                     config.loss.task_weights))
+  weights = dict(zip(tasks_lib.TASKS, config.loss.task_weights))
   seed = 1234
   results = {"step": run.step, "config": config.data.name}
   heldout = pipeline.eval_examples(config.data.name,
@@ -267,7 +267,7 @@ def evaluate(workdir: str, *, per_class=30, num_heldout=None, batch=100, overrid
     results.update(reference_metrics(scored, ref, extractor, batch=batch))
 
   if tok is None:  # data without text: class-to-image only (its text tasks never trained)
-    tasks = tuple(t for t in tasks if t == "class2img")
+    tasks = tuple(t for t in tasks if t in tasks_lib.servable(()))
   if weights["caption"] > 0 and heldout and "caption" in tasks:
     _, tokens = pipe.generate("caption", len(heldout), seed=seed, images=heldout_images)
     captions = [tok.decode(t) for t in tokens]

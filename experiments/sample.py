@@ -58,12 +58,13 @@ import numpy as np
 from experiments import distributed, sample_io
 from experiments.workdir import open_run, sampler_overrides
 from mdm_jax import api
+from mdm_jax import tasks
 
 FLAGS = flags.FLAGS
-TASK_NAMES = {"class": "class2img", "t2i": "t2i", "caption": "caption", "vqa": "vqa",
-              "joint": "joint", "text": "text", "inpaint": "inpaint", "infill": "infill"}
-IMAGE_TASKS = ("class2img", "t2i", "inpaint", "joint")
-TEXT_TASKS = ("caption", "vqa", "joint", "text", "infill")
+INFILL = "infill"   # the text task with the [MASK]s of --prompt to fill (its text_mask)
+TASK_NAMES = {**{t: t for t in tasks.GEN_TASKS}, **tasks.ALIASES, INFILL: INFILL}
+IMAGE_TASKS = tuple(t for t, s in tasks.SPECS.items() if "image" in s.outputs)
+TEXT_TASKS = tuple(t for t, s in tasks.SPECS.items() if "text" in s.outputs) + (INFILL,)
 MASK_REGIONS = ("top", "bottom", "left", "right", "center")
 GRID_MAX = 256
 flags.DEFINE_string("workdir", None, "A training workdir or an export.", required=True)
@@ -125,6 +126,11 @@ def _stem(path):
   return os.path.splitext(os.fspath(path))[0]
 
 
+def spec(task: str) -> tasks.Task:
+  """The task table's row for a task name of this CLI (infill is the text task)."""
+  return tasks.SPECS["text" if task == INFILL else task]
+
+
 def check_flags(task: str) -> None:
   """What can be checked before anything is loaded or compiled."""
   if FLAGS.num < 1:
@@ -135,11 +141,11 @@ def check_flags(task: str) -> None:
     raise app.UsageError(f"--steps={FLAGS.steps} must be >= 1")
   if FLAGS.format == "adm" and task not in IMAGE_TASKS:
     raise app.UsageError(f"--format=adm writes images; --task={FLAGS.task} makes text")
-  if FLAGS.label is not None and task not in ("class2img", "inpaint"):
+  if FLAGS.label is not None and not spec(task).uses_class:
     raise app.UsageError(f"--label is for --task=class or inpaint, not {FLAGS.task}")
-  if FLAGS.prompt is not None and task not in ("t2i", "infill"):
+  if FLAGS.prompt is not None and not (spec(task).text == tasks.CLEAN or task == INFILL):
     raise app.UsageError(f"--prompt is for --task=t2i or infill, not {FLAGS.task}")
-  if task == "infill" and (FLAGS.prompt is None or api.MASK_WORD not in FLAGS.prompt):
+  if task == INFILL and (FLAGS.prompt is None or api.MASK_WORD not in FLAGS.prompt):
     raise app.UsageError(f"--task=infill fills the {api.MASK_WORD}s of --prompt: pass e.g. "
                          f'--prompt="{api.MASK_WORD} written by hand"')
   if FLAGS.prompt is not None and not FLAGS.prompt.strip():
@@ -192,7 +198,8 @@ class Shards:
 def _heldout(run, task, num):
   from data import pipeline
   dc = run.config.data
-  if task not in ("caption", "vqa", "inpaint") and not (task == "t2i" and not FLAGS.prompt):
+  given_text = spec(task).text == tasks.CLEAN and not FLAGS.prompt   # t2i: held-out captions
+  if "images" not in spec(task).needs and not given_text:
     return []
   heldout = pipeline.eval_examples(dc.name, split=pipeline.heldout_split(dc.name), num=num,
                                    image_size=dc.image_size, channels=dc.channels,
@@ -215,7 +222,7 @@ def sample_batch(pipe, task, idx, keep, *, first_index, labels, heldout, prompts
     images = pipe.text_to_image([prompts[i] for i in idx], **kw)
   elif task == "inpaint":   # keep the image where mask is True, generate the rest
     images = pipe.inpaint(np.stack([e["image"] for e in ex]), mask, labels=labels[idx], **kw)
-  elif task == "infill":
+  elif task == INFILL:
     texts = pipe.infill([prompts[i] for i in idx], **kw)
   elif task == "joint":
     images, texts = pipe.joint(len(idx), **kw)
@@ -234,13 +241,13 @@ def sample_batch(pipe, task, idx, keep, *, first_index, labels, heldout, prompts
       row["text"] = texts[j]
       if task == "caption":
         row["reference"] = ex[j]["captions"][0]
-      if task == "infill":
+      if task == INFILL:
         row["prompt"] = prompts[i]
       rows.append(row)
   arrays = {"rows": np.asarray(json.dumps(rows))}
   if images is not None:
     arrays["images"] = images[:keep]
-  if task in ("class2img", "inpaint"):
+  if spec(task).uses_class:
     arrays["labels"] = labels[idx[:keep]]
   return arrays
 
@@ -257,7 +264,7 @@ def main(argv):
     logging.warning("--batch_size=%d is not a multiple of the %d devices: each batch is then "
                     "not split over them (the model's batch axis is sharded only when it "
                     "divides); pass a multiple for full speed", bs, jax.device_count())
-  if pipe.tokenizer is None and task not in ("class2img", "inpaint"):
+  if pipe.tokenizer is None and spec(task).text != tasks.ABSENT:
     raise app.UsageError(f"--task={FLAGS.task} needs text, but this run's data "
                          f"({run.config.data.name}) has none (it trained class-to-image only, "
                          "without a tokenizer); use --task=class or --task=inpaint.")
@@ -268,7 +275,7 @@ def main(argv):
     raise app.UsageError(f"--label={FLAGS.label}: {e}") from None
   heldout = _heldout(run, task, num)
   prompts, mask = None, None
-  if task == "infill":
+  if task == INFILL:
     prompts = [FLAGS.prompt] * num
   if task == "inpaint":
     mask = inpaint_mask(FLAGS.mask, pipe.image_shape[:2])

@@ -28,7 +28,7 @@ import numpy as np
 
 from experiments import configs as config_registry
 from experiments import distributed
-from mdm_jax import generate as gen
+from mdm_jax import tasks
 from mdm_jax.models.mdm import MDM
 from mdm_jax.ssm import kernel_check
 from mdm_jax.training import checkpoint as ckpt_lib
@@ -74,27 +74,26 @@ def write_samples(trainer: Trainer, state, tokenizer, eval_examples, outdir: str
   """
   from experiments import sample_io
   mc, config = trainer.model_cfg, trainer.config
-  weights = dict(zip(gen.TASKS, config.loss.task_weights))
-  if tokenizer is None:  # data without text trains class2img alone
-    weights = {t: w if t == "class2img" else 0.0 for t, w in weights.items()}
+  trained = tasks.trained_tasks(config.loss.task_weights,
+                                trainer.data_keys if tokenizer is not None else ())
   rng = jax.random.PRNGKey(config.seed + 1)
   num = config.sample.num
   is_main = jax.process_index() == 0
   written = []
-  if weights["class2img"] > 0:
+  if "class2img" in trained:
     labels = jnp.arange(num) % mc.num_classes
     images, _ = trainer.sample(state, "class2img", rng, num, labels=labels)
     if is_main:
       written.append(sample_io.save_grid(images, f"{outdir}/class2img_{tag}.png",
                                          nrow=min(mc.num_classes, num), upscale=4))
-  if weights["joint"] > 0:
+  if "joint" in trained:
     images, tokens = trainer.sample(state, "joint", rng, num)
     if is_main:
       written.append(sample_io.save_grid(images, f"{outdir}/joint_{tag}.png", upscale=4))
       written.append(sample_io.save_text(
           f"{outdir}/joint_{tag}.txt",
           "".join(f"{i}: {tokenizer.decode(t)}\n" for i, t in enumerate(tokens))))
-  if eval_examples and weights["caption"] > 0:
+  if eval_examples and "caption" in trained:
     ex = eval_examples[:num]
     images = jnp.asarray(np.stack([e["image"] for e in ex]))
     _, tokens = trainer.sample(state, "caption", rng, len(ex), images=images)
@@ -269,9 +268,9 @@ def setup_text(config, workdir: str, info: dict):
   from experiments import workdir as workdir_lib
   dc = config.data
   if not info["has_caption"]:
-    text_tasks = [f"{t} ({w:g})" for t, w in zip(gen.TASKS, config.loss.task_weights)
-                  if t != "class2img" and w > 0]
-    if config.loss.task_weights[gen.TASKS.index("class2img")] <= 0:
+    text_tasks = [f"{t} ({w:g})" for t, w in zip(tasks.TASKS, config.loss.task_weights)
+                  if t not in tasks.servable(()) and w > 0]
+    if "class2img" not in tasks.trained_tasks(config.loss.task_weights, ()):
       raise ValueError(f"Dataset {dc.name!r} has no text, so only class2img can train, but its "
                        "loss.task_weights gives class2img weight 0; set --config.loss."
                        "task_weights='(1.0, 0.0, 0.0, 0.0, 0.0, 0.0)'.")

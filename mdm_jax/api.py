@@ -451,7 +451,7 @@ class Pipeline:
     fns = self.__dict__.setdefault("_nll_fns", {})
     if num_draws not in fns:
       fns[num_draws] = jax.jit(lambda v, x, m, rng: perplexity.sedd_nll_bound(
-          trainer.model.apply(v, x, rng, trainer.loss_cfg, num_draws,
+          trainer.model.apply(v, x, rng, trainer.loss_cfg, num_draws, trainer.procs,
                               method=losses.text_nll_bound), m))
     variables = {"params": self.run.state["ema"], "latent_stats": self.run.state["latent_stats"]}
     bs, n, key, out = min(self.batch_size, len(texts)), len(texts), jax.random.PRNGKey(seed), []

@@ -1,19 +1,12 @@
 """Generation for every task: composes the network-agnostic samplers with the MDM model.
 
 One path serves all tasks: ``diffusion.samplers.joint_sample`` advances image latents and text
-tokens on one time grid, and the task only decides what is noised, clean or absent (the same
-table as ``mdm_jax.losses``):
+tokens on one time grid, and the task only decides what is noised, clean, absent or given:
+the task table in ``mdm_jax.tasks`` (also read by the loss), including what each task needs
+and which task id the network sees (``inpaint`` uses class2img's).
 
-  class2img  image generated, text absent (all [MASK] at t = 1), class given
-  t2i        image generated, caption held clean
-  caption    image held clean, caption generated
-  vqa        image and question held clean, answer generated
-  joint      image and caption generated together
-  text       caption generated, image absent (Gaussian noise at t = 1)
-  inpaint    image generated where ``image_mask`` is False, known elsewhere; text absent
-
-Text infilling: ``text`` with ``text_mask`` (True where a token is given) for the text, caption
-or joint task generates only the masked positions.
+Text infilling: ``text`` with ``text_mask`` (True where a token is given) for a task whose text
+is noised (text, caption, joint) generates only the masked positions.
 
 Joint generation follows ``SampleConfig.joint_order``:
 
@@ -27,9 +20,9 @@ The two modalities need not move together: a digit's identity is fixed early in 
 reverse diffusion, while the caption's digit word can be revealed at any step, so on one grid
 the two often settle on different digits (README, "Text-to-image and joint generation").
 
-Classifier-free guidance (``guidance > 0``) guides the image noise prediction for class2img and
-t2i with ``(1 + w) eps(cond) - w eps(uncond)``, the unconditional call using the null class or an
-absent caption.
+Classifier-free guidance (``guidance > 0``) guides the image noise prediction of the tasks with
+a ``dropped`` condition (class2img, t2i, inpaint) with ``(1 + w) eps(cond) - w eps(uncond)``,
+the unconditional call using the null class or an absent caption.
 """
 from __future__ import annotations
 
@@ -39,11 +32,12 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from mdm_jax.diffusion import samplers, score_entropy
-from mdm_jax.losses import LossConfig
-from mdm_jax.models.mdm import MDM, TASK_IDS, TASKS
+from mdm_jax import tasks as tasks_lib
+from mdm_jax.diffusion import samplers
+from mdm_jax.diffusion.processes import Processes
+from mdm_jax.models.mdm import MDM
 
-GEN_TASKS = TASKS + ("inpaint",)
+TASKS, TASK_IDS, GEN_TASKS = tasks_lib.TASKS, tasks_lib.TASK_IDS, tasks_lib.GEN_TASKS
 JOINT_ORDERS = ("text_first", "image_first", "together")
 
 
@@ -67,19 +61,36 @@ class SampleConfig:
                        f"{self.joint_order!r}")
 
 
-def _solvers(loss_cfg: LossConfig, sample_cfg: SampleConfig) -> tuple[str, str]:
-  markov = loss_cfg.objective == "markov"
+def _solvers(procs: Processes, sample_cfg: SampleConfig) -> tuple[str, str]:
   image = sample_cfg.image_solver
   text = sample_cfg.text_method
   if image == "auto":
-    image = "ddpm" if markov else "dpm++2m"
+    image = "ddpm" if procs.markov else "dpm++2m"
   if text == "auto":
-    text = "markov" if markov else "analytic"
+    text = "markov" if procs.markov else "analytic"
   return image, text
 
 
+def check_inputs(task: str, given: dict, text_mask=None) -> tasks_lib.Task:
+  """The spec of ``task``, after checking that ``given`` (name -> array or None) holds every
+  input the task table says it needs, and that a ``text_mask`` comes with a noised text."""
+  if task not in GEN_TASKS:
+    raise ValueError(f"unknown task {task!r}; choose one of {GEN_TASKS}")
+  spec = tasks_lib.SPECS[task]
+  need = spec.needs
+  if text_mask is not None:
+    if not spec.infills:
+      infill = tuple(n for n, s in tasks_lib.SPECS.items() if s.infills)
+      raise ValueError(f"text_mask (infilling) is for the tasks {infill}, not {task!r}")
+    need = need + ("text",)
+  missing = [k for k in need if given.get(k) is None]
+  if missing:
+    raise ValueError(f"task {task!r} needs {missing}")
+  return spec
+
+
 def generate(model: MDM, variables, task: str, rng: jax.Array, *, num: int,
-             loss_cfg: LossConfig, sample_cfg: SampleConfig = SampleConfig(),
+             procs: Processes, sample_cfg: SampleConfig = SampleConfig(),
              labels: Optional[jax.Array] = None, text: Optional[jax.Array] = None,
              prompt_len: Optional[jax.Array] = None, images: Optional[jax.Array] = None,
              image_mask: Optional[jax.Array] = None, text_mask: Optional[jax.Array] = None):
@@ -90,7 +101,8 @@ def generate(model: MDM, variables, task: str, rng: jax.Array, *, num: int,
     task: one of ``GEN_TASKS``.
     rng: PRNG key.
     num: batch size.
-    labels: (num,) class ids for class2img/inpaint (None: null class).
+    procs: the diffusion processes the model was trained with (``Processes.build``).
+    labels: (num,) class ids for the tasks that use the class (None: null class).
     text: (num, T) ids: the caption for t2i; question <sep> answer (answer ignored) for vqa.
     prompt_len: (num,) tokens of ``text`` that are given (vqa).
     images: (num, H, W, C) in [-1, 1]: the given image (caption, vqa, inpaint).
@@ -100,99 +112,98 @@ def generate(model: MDM, variables, task: str, rng: jax.Array, *, num: int,
     images (num, H, W, C) float32 in [-1, 1], tokens (num, T) int32. For tasks where a
     modality is given, it is returned as given; where absent, the returned value is meaningless.
   """
-  if task not in GEN_TASKS:
-    raise ValueError(f"unknown task {task!r}; choose one of {GEN_TASKS}")
-  need = {"t2i": ("text",), "caption": ("images",), "vqa": ("images", "text", "prompt_len"),
-          "inpaint": ("images", "image_mask")}.get(task, ())
-  given = dict(text=text, images=images, prompt_len=prompt_len, image_mask=image_mask)
-  infill_mask = text_mask
-  if infill_mask is not None:
-    if task not in ("text", "caption", "joint"):
-      raise ValueError(f"text_mask (infilling) is for the text, caption or joint task, not {task!r}")
-    need = need + ("text",)
-  missing = [k for k in need if given[k] is None]
-  if missing:
-    raise ValueError(f"task {task!r} needs {missing}")
-  if task == "joint" and sample_cfg.joint_order != "together":
-    return _joint_in_two_stages(model, variables, rng, num=num, loss_cfg=loss_cfg,
+  spec = check_inputs(task, dict(text=text, images=images, prompt_len=prompt_len,
+                                 image_mask=image_mask), text_mask)
+  if spec.name == "joint" and sample_cfg.joint_order != "together":
+    return _joint_in_two_stages(model, variables, rng, num=num, procs=procs,
                                 sample_cfg=sample_cfg, text=text, text_mask=text_mask)
-  cfg = model.cfg
-  image_solver, text_method = _solvers(loss_cfg, sample_cfg)
-  sched, noise = loss_cfg.vp_schedule(), loss_cfg.text_noise()
-  graph = score_entropy.AbsorbingGraph(cfg.vocab_size)
+  image_solver, text_method = _solvers(procs, sample_cfg)
   bound = model.bind(variables)
-  scale = bound.latent_scale()
   k_z, k_sample = jax.random.split(rng)
+  start = _start(bound, spec, procs, k_z, num, text=text, prompt_len=prompt_len, images=images,
+                 image_mask=image_mask, text_mask=text_mask)
+  class_id = labels if spec.uses_class and labels is not None else None
+  model_fn = _model_fn(bound, spec, procs, start, class_id, sample_cfg.guidance)
+  z0, tokens = samplers.joint_sample(
+      model_fn, start["z_T"], start["tokens_T"], procs.image, procs.graph, procs.text_noise,
+      k_sample, steps=sample_cfg.steps, image_solver=image_solver, text_method=text_method,
+      image_clean=start["image_clean"], text_clean=start["text_clean"],
+      image_mask=start["latent_mask"], image_known=start["image_known"],
+      text_mask=start["text_mask"], text_known=start["text_known"], t_end=sample_cfg.t_end,
+      text_temperature=float(sample_cfg.text_temperature))
+  if images is not None and spec.image == tasks_lib.CLEAN:
+    return images, tokens
+  return jnp.clip(bound.decode_image(z0 / bound.latent_scale()[0]), -1.0, 1.0), tokens
 
+
+def _start(bound, spec: tasks_lib.Task, procs: Processes, key, num, *, text, prompt_len,
+           images, image_mask, text_mask) -> dict:
+  """The sampler's starting state and what it holds, from the task's roles: z_T (num, N, D),
+  tokens_T (num, T), the held-clean / absent flags and the known parts (None where unused)."""
+  cfg = bound.cfg
   n_img, n_txt = cfg.n_image_tokens, cfg.max_text_len
-  z_T = jax.random.normal(k_z, (num, n_img, cfg.latent_dim))
-  tokens_T = graph.sample_limit(None, (num, n_txt))
-  image_clean = text_clean = False
-  image_absent = text_absent = False
-  text_mask = text_known = image_known = latent_mask = None
+  s = dict(z_T=jax.random.normal(key, (num, n_img, cfg.latent_dim)),
+           tokens_T=procs.graph.sample_limit(None, (num, n_txt)),
+           image_clean=spec.image in (tasks_lib.CLEAN, tasks_lib.ABSENT),
+           image_absent=spec.image == tasks_lib.ABSENT,
+           text_clean=spec.text in (tasks_lib.CLEAN, tasks_lib.ABSENT),
+           text_absent=spec.text == tasks_lib.ABSENT,
+           text_mask=None, text_known=None, latent_mask=None, image_known=None)
   if images is not None:
-    mu, _ = bound.encode_image(images)
-    clean_latents = mu * scale[0]
-  if task in ("class2img", "inpaint"):
-    text_clean = text_absent = True
-  if task == "t2i":
-    tokens_T, text_clean = text.astype(jnp.int32), True
-  if task in ("caption", "vqa"):
-    z_T, image_clean = clean_latents, True
-  if task == "vqa":
-    text_mask = jnp.arange(n_txt)[None] < prompt_len[:, None]
-    text_known = text.astype(jnp.int32)
-  if task == "text":
-    image_clean = image_absent = True
-  if infill_mask is not None:
-    text_mask, text_known = jnp.asarray(infill_mask, bool), text.astype(jnp.int32)
-  if task == "inpaint":
+    clean_latents = bound.encode_image(images)[0] * bound.latent_scale()[0]
+  if spec.text == tasks_lib.CLEAN:
+    s["tokens_T"] = text.astype(jnp.int32)
+  if spec.image == tasks_lib.CLEAN:
+    s["z_T"] = clean_latents
+  if spec.text == tasks_lib.PROMPT:
+    s["text_mask"] = jnp.arange(n_txt)[None] < prompt_len[:, None]
+    s["text_known"] = text.astype(jnp.int32)
+  if text_mask is not None:
+    s["text_mask"], s["text_known"] = jnp.asarray(text_mask, bool), text.astype(jnp.int32)
+  if spec.image == tasks_lib.KNOWN:
     # A latent token is known when its whole patch is known.
     p = cfg.patch_size
     m = jnp.all(image_mask.reshape(num, cfg.grid[0], p, cfg.grid[1], p, -1), axis=(2, 4, 5))
-    latent_mask = jnp.broadcast_to(m.reshape(num, n_img, 1), z_T.shape)
-    image_known = clean_latents
+    s["latent_mask"] = jnp.broadcast_to(m.reshape(num, n_img, 1), s["z_T"].shape)
+    s["image_known"] = clean_latents
+  return s
 
-  task_id = jnp.full((num,), TASK_IDS["class2img" if task == "inpaint" else task], jnp.int32)
+
+def _model_fn(bound, spec: tasks_lib.Task, procs: Processes, start: dict, class_id, guidance):
+  """The sampler's ``model_fn``: the network with the task's id, absent modalities fed fully
+  noised, and guidance against the task's dropped condition when ``guidance > 0``."""
+  cfg = bound.cfg
+  num, n_txt = start["tokens_T"].shape
+  task_id = jnp.full((num,), TASK_IDS[spec.network_task], jnp.int32)
   null = jnp.full((num,), cfg.num_classes, jnp.int32)
-  class_id = null if labels is None or task not in ("class2img", "inpaint") else labels
+  class_id = null if class_id is None else class_id
   ones = jnp.ones((num,), jnp.float32)
   all_mask = jnp.full((num, n_txt), cfg.mask_id, jnp.int32)
 
-  def call(z, t_img, x, t_txt, class_id):
-    if image_absent:
-      z, t_img = z_T, ones
+  def call(z, t_img, x, t_txt, class_id, text_absent):
+    if start["image_absent"]:
+      z, t_img = start["z_T"], ones
     if text_absent:
       x, t_txt = all_mask, ones
-    sigma, _ = noise(t_txt)
+    sigma, _ = procs.text_noise(t_txt)
     return bound.denoise(z, t_img, x, t_txt, sigma, class_id, task_id)
 
   def model_fn(z, t_img, x, t_txt):
-    eps, log_score = call(z, t_img, x, t_txt, class_id)
-    if sample_cfg.guidance > 0 and task in ("class2img", "t2i", "inpaint"):
-      if task == "t2i":
-        eps_u, _ = bound.denoise(z, t_img, all_mask, ones, noise(ones)[0], null, task_id)
-      else:
-        eps_u, _ = call(z, t_img, x, t_txt, null)
-      eps = samplers.cfg(eps, eps_u, sample_cfg.guidance)
+    eps, log_score = call(z, t_img, x, t_txt, class_id, start["text_absent"])
+    if guidance > 0 and spec.dropped is not None:
+      drop_class = spec.dropped == "class"
+      eps_u, _ = call(z, t_img, x, t_txt, null if drop_class else class_id,
+                      start["text_absent"] or not drop_class)
+      eps = samplers.cfg(eps, eps_u, guidance)
     return eps, log_score
 
-  z0, tokens = samplers.joint_sample(
-      model_fn, z_T, tokens_T, sched, graph, noise, k_sample, steps=sample_cfg.steps,
-      image_solver=image_solver, text_method=text_method, image_clean=image_clean,
-      text_clean=text_clean, image_mask=latent_mask, image_known=image_known,
-      text_mask=text_mask, text_known=text_known, t_end=sample_cfg.t_end,
-      text_temperature=float(sample_cfg.text_temperature))
-  out_images = jnp.clip(bound.decode_image(z0 / scale[0]), -1.0, 1.0)
-  if images is not None and task in ("caption", "vqa"):
-    out_images = images
-  return out_images, tokens
+  return model_fn
 
 
-def _joint_in_two_stages(model, variables, rng, *, num, loss_cfg, sample_cfg, text, text_mask):
+def _joint_in_two_stages(model, variables, rng, *, num, procs, sample_cfg, text, text_mask):
   """Joint samples as one modality, then the other given it (``joint_order``, module doc)."""
   k_first, k_second = jax.random.split(rng)
-  kw = dict(num=num, loss_cfg=loss_cfg, sample_cfg=sample_cfg)
+  kw = dict(num=num, procs=procs, sample_cfg=sample_cfg)
   if sample_cfg.joint_order == "text_first":
     _, tokens = generate(model, variables, "text", k_first, text=text, text_mask=text_mask, **kw)
     images, _ = generate(model, variables, "t2i", k_second, text=tokens, **kw)

@@ -1,22 +1,17 @@
 """The paper's total loss: L_rec_img + L_rec_txt + beta * L_KL + the diffusion terms, per task.
 
-One training batch mixes tasks per example (``mdm.TASKS``); a task is only a choice of which
-modality is noised, clean or absent, and where the losses apply:
-
-  task        image latents         text tokens                        class    loss on
-  class2img   noised, t ~ U         absent (all [MASK], t = 1)         label    image
-  t2i         noised, t ~ U         caption clean (t = 0)              null     image
-  caption     clean (t = 0)         caption noised, t ~ U              null     text
-  vqa         clean (t = 0)         question clean, answer noised      null     text (answer)
-  joint       noised, t ~ U         caption noised, own t ~ U          null     both
-  text        absent (noise, t = 1) caption noised, t ~ U              null     text
+One training batch mixes tasks per example (``tasks.TASKS``); a task is only a choice of which
+modality is noised, clean or absent and where the losses apply, read from the task table in
+``mdm_jax.tasks`` (the diffusion loss goes on the noised modalities: the answer only for VQA).
 
 Data without text (no ``caption`` in the batch, e.g. ImageNet's synset labels) trains
-class2img alone: every task that needs text gets weight 0, the text positions are absent in every
-example, and the text VAE has no reconstruction or KL term (nothing to reconstruct).
+class2img alone (``tasks.servable``): every task that needs text gets weight 0, the text
+positions are absent in every example, and the text VAE has no reconstruction or KL term
+(nothing to reconstruct).
 
-Condition dropout for classifier-free guidance: with probability ``cond_drop`` the class
-becomes the null class (class2img) or the caption becomes absent (t2i).
+Condition dropout for classifier-free guidance: with probability ``cond_drop`` a task's
+``dropped`` condition goes: the class becomes the null class (class2img) or the caption becomes
+absent (t2i).
 
 Image diffusion: continuous VP diffusion of the (unit-variance) VAE latents, trained by
 denoising score matching (eps or v target). Text diffusion: SEDD absorbing diffusion with the
@@ -32,14 +27,18 @@ collapsing toward whatever is easiest to denoise.
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional
+
 import jax
 import jax.numpy as jnp
 
+from mdm_jax import tasks as tasks_lib
 from mdm_jax.diffusion import gaussian, markov, score_entropy
-from mdm_jax.models.mdm import MDM, TASK_IDS, TASKS
+from mdm_jax.diffusion.processes import Processes
+from mdm_jax.models.mdm import MDM
 from mdm_jax.models.vae import kl_to_standard_normal
 
-T_CLASS2IMG, T_T2I, T_CAPTION, T_VQA, T_JOINT, T_TEXT = (TASK_IDS[t] for t in TASKS)
+TASKS, TASK_IDS = tasks_lib.TASKS, tasks_lib.TASK_IDS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +46,7 @@ class LossConfig:
   """How the total loss is formed.
 
   Attributes:
-    task_weights: sampling probability (unnormalised) of each task in ``mdm.TASKS`` order;
+    task_weights: sampling probability (unnormalised) of each task in ``tasks.TASKS`` order;
       tasks the data cannot serve (e.g. VQA without VQA pairs) must get weight 0.
     objective: "score_entropy" (the paper) or "markov" (the ablation).
     image_target: "eps" or "v".
@@ -56,7 +55,8 @@ class LossConfig:
     grad_to_encoder: let the diffusion losses' gradients reach the VAE encoder.
     t_min: smallest diffusion time sampled (both modalities).
     image_weight, text_weight: weights of the two diffusion terms.
-    schedule: "linear" or "cosine" VP schedule. noise_eps: log-linear text noise eps.
+    schedule: "linear" or "cosine" VP schedule. noise_eps: log-linear text noise eps (both
+      read through ``diffusion.processes.Processes.build``).
   """
   task_weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
   objective: str = "score_entropy"
@@ -78,12 +78,6 @@ class LossConfig:
       raise ValueError(f"loss.objective must be 'score_entropy' or 'markov', got "
                        f"{self.objective!r}")
 
-  def vp_schedule(self) -> gaussian.VPSchedule:
-    return gaussian.VPSchedule.linear() if self.schedule == "linear" else gaussian.VPSchedule.cosine()
-
-  def text_noise(self) -> score_entropy.LogLinearNoise:
-    return score_entropy.LogLinearNoise(eps=self.noise_eps)
-
 
 def _masked_mean(values, weights):
   """Mean of ``values`` (b,) over examples where ``weights`` (b,) > 0 (0 when there are none)."""
@@ -91,7 +85,98 @@ def _masked_mean(values, weights):
   return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 
 
-def mdm_loss(model: MDM, batch: dict, rng: jax.Array, cfg: LossConfig):
+def per_task(task: jax.Array, prop) -> jax.Array:
+  """``prop(spec)`` of each example's task: (b,) bool, looked up from the task table."""
+  return jnp.asarray([bool(prop(tasks_lib.SPECS[n])) for n in TASKS])[task]
+
+
+def assign_tasks(key, task_weights, batch: dict) -> jax.Array:
+  """(b,) int32 task per example, drawn by ``task_weights`` among the tasks the batch serves."""
+  served = tasks_lib.servable(batch)
+  weights = jnp.asarray(task_weights, jnp.float32) * jnp.asarray([n in served for n in TASKS])
+  b = batch["image"].shape[0]
+  return jax.random.categorical(key, jnp.log(weights), shape=(b,)).astype(jnp.int32)
+
+
+def training_text(batch: dict, task: jax.Array, max_text_len: int):
+  """Each example's text and its clean prompt length: the VQA data for the prompted task (its
+  question is the prompt), the caption otherwise; pad ids when the data has no text (never
+  read: the text is then absent everywhere). -> ((b, T) int32, (b,) int32)."""
+  b = task.shape[0]
+  zeros = jnp.zeros((b,), jnp.int32)
+  if "caption" not in batch:
+    return jnp.zeros((b, max_text_len), jnp.int32), zeros
+  if "vqa" not in batch:
+    return batch["caption"].astype(jnp.int32), zeros
+  prompted = per_task(task, lambda s: s.text == tasks_lib.PROMPT)
+  text0 = jnp.where(prompted[:, None], batch["vqa"], batch["caption"])
+  return text0.astype(jnp.int32), jnp.where(prompted, batch["vqa_prompt_len"], 0)
+
+
+def vae_terms(model: MDM, image, text0: Optional[jax.Array], k_img, k_txt):
+  """The unified VAE's reconstruction and KL terms (no text terms when ``text0`` is None) and
+  the sampled latents. -> (z_image, z_text or None, rec_img, rec_txt, kl)."""
+  mu_i, ls_i = model.encode_image(image)
+  z_i = mu_i + jnp.exp(ls_i) * jax.random.normal(k_img, mu_i.shape)
+  rec_img = jnp.mean((model.decode_image(z_i) - image) ** 2)
+  if text0 is None:
+    return z_i, None, rec_img, jnp.zeros((), jnp.float32), jnp.mean(
+        kl_to_standard_normal(mu_i, ls_i))
+  mu_t, ls_t = model.encode_text(text0)
+  z_t = mu_t + jnp.exp(ls_t) * jax.random.normal(k_txt, mu_t.shape)
+  logits = model.decode_text(z_t)
+  rec_txt = jnp.mean(jax.nn.logsumexp(logits, -1)
+                     - jnp.take_along_axis(logits, text0[..., None], -1)[..., 0])
+  kl = 0.5 * (jnp.mean(kl_to_standard_normal(mu_i, ls_i))
+              + jnp.mean(kl_to_standard_normal(mu_t, ls_t)))
+  return z_i, z_t, rec_img, rec_txt, kl
+
+
+def task_times(cfg: LossConfig, task, label, num_classes: int, keys):
+  """Per-example diffusion times and conditions from the task table and condition dropout.
+
+  A clean modality gets t = 0, an absent one t = 1, a noised one t ~ U[t_min, 1].
+  Args:
+    keys: 3 keys (dropout, image time, text time).
+  Returns:
+    t_img (b,), t_txt (b,), text_absent (b,) bool, class_id (b,) int32 (null: num_classes).
+  """
+  b = task.shape[0]
+  u = lambda k: cfg.t_min + (1.0 - cfg.t_min) * jax.random.uniform(k, (b,))
+  drop = jax.random.uniform(keys[0], (b,)) < cfg.cond_drop
+  role = lambda modality, r: per_task(task, lambda s: getattr(s, modality) == r)
+  drops = lambda what: per_task(task, lambda s: s.dropped == what) & drop
+  text_absent = role("text", tasks_lib.ABSENT) | drops("caption")
+  t_img = jnp.where(role("image", tasks_lib.CLEAN), 0.0,
+                    jnp.where(role("image", tasks_lib.ABSENT), 1.0, u(keys[1])))
+  t_txt = jnp.where(role("text", tasks_lib.CLEAN), 0.0, u(keys[2]))
+  t_txt = jnp.where(text_absent, 1.0, t_txt)
+  keep_class = per_task(task, lambda s: s.uses_class) & ~drops("class")
+  class_id = jnp.where(keep_class & (label >= 0), label, num_classes)
+  return t_img, t_txt, text_absent, class_id
+
+
+def corrupt_text(procs: Processes, key, text0, sigma, prompt_len, text_absent, mask_id: int):
+  """The absorbing transition on the positions a task generates (after the prompt); all [MASK]
+  where the text is absent. -> (x_t (b, T) int32, generated (b, T) bool)."""
+  generated = jnp.arange(text0.shape[1])[None, :] >= prompt_len[:, None]
+  x_t = procs.graph.sample_transition(key, text0, sigma[:, None])
+  x_t = jnp.where(generated, x_t, text0)
+  x_t = jnp.where(text_absent[:, None], mask_id, x_t)
+  return x_t, generated
+
+
+def text_diffusion_loss(procs: Processes, text_out, sigma, dsigma, x_t, text0, generated):
+  """(b,) per-example text diffusion loss over the generated positions, mean over all T:
+  score entropy, or the absorbing chain's bound for the Markov ablation."""
+  fn = markov.absorbing_elbo_loss if procs.markov else score_entropy.score_entropy_loss
+  per_tok = fn(text_out, sigma[:, None], dsigma[:, None], x_t, text0, procs.graph,
+               mask=generated)
+  return jnp.sum(per_tok, axis=1) / text0.shape[1]
+
+
+def mdm_loss(model: MDM, batch: dict, rng: jax.Array, cfg: LossConfig,
+             procs: Optional[Processes] = None):
   """Total loss and every term, for one batch. Call through ``model.apply(..., method=mdm_loss)``.
 
   Args:
@@ -101,100 +186,52 @@ def mdm_loss(model: MDM, batch: dict, rng: jax.Array, cfg: LossConfig):
       ``vqa`` (b, T) int and ``vqa_prompt_len`` (b,) int.
     rng: PRNG key.
     cfg: LossConfig.
+    procs: the diffusion processes (default: built from ``model.cfg`` and ``cfg``).
   Returns:
     (total scalar, dict of float32 scalars: every term, plus per-task diffusion losses).
   """
   mc = model.cfg
-  b = batch["image"].shape[0]
+  if procs is None:
+    procs = Processes.build(mc, cfg)
   keys = jax.random.split(rng, 10)
-  sched, noise = cfg.vp_schedule(), cfg.text_noise()
-  graph = score_entropy.AbsorbingGraph(mc.vocab_size)
-
-  # Per-example task.
-  weights = jnp.asarray(cfg.task_weights, jnp.float32)
   has_text = "caption" in batch
-  if not has_text:
-    weights = weights * (jnp.arange(len(TASKS)) == T_CLASS2IMG)
-  if "vqa" not in batch:
-    weights = weights.at[T_VQA].set(0.0)
-  task = jax.random.categorical(keys[0], jnp.log(weights), shape=(b,)).astype(jnp.int32)
-  is_task = lambda *ids: jnp.isin(task, jnp.asarray(ids))
-  label = batch["label"].astype(jnp.int32)
-  if "vqa" in batch:
-    text0 = jnp.where((task == T_VQA)[:, None], batch["vqa"], batch["caption"])
-    prompt_len = jnp.where(task == T_VQA, batch["vqa_prompt_len"], 0)
-  elif has_text:
-    text0, prompt_len = batch["caption"], jnp.zeros((b,), jnp.int32)
-  else:  # never read: every example's text is absent (all [MASK]); pad ids keep shapes
-    text0, prompt_len = jnp.zeros((b, mc.max_text_len), jnp.int32), jnp.zeros((b,), jnp.int32)
-  text0 = text0.astype(jnp.int32)
-  n_txt = text0.shape[1]
+  task = assign_tasks(keys[0], cfg.task_weights, batch)
+  text0, prompt_len = training_text(batch, task, mc.max_text_len)
 
-  # ---- Unified VAE: reconstruction and KL for both modalities.
-  mu_i, ls_i = model.encode_image(batch["image"])
-  z_i = mu_i + jnp.exp(ls_i) * jax.random.normal(keys[1], mu_i.shape)
-  rec_img = jnp.mean((model.decode_image(z_i) - batch["image"]) ** 2)
-  if has_text:
-    mu_t, ls_t = model.encode_text(text0)
-    z_t = mu_t + jnp.exp(ls_t) * jax.random.normal(keys[2], mu_t.shape)
-    logits = model.decode_text(z_t)
-    rec_txt = jnp.mean(jax.nn.logsumexp(logits, -1)
-                       - jnp.take_along_axis(logits, text0[..., None], -1)[..., 0])
-    kl = 0.5 * (jnp.mean(kl_to_standard_normal(mu_i, ls_i))
-                + jnp.mean(kl_to_standard_normal(mu_t, ls_t)))
-  else:
-    z_t, rec_txt = None, jnp.zeros((), jnp.float32)
-    kl = jnp.mean(kl_to_standard_normal(mu_i, ls_i))
+  z_i, z_t, rec_img, rec_txt, kl = vae_terms(model, batch["image"], text0 if has_text else None,
+                                             keys[1], keys[2])
   model.update_latent_std(z_image=z_i, z_text=z_t)
   scale = model.latent_scale()
+  t_img, t_txt, text_absent, class_id = task_times(
+      cfg, task, batch["label"].astype(jnp.int32), mc.num_classes, keys[3:6])
 
-  # ---- Times: clean (0), absent (1) or sampled, per task.
-  u = lambda k: cfg.t_min + (1.0 - cfg.t_min) * jax.random.uniform(k, (b,))
-  drop = jax.random.uniform(keys[3], (b,)) < cfg.cond_drop
-  text_absent = is_task(T_CLASS2IMG) | ((task == T_T2I) & drop)
-  t_img = jnp.where(is_task(T_CAPTION, T_VQA), 0.0, jnp.where(task == T_TEXT, 1.0, u(keys[4])))
-  t_txt = jnp.where(task == T_T2I, 0.0, u(keys[5]))
-  t_txt = jnp.where(text_absent, 1.0, t_txt)
-  class_id = jnp.where((task == T_CLASS2IMG) & ~drop & (label >= 0), label, mc.num_classes)
-
-  # ---- Image diffusion input.
   z0_img = z_i * scale[0]
   if not cfg.grad_to_encoder:
     z0_img = jax.lax.stop_gradient(z0_img)
   eps = jax.random.normal(keys[6], z0_img.shape)
-  z_img_t = gaussian.q_sample(sched, z0_img, t_img, eps)
-
-  # ---- Text diffusion input: absorbing transition on the positions the task generates.
-  sigma, dsigma = noise(t_txt)
-  generated = jnp.arange(n_txt)[None, :] >= prompt_len[:, None]       # (b, T)
-  x_t = graph.sample_transition(keys[7], text0, sigma[:, None])
-  x_t = jnp.where(generated, x_t, text0)
-  x_t = jnp.where(text_absent[:, None], mc.mask_id, x_t)
-  text_latents = None
-  if cfg.grad_to_encoder:
-    text_latents = model.encode_text(x_t)[0] * scale[1]
+  z_img_t = gaussian.q_sample(procs.image, z0_img, t_img, eps)
+  sigma, dsigma = procs.text_noise(t_txt)
+  x_t, generated = corrupt_text(procs, keys[7], text0, sigma, prompt_len, text_absent,
+                                mc.mask_id)
+  text_latents = model.encode_text(x_t)[0] * scale[1] if cfg.grad_to_encoder else None
 
   eps_pred, text_out = model.denoise(z_img_t, t_img, x_t, t_txt, sigma, class_id, task,
                                      text_latents=text_latents)
 
-  # ---- Diffusion losses.
-  img_active = is_task(T_CLASS2IMG, T_T2I, T_JOINT)
-  img_per_ex = jnp.mean(gaussian.dsm_loss(eps_pred, z0_img, eps, t_img, sched,
+  img_per_ex = jnp.mean(gaussian.dsm_loss(eps_pred, z0_img, eps, t_img, procs.image,
                                           target=cfg.image_target), axis=(1, 2))
-  txt_active = is_task(T_CAPTION, T_VQA, T_JOINT, T_TEXT)
-  if not has_text:
-    txt_per_ex = jnp.zeros((b,), jnp.float32)
-  elif cfg.objective == "score_entropy":
-    per_tok = score_entropy.score_entropy_loss(text_out, sigma[:, None], dsigma[:, None], x_t,
-                                               text0, graph, mask=generated)
-    txt_per_ex = jnp.sum(per_tok, axis=1) / n_txt
-  else:
-    per_tok = markov.absorbing_elbo_loss(text_out, sigma[:, None], dsigma[:, None], x_t, text0,
-                                         graph, mask=generated)
-    txt_per_ex = jnp.sum(per_tok, axis=1) / n_txt
+  txt_per_ex = (text_diffusion_loss(procs, text_out, sigma, dsigma, x_t, text0, generated)
+                if has_text else jnp.zeros_like(img_per_ex))
+  return _total(cfg, task, rec_img, rec_txt, kl, img_per_ex, txt_per_ex)
+
+
+def _total(cfg: LossConfig, task, rec_img, rec_txt, kl, img_per_ex, txt_per_ex):
+  """The weighted total and the logged terms; each diffusion term is averaged over the examples
+  whose task noises that modality (``tasks.Task.image_loss`` / ``text_loss``)."""
+  img_active = per_task(task, lambda s: s.image_loss)
+  txt_active = per_task(task, lambda s: s.text_loss)
   loss_img = _masked_mean(img_per_ex, img_active)
   loss_txt = _masked_mean(txt_per_ex, txt_active)
-
   total = (rec_img + rec_txt + cfg.beta_kl * kl
            + cfg.image_weight * loss_img + cfg.text_weight * loss_txt)
   terms = {"loss": total, "rec_img": rec_img, "rec_txt": rec_txt, "kl": kl,
@@ -206,7 +243,7 @@ def mdm_loss(model: MDM, batch: dict, rng: jax.Array, cfg: LossConfig):
 
 
 def text_nll_bound(model: MDM, text0: jax.Array, rng: jax.Array, cfg: LossConfig,
-                   num_draws: int = 16):
+                   num_draws: int = 16, procs: Optional[Processes] = None):
   """SEDD's bound on ``-log p(text)`` per token, the text task's (image absent) diffusion term.
 
   Call through ``model.apply(variables, text0, rng, cfg, method=text_nll_bound)``. Score
@@ -215,6 +252,7 @@ def text_nll_bound(model: MDM, text0: jax.Array, rng: jax.Array, cfg: LossConfig
   Args:
     text0: (b, T) int token ids (text, eos, pad: the whole fixed-length sequence is scored).
     num_draws: Monte-Carlo draws of (t, x_t) per sequence.
+    procs: the diffusion processes (default: built from ``model.cfg`` and ``cfg``).
   Returns:
     (num_draws, b, T) float32 ``dsigma(t) * score_entropy`` (``evaluation.perplexity.
     sedd_nll_bound`` turns it into nats per sequence).
@@ -223,9 +261,11 @@ def text_nll_bound(model: MDM, text0: jax.Array, rng: jax.Array, cfg: LossConfig
     raise ValueError(f"text_nll_bound needs objective='score_entropy', not {cfg.objective!r}")
   mc = model.cfg
   b, n_txt = text0.shape
-  noise, graph = cfg.text_noise(), score_entropy.AbsorbingGraph(mc.vocab_size)
+  if procs is None:
+    procs = Processes.build(mc, cfg)
+  noise, graph = procs.text_noise, procs.graph
   scale = model.latent_scale()
-  task = jnp.full((b,), T_TEXT, jnp.int32)
+  task = jnp.full((b,), TASK_IDS["text"], jnp.int32)
   null = jnp.full((b,), mc.num_classes, jnp.int32)
   ones = jnp.ones((b,), jnp.float32)
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from mdm_jax.diffusion import samplers
+from mdm_jax.diffusion.processes import Processes
 from mdm_jax.generate import GEN_TASKS, SampleConfig, generate
 from mdm_jax.losses import LossConfig
 from mdm_jax.models.mdm import MDM, TASKS
@@ -42,6 +43,10 @@ def setup():
   return model, variables, inputs
 
 
+def procs(model, **loss):
+  return Processes.build(model.cfg, LossConfig(**loss))
+
+
 TASK_INPUTS = {"class2img": ("labels",), "t2i": ("text",), "caption": ("images",),
                "vqa": ("images", "text", "prompt_len"), "joint": (), "text": (),
                "inpaint": ("images", "image_mask", "labels")}
@@ -61,7 +66,7 @@ def run_generate(setup, task, seed=5, guidance=0.0, objective="score_entropy"):
   k = (task, guidance, objective)
   if k not in _compiled:
     fn = functools.partial(generate, model, task=task, num=NUM,
-                           loss_cfg=LossConfig(objective=objective),
+                           procs=procs(model, objective=objective),
                            sample_cfg=SampleConfig(steps=2, guidance=guidance))
     _compiled[k] = jax.jit(lambda v, rng, kw: fn(v, rng=rng, **kw),
                            compiler_options=FAST_COMPILE)
@@ -150,11 +155,11 @@ def test_markov_ablation_generates(setup):
 
 def test_bad_requests_raise(setup):
   model, variables, inputs = setup
-  lc = LossConfig()
+  p = procs(model)
   with pytest.raises(ValueError, match="unknown task"):
-    generate(model, variables, "img2img", key(0), num=NUM, loss_cfg=lc)
+    generate(model, variables, "img2img", key(0), num=NUM, procs=p)
   with pytest.raises(ValueError, match="needs"):
-    generate(model, variables, "vqa", key(0), num=NUM, loss_cfg=lc, images=inputs["images"])
+    generate(model, variables, "vqa", key(0), num=NUM, procs=p, images=inputs["images"])
 
 
 # --------------------------------------------------------------------------------- guidance
@@ -182,7 +187,7 @@ def _captured_model_fn(setup, task, guidance, monkeypatch):
     return z_T, tokens_T
 
   monkeypatch.setattr(samplers, "joint_sample", fake_joint_sample)
-  generate(model, variables, task, key(0), num=NUM, loss_cfg=LossConfig(),
+  generate(model, variables, task, key(0), num=NUM, procs=procs(model),
            sample_cfg=SampleConfig(steps=2, guidance=guidance), **task_kwargs(task, inputs))
   return caught["model_fn"]
 
@@ -258,7 +263,7 @@ def test_joint_order_generates_one_modality_then_the_other(setup, order, stages)
     return next_fun(*a, **kw)
 
   steps = 2
-  fn = functools.partial(generate, model, task="joint", num=NUM, loss_cfg=LossConfig(),
+  fn = functools.partial(generate, model, task="joint", num=NUM, procs=procs(model),
                          sample_cfg=SampleConfig(steps=steps, joint_order=order))
   with nn.intercept_methods(record):
     jax.block_until_ready(jax.jit(fn, compiler_options=FAST_COMPILE)(variables, rng=key(1)))

@@ -120,7 +120,7 @@ def _np_log_softmax(x):
 
 
 def check_task_table(denoise_args, batch):
-  """Per example, the table in losses.py's docstring (cond_drop 0)."""
+  """Per example, the paper's task table (``mdm_jax.tasks``; cond_drop 0)."""
   _, t_img, x_t, t_txt, _, class_id, task_id = denoise_args[:7]
   for i, task in enumerate(np.asarray(TASKS)[task_id]):
     text0 = batch["vqa"][i] if task == "vqa" else batch["caption"][i]

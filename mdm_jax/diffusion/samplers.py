@@ -14,6 +14,11 @@ Image (VP, see ``gaussian``): ``dpm_solver`` integrates the probability-flow ODE
 Text (SEDD, see ``score_entropy``): ``sedd_sample`` runs SEDD's Euler or analytic (Tweedie
 tau-leaping) predictor on a uniform t grid from 1 to ``t_end``, then SEDD's final denoising
 step. ``markov_sample`` is the D3PM ancestral sampler of the "Markov chain" ablation.
+
+Every loop is built from the same steps: ``image_step`` (one DPM-Solver++(2M), DPM-Solver-2,
+DDIM or DDPM step), ``text_step`` (one SEDD predictor or D3PM step) and ``text_denoise`` (the
+final step). ``joint_sample`` composes them on one shared grid, one network call a step for
+both modalities (the network, closed over by the caller, is the predictor of both).
 """
 from __future__ import annotations
 
@@ -27,7 +32,7 @@ from mdm_jax.diffusion import markov
 from mdm_jax.diffusion import score_entropy as se
 
 SEDD_METHODS = ("euler", "analytic")
-JOINT_TEXT_METHODS = ("euler", "analytic", "markov")
+JOINT_TEXT_METHODS = SEDD_METHODS + ("markov",)
 JOINT_IMAGE_SOLVERS = ("dpm++2m", "dpm2", "ddim", "ddpm")
 GRIDS = ("logsnr", "linear")
 
@@ -99,6 +104,31 @@ def _ddpm_update(sched, rng, x, eps, t, t_next):
   return mean + std * jax.random.normal(rng, x.shape, x.dtype)
 
 
+def image_step(solver: str, sched: gaussian.VPSchedule, z, eps, t, t_next, carry, *,
+               first=False, key=None, eps_mid_fn: Optional[Callable] = None, t_mid=None):
+  """One image step from t to t_next given ``eps`` at (z, t); what every image sampler loops.
+
+  Args:
+    solver: "dpm++2m" (DPM-Solver++(2M); ``first``: first order), "dpm2" (singlestep
+      DPM-Solver-2: ``eps_mid_fn(u)`` evaluates at the lambda midpoint ``t_mid``), "ddim" or
+      "ddpm" (ancestral, with ``key``).
+    carry: (x0_prev, h_prev), the multistep history (passed through by the other solvers).
+  Returns:
+    (z at t_next, the new carry).
+  """
+  if solver == "dpm++2m":
+    x0_prev, h_prev = carry
+    x0 = gaussian.eps_to_x0(sched, eps, z, t)
+    z, h = _dpmpp_2m_update(sched, z, x0, x0_prev, h_prev, first, t, t_next)
+    return z, (x0, h)
+  if solver == "dpm2":
+    u = _ddim_update(sched, z, eps, t, t_mid)
+    return _ddim_update(sched, z, eps_mid_fn(u), t, t_next), carry
+  if solver == "ddim":
+    return _ddim_update(sched, z, eps, t, t_next), carry
+  return _ddpm_update(sched, key, z, eps, t, t_next), carry
+
+
 def dpm_solver(eps_fn: Callable, x_T: jnp.ndarray, sched: gaussian.VPSchedule, *,
                steps: int = 20, order: int = 2, multistep: bool = False,
                t_end: float = 1e-3, denoise_final: bool = False) -> jnp.ndarray:
@@ -123,26 +153,16 @@ def dpm_solver(eps_fn: Callable, x_T: jnp.ndarray, sched: gaussian.VPSchedule, *
   x = x_T.astype(jnp.float32)
   ts = logsnr_time_grid(sched, steps, t_end)
 
-  if multistep:
-    def body(i, carry):
-      x, x0_prev, h_prev = carry
-      t, t_next = ts[i], ts[i + 1]
-      x0 = gaussian.eps_to_x0(sched, eps_fn(x, t), x, t)
-      first = (i == 0) | (order == 1)
-      x, h = _dpmpp_2m_update(sched, x, x0, x0_prev, h_prev, first, t, t_next)
-      return x, x0, h
-    x, _, _ = jax.lax.fori_loop(0, steps, body, (x, jnp.zeros_like(x), jnp.float32(1.0)))
-  else:
-    t_mid = lambda_midpoints(sched, ts)
+  solver = "dpm++2m" if multistep else ("dpm2" if order == 2 else "ddim")
+  t_mid = lambda_midpoints(sched, ts)
 
-    def body(i, x):
-      t, t_next = ts[i], ts[i + 1]
-      eps = eps_fn(x, t)
-      if order == 2:  # DPM-Solver-2: evaluate at the lambda midpoint, then a full DDIM step.
-        u = _ddim_update(sched, x, eps, t, t_mid[i])
-        eps = eps_fn(u, t_mid[i])
-      return _ddim_update(sched, x, eps, t, t_next)
-    x = jax.lax.fori_loop(0, steps, body, x)
+  def body(i, carry):
+    x, history = carry
+    t, t_next = ts[i], ts[i + 1]
+    return image_step(solver, sched, x, eps_fn(x, t), t, t_next, history,
+                      first=(i == 0) | (order == 1), t_mid=t_mid[i],
+                      eps_mid_fn=lambda u: eps_fn(u, t_mid[i]))
+  x, _ = jax.lax.fori_loop(0, steps, body, (x, (jnp.zeros_like(x), jnp.float32(1.0))))
 
   if denoise_final:
     t = ts[-1]
@@ -163,7 +183,8 @@ def ddpm_sample(eps_fn: Callable, x_T: jnp.ndarray, sched: gaussian.VPSchedule,
 
   def body(i, x):
     t, t_next = ts[i], ts[i + 1]
-    return _ddpm_update(sched, jax.random.fold_in(rng, i), x, eps_fn(x, t), t, t_next)
+    key = jax.random.fold_in(rng, i)
+    return image_step("ddpm", sched, x, eps_fn(x, t), t, t_next, (), key=key)[0]
 
   return jax.lax.fori_loop(0, steps, body, x_T.astype(jnp.float32)).astype(x_T.dtype)
 
@@ -244,6 +265,26 @@ def _sedd_denoise(graph, noise, rng, x, log_score, t, temperature=1.0):
   return se.sample_categorical(rng, probs)
 
 
+def text_step(method: str, graph, noise, key, x, text_out, t, t_next, temperature=1.0,
+              last=False):
+  """One text step from t to t_next given the network's ``text_out`` at (x, sigma(t)): SEDD's
+  predictor ("euler" / "analytic", log-scores) or the D3PM ancestral step ("markov", x0
+  logits; ``last`` reveals every remaining mask)."""
+  if method == "markov":
+    sigma_s = jnp.where(last, 0.0, noise(t_next)[0])
+    return markov.absorbing_ancestral_step(key, x, text_out, noise(t)[0], sigma_s, graph,
+                                           temperature)
+  return _sedd_update(graph, noise, method, key, x, text_out, t, t_next, temperature)
+
+
+def text_denoise(method: str, graph, noise, key, x, text_out, t, temperature=1.0):
+  """The final step at t that removes all the remaining noise (never returns [MASK])."""
+  if method == "markov":
+    return markov.absorbing_ancestral_step(key, x, text_out, noise(t)[0], 0.0, graph,
+                                           temperature)
+  return _sedd_denoise(graph, noise, key, x, text_out, t, temperature)
+
+
 def _check_text_shape(shape, clean_mask, clean_tokens):
   shape = tuple(shape)
   if len(shape) < 1:
@@ -291,16 +332,15 @@ def sedd_sample(log_score_fn: Callable, graph: se.Graph, noise, shape, rng: jax.
 
   def body(i, x):
     t, t_next = ts[i], ts[i + 1]
-    log_score = log_score_fn(x, sigma_vec(t))
-    x = _sedd_update(graph, noise, method, jax.random.fold_in(rng, i), x, log_score, t, t_next,
-                     temperature)
+    x = text_step(method, graph, noise, jax.random.fold_in(rng, i), x,
+                  log_score_fn(x, sigma_vec(t)), t, t_next, temperature)
     return _hold_clean(x, clean_mask, clean_tokens)
 
   x = jax.lax.fori_loop(0, steps, body, x)
   if denoise:
     t = ts[-1]
-    x = _sedd_denoise(graph, noise, jax.random.fold_in(rng, steps), x,
-                      log_score_fn(x, sigma_vec(t)), t, temperature)
+    x = text_denoise(method, graph, noise, jax.random.fold_in(rng, steps), x,
+                     log_score_fn(x, sigma_vec(t)), t, temperature)
     x = _hold_clean(x, clean_mask, clean_tokens)
   return x
 
@@ -327,11 +367,9 @@ def markov_sample(x0_logits_fn: Callable, graph: se.AbsorbingGraph, noise, shape
   ts = jnp.linspace(1.0, 0.0, steps + 1)
 
   def body(i, x):
-    sigma_t = noise(ts[i])[0]
-    sigma_s = jnp.where(i == steps - 1, 0.0, noise(ts[i + 1])[0])
-    logits = x0_logits_fn(x, jnp.full((shape[0],), sigma_t))
-    x = markov.absorbing_ancestral_step(jax.random.fold_in(rng, i), x, logits, sigma_t, sigma_s,
-                                        graph, temperature)
+    logits = x0_logits_fn(x, jnp.full((shape[0],), noise(ts[i])[0]))
+    x = text_step("markov", graph, noise, jax.random.fold_in(rng, i), x, logits, ts[i],
+                  ts[i + 1], temperature, last=i == steps - 1)
     return _hold_clean(x, clean_mask, clean_tokens)
 
   return jax.lax.fori_loop(0, steps, body, x)
@@ -390,6 +428,71 @@ def joint_sample(model_fn: Callable, z_T: jnp.ndarray, tokens_T: jnp.ndarray,
   Returns:
     (z_0 (shape and dtype of z_T), tokens (b, L) int32).
   """
+  _check_joint(z_T, tokens_T, graph, steps=steps, image_solver=image_solver,
+               text_method=text_method, grid=grid, t_end=t_end, image_mask=image_mask,
+               image_known=image_known, text_mask=text_mask, text_known=text_known,
+               text_temperature=text_temperature)
+  b = z_T.shape[0]
+  ts = (logsnr_time_grid(sched, steps, t_end) if grid == "logsnr"
+        else jnp.linspace(1.0, t_end, steps + 1))
+  ts_mid = lambda_midpoints(sched, ts) if image_solver == "dpm2" else None
+  zeros = jnp.zeros((b,), jnp.float32)
+  t_img_of = lambda t: zeros if image_clean else jnp.full((b,), t)
+  t_txt_of = lambda t: zeros if text_clean else jnp.full((b,), t)
+  rng_img, rng_txt, rng_known = jax.random.split(rng, 3)
+  impose_image = _replacement(sched, None if image_clean else image_mask, image_known)
+  hold_text = lambda x: _hold_clean(x, text_mask, text_known)
+  z = impose_image(z_T.astype(jnp.float32), ts[0], jax.random.fold_in(rng_known, 0))
+  x = tokens_T.astype(jnp.int32) if text_clean else hold_text(tokens_T.astype(jnp.int32))
+
+  def body(i, carry):
+    z, x, history = carry
+    t, t_next = ts[i], ts[i + 1]
+    eps, text_out = model_fn(z, t_img_of(t), x, t_txt_of(t))
+    if not image_clean:
+      t_mid = None if ts_mid is None else ts_mid[i]
+      key_mid = jax.random.fold_in(rng_known, steps + 1 + i)    # keys 0..steps: the grid
+      eps_mid_fn = lambda u: model_fn(impose_image(u, t_mid, key_mid), t_img_of(t_mid), x,
+                                      t_txt_of(t))[0]
+      z, history = image_step(image_solver, sched, z, eps, t, t_next, history, first=i == 0,
+                              key=jax.random.fold_in(rng_img, i), eps_mid_fn=eps_mid_fn,
+                              t_mid=t_mid)
+      z = impose_image(z, t_next, jax.random.fold_in(rng_known, i + 1))
+    if not text_clean:
+      x = hold_text(text_step(text_method, graph, noise, jax.random.fold_in(rng_txt, i), x,
+                              text_out, t, t_next, text_temperature,
+                              last=(i == steps - 1) & (not denoise)))
+    return z, x, history
+
+  z, x, _ = jax.lax.fori_loop(0, steps, body, (z, x, (jnp.zeros_like(z), jnp.float32(1.0))))
+  if denoise:
+    t = ts[-1]
+    eps, text_out = model_fn(z, t_img_of(t), x, t_txt_of(t))
+    if not image_clean:
+      z = gaussian.eps_to_x0(sched, eps, z, t)
+    if not text_clean:
+      x = hold_text(text_denoise(text_method, graph, noise, jax.random.fold_in(rng_txt, steps),
+                                 x, text_out, t, text_temperature))
+  if image_mask is not None and not image_clean:
+    z = jnp.where(jnp.asarray(image_mask, bool), image_known.astype(jnp.float32), z)
+  return z.astype(z_T.dtype), x
+
+
+def _replacement(sched, image_mask, image_known) -> Callable:
+  """(z, t, key) -> z with the known region replaced by a fresh forward sample q(z_t | known)
+  (identity without a mask): inpainting by the replacement method."""
+  if image_mask is None:
+    return lambda z, t, key: z
+
+  def impose(z, t, key):
+    noisy = gaussian.q_sample(sched, image_known.astype(jnp.float32), t,
+                              jax.random.normal(key, z.shape, jnp.float32))
+    return jnp.where(jnp.asarray(image_mask, bool), noisy, z)
+  return impose
+
+
+def _check_joint(z_T, tokens_T, graph, *, steps, image_solver, text_method, grid, t_end,
+                 image_mask, image_known, text_mask, text_known, text_temperature):
   _check_steps(steps, t_end)
   if image_solver not in JOINT_IMAGE_SOLVERS:
     raise ValueError(f"image_solver must be one of {JOINT_IMAGE_SOLVERS}, got {image_solver!r}.")
@@ -405,76 +508,3 @@ def joint_sample(model_fn: Callable, z_T: jnp.ndarray, tokens_T: jnp.ndarray,
     raise ValueError(f"batch sizes differ: z_T {z_T.shape}, tokens_T {tokens_T.shape}.")
   _check_text_shape(tokens_T.shape, text_mask, text_known)
   _check_temperature(graph, text_temperature)
-
-  b = z_T.shape[0]
-  ts = (logsnr_time_grid(sched, steps, t_end) if grid == "logsnr"
-        else jnp.linspace(1.0, t_end, steps + 1))
-  ts_mid = lambda_midpoints(sched, ts) if image_solver == "dpm2" else None
-  zeros = jnp.zeros((b,), jnp.float32)
-  t_img_of = lambda t: zeros if image_clean else jnp.full((b,), t)
-  t_txt_of = lambda t: zeros if text_clean else jnp.full((b,), t)
-
-  def impose_image(z, t, key):
-    if image_mask is None or image_clean:
-      return z
-    noisy = gaussian.q_sample(sched, image_known.astype(jnp.float32), t,
-                              jax.random.normal(key, z.shape, jnp.float32))
-    return jnp.where(jnp.asarray(image_mask, bool), noisy, z)
-
-  hold_text = lambda x: _hold_clean(x, text_mask, text_known)
-  rng_img, rng_txt, rng_known = jax.random.split(rng, 3)
-  z = impose_image(z_T.astype(jnp.float32), ts[0], jax.random.fold_in(rng_known, 0))
-  x = tokens_T.astype(jnp.int32) if text_clean else hold_text(tokens_T.astype(jnp.int32))
-
-  def body(i, carry):
-    z, x, x0_prev, h_prev = carry
-    t, t_next = ts[i], ts[i + 1]
-    eps, text_out = model_fn(z, t_img_of(t), x, t_txt_of(t))
-    if not image_clean:
-      if image_solver == "dpm++2m":
-        x0 = gaussian.eps_to_x0(sched, eps, z, t)
-        z, h_prev = _dpmpp_2m_update(sched, z, x0, x0_prev, h_prev, i == 0, t, t_next)
-        x0_prev = x0
-      elif image_solver == "dpm2":
-        t_mid = ts_mid[i]
-        u = impose_image(_ddim_update(sched, z, eps, t, t_mid), t_mid,
-                         jax.random.fold_in(rng_known, steps + 1 + i))  # keys 0..steps: grid
-        eps_mid, _ = model_fn(u, t_img_of(t_mid), x, t_txt_of(t))
-        z = _ddim_update(sched, z, eps_mid, t, t_next)
-      elif image_solver == "ddim":
-        z = _ddim_update(sched, z, eps, t, t_next)
-      else:
-        z = _ddpm_update(sched, jax.random.fold_in(rng_img, i), z, eps, t, t_next)
-      z = impose_image(z, t_next, jax.random.fold_in(rng_known, i + 1))
-    if not text_clean:
-      key = jax.random.fold_in(rng_txt, i)
-      if text_method == "markov":
-        sigma_s = noise(t_next)[0] if denoise else jnp.where(i == steps - 1, 0.0,
-                                                             noise(t_next)[0])
-        x = markov.absorbing_ancestral_step(key, x, text_out, noise(t)[0], sigma_s, graph,
-                                            text_temperature)
-      else:
-        x = _sedd_update(graph, noise, text_method, key, x, text_out, t, t_next,
-                         text_temperature)
-      x = hold_text(x)
-    return z, x, x0_prev, h_prev
-
-  init = (z, x, jnp.zeros_like(z), jnp.float32(1.0))
-  z, x, _, _ = jax.lax.fori_loop(0, steps, body, init)
-
-  if denoise:
-    t = ts[-1]
-    eps, text_out = model_fn(z, t_img_of(t), x, t_txt_of(t))
-    if not image_clean:
-      z = gaussian.eps_to_x0(sched, eps, z, t)
-    if not text_clean:
-      key = jax.random.fold_in(rng_txt, steps)
-      if text_method == "markov":
-        x = markov.absorbing_ancestral_step(key, x, text_out, noise(t)[0], 0.0, graph,
-                                            text_temperature)
-      else:
-        x = _sedd_denoise(graph, noise, key, x, text_out, t, text_temperature)
-      x = hold_text(x)
-  if image_mask is not None and not image_clean:
-    z = jnp.where(jnp.asarray(image_mask, bool), image_known.astype(jnp.float32), z)
-  return z.astype(z_T.dtype), x

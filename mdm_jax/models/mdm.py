@@ -45,7 +45,9 @@ and permutes back. ``backbone="transformer"`` swaps the mixer for bidirectional 
 
 Heads: ``eps`` (the image latents' noise) and text log-scores over vocab + [MASK] in SEDD's
 absorbing parameterisation: raw outputs minus log(e^sigma - 1) + log V (so an untrained network
-starts near the true ratio scale) and the entry of the current token fixed to log-score 0.
+starts near the true ratio scale) and the entry of the current token fixed to log-score 0
+(``diffusion.processes.absorbing_log_score``). The task ids and their meaning are the task
+table's (``mdm_jax.tasks``).
 """
 from __future__ import annotations
 
@@ -58,16 +60,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mdm_jax.diffusion.processes import TEXT_SCORES, absorbing_log_score
 from mdm_jax.models import scan_order
 from mdm_jax.models.mamba2 import Mamba2
 from mdm_jax.models.vae import UnifiedVAE, patchify, unpatchify
 from mdm_jax.ssm import kernel
 from mdm_jax.ssm.ssd import IMPLS as SSD_IMPLS
+from mdm_jax.tasks import TASK_IDS, TASKS  # noqa: F401 (re-exported)
 
-TASKS = ("class2img", "t2i", "caption", "vqa", "joint", "text")
-TASK_IDS = {name: i for i, name in enumerate(TASKS)}
 N_FIXED_PREFIX = 4  # t_img, t_txt, class, task
-TEXT_SCORES = ("conditional", "sedd")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -398,36 +399,6 @@ class Denoiser(nn.Module):
     eps = self.eps_head(h_img).astype(jnp.float32)
     raw = self.score_head(x[:, n_pre + n_img:]).astype(jnp.float32)
     return eps, absorbing_log_score(raw, sigma_txt, ids_t, cfg.vocab_size, cfg.text_score)
-
-
-def absorbing_log_score(raw, sigma, ids_t, vocab_size, form="conditional"):
-  """The network output (b, T, V+1) -> absorbing log-scores (b, T, V+1), float32.
-
-  At a masked position the true concrete score is ``p(x0_i = y | unmasked) / (e^sigma - 1)``
-  (Ou et al. 2024, "Your absorbing discrete diffusion secretly models the conditional
-  distributions of clean data"): a time-free conditional times an analytic factor.
-
-  * ``form="conditional"`` builds exactly that: ``log_softmax(raw[..., :V]) - log(e^sigma - 1)``
-    (RADD's form). The score entropy then equals the absorbing ELBO's weighted cross-entropy,
-    and the token entries compete through the softmax. On the digits run this is what makes
-    the yes/no VQA answers learnable (README, "VQA and the score parameterisation").
-  * ``form="sedd"`` is SEDD's: ``raw - log(e^sigma - 1) - log V``, each entry free (the
-    log-ratio of an uninformed model at init; the normaliser must be learnt).
-
-  Either way the current token's own entry is 0 (ratio 1); the [MASK] column is only read there.
-  """
-  sigma = sigma.astype(jnp.float32)[:, None, None]
-  esigm1 = jnp.where(sigma < 0.5, jnp.expm1(sigma), jnp.exp(sigma) - 1.0)
-  log_esigm1 = jnp.log(jnp.maximum(esigm1, 1e-12))
-  if form == "conditional":
-    tokens = jax.nn.log_softmax(raw[..., :vocab_size], axis=-1)
-    raw = jnp.concatenate([tokens, raw[..., vocab_size:]], axis=-1) - log_esigm1
-  elif form == "sedd":
-    raw = raw - log_esigm1 - math.log(vocab_size)
-  else:
-    raise ValueError(f"absorbing log-score form must be one of {TEXT_SCORES}, got {form!r}")
-  current = jax.nn.one_hot(ids_t, vocab_size + 1, dtype=bool)
-  return jnp.where(current, 0.0, raw)
 
 
 class MDM(nn.Module):

@@ -13,6 +13,7 @@ import numpy as np
 import optax
 
 from mdm_jax import generate as gen
+from mdm_jax.diffusion.processes import Processes
 from mdm_jax.losses import LossConfig, mdm_loss
 from mdm_jax.models.mdm import MDM, MDMConfig
 from mdm_jax.training import optimizer as optim_lib
@@ -52,6 +53,7 @@ class Trainer:
     self.model_cfg = model_config(config, vocab_size=vocab_size, num_classes=num_classes)
     self.model = MDM(self.model_cfg)
     self.loss_cfg = loss_config(config)
+    self.procs = Processes.build(self.model_cfg, self.loss_cfg)  # the loss's and the samplers'
     self.sample_cfg = sample_config(config)
     oc = config.optim
     self.tx, self.schedule = optim_lib.make_optimizer(
@@ -105,7 +107,8 @@ class Trainer:
     def loss_fn(params):
       variables = {"params": params, "latent_stats": state["latent_stats"]}
       (loss, terms), updated = self.model.apply(variables, batch, rng, self.loss_cfg,
-                                                method=mdm_loss, mutable=["latent_stats"])
+                                                self.procs, method=mdm_loss,
+                                                mutable=["latent_stats"])
       return loss, (terms, updated["latent_stats"])
 
     (_, (terms, latent_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -133,7 +136,7 @@ class Trainer:
     key = (task, num, tuple(sorted(given)), sample_cfg)
     if key not in self._samplers:
       fn = functools.partial(gen.generate, self.model, task=task, num=num,
-                             loss_cfg=self.loss_cfg, sample_cfg=sample_cfg)
+                             procs=self.procs, sample_cfg=sample_cfg)
       # Replicated outputs: every process can read them (a multi-host run calls this on all
       # processes, as for any global computation).
       self._samplers[key] = jax.jit(lambda variables, rng, **kw: fn(variables, rng=rng, **kw),
