@@ -79,6 +79,10 @@ class Trainer:
     self.data_keys = data_keys
     self._samplers = {}  # compiled generate functions, one per (task, num, given inputs)
     self.rng = jax.random.PRNGKey(config.seed)
+    if "sharding" not in config:
+      raise ValueError("the config has no sharding.logical_axis_rules: derive it from "
+                       "experiments/configs/base.py (a checkpoint's saved config gets them from "
+                       "mdm_jax.api.upgrade_saved_config)")
     self.rules = sharding.as_rules(config.sharding.logical_axis_rules)
     self.abstract_state = sharding.abstract_sharded(self._init_state, self.rng, mesh,
                                                     rules=self.rules)
@@ -125,8 +129,10 @@ class Trainer:
 
   # --- update step ----------------------------------------------------------------------
   def update(self, state, batch):
-    """One optimizer step, un-jitted (``train_step`` is it jitted with the run's shardings and
-    donation; a benchmark jits it its own way): (state, batch) -> (new state, metrics)."""
+    """One optimizer step, not jitted: (state, batch) -> (new state, metrics).
+
+    ``train_step`` is this function jitted with the run's shardings and the state donated; a
+    benchmark may jit it its own way (e.g. without donation, to reuse the state)."""
     rng = jax.random.fold_in(state["rng"], state["step"])
 
     def loss_fn(params):
