@@ -74,6 +74,9 @@ def test_data_values_have_one_home_the_data_section():
   c.model.image_size = 32
   with pytest.raises(ValueError, match=r"model\.image_size .*Set data\.image_size instead"):
     trainer_lib.model_config(c)
+  with pytest.raises(ValueError, match=r"no 'max_text_len' in model \(the model reads it from "
+                     r"the data section: use --config\.data\.max_text_len\)"):
+    configs.check_override_fields(configs.load("digits"), ["--config.model.max_text_len=9"])
 
 
 def test_every_model_loss_and_sampler_field_is_in_the_base_config():

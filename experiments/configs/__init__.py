@@ -51,9 +51,12 @@ def check_override_fields(config, argv: list[str], name: str = "the config") -> 
       if not hasattr(node, "keys") or key not in node:
         where = ".".join(walked) or "the top level"
         known = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else "(not a section)"
+        from mdm_jax.training.trainer import DATA_FIELDS  # pylint: disable=g-import-not-at-top
+        hint = (f" (the model reads it from the data section: use --config.data.{key})"
+                if walked == ["model"] and key in DATA_FIELDS else "")
         raise ValueError(
-            f"unknown config field {path!r} (from {arg}): {name} has no {key!r} in {where}. "
-            f"Fields there: {known}")
+            f"unknown config field {path!r} (from {arg}): {name} has no {key!r} in {where}"
+            f"{hint}. Fields there: {known}")
       node, walked = node[key], walked + [key]
 
 
