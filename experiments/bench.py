@@ -40,6 +40,7 @@ import jax.numpy as jnp
 from mdm_jax.ssm.ssd import ssd
 
 FLAGS = flags.FLAGS
+# ssd (and --warmup, --repeats, --max_gib, --out for every bench)
 flags.DEFINE_list("impl", ["scan", "xla", "attention"], "Implementations to time.")
 flags.DEFINE_list("lengths", ["1024", "2048", "4096", "8192", "16384", "32768", "65536"],
                   "Sequence lengths.")
@@ -60,6 +61,17 @@ flags.DEFINE_string("peer_file", None, "ssd --peer: path of mamba_ssm/modules/ss
                     "without it the file is read from the mamba-ssm sdist that pip downloads.")
 flags.DEFINE_list("peer_chunks", ["64", "128", "256"], "ssd --peer: the peer's chunk sizes "
                   "(its best is reported).")
+# model / mfu
+flags.DEFINE_list("image_tokens", ["256", "1024", "4096", "16384"],
+                  "model: image token counts (square grids).")
+flags.DEFINE_list("backbones", ["mamba2", "transformer"], "model: backbones to compare.")
+flags.DEFINE_integer("model_batch", 1, "model/mfu: global batch size.")
+flags.DEFINE_integer("d_model", 128, "model/mfu: width.")
+flags.DEFINE_integer("n_layers", 4, "model/mfu: blocks.")
+flags.DEFINE_float("model_mlp_ratio", 2.0, "model: the Mamba-2 blocks' SwiGLU ratio; the "
+                   "Transformer's is widened to match the parameter count.")
+# sampler
+flags.DEFINE_string("workdir", None, "sampler: a trained digits workdir.")
 
 
 def time_fn(fn: Callable, *args, warmup: int, repeats: int) -> float:
@@ -299,16 +311,6 @@ def print_table(rows):
 
 
 # ----------------------------------------------------------------------------- model / mfu
-flags.DEFINE_list("image_tokens", ["256", "1024", "4096", "16384"],
-                  "model: image token counts (square grids).")
-flags.DEFINE_list("backbones", ["mamba2", "transformer"], "model: backbones to compare.")
-flags.DEFINE_integer("model_batch", 1, "model/mfu: global batch size.")
-flags.DEFINE_integer("d_model", 128, "model/mfu: width.")
-flags.DEFINE_integer("n_layers", 4, "model/mfu: blocks.")
-
-
-flags.DEFINE_float("model_mlp_ratio", 2.0, "model: the Mamba-2 blocks' SwiGLU ratio; the "
-                   "Transformer's is widened to match the parameter count.")
 
 
 def _n_params(c) -> int:
@@ -329,7 +331,7 @@ def bench_config(backbone: str, image_tokens: int):
   from experiments import configs
   c = configs.load("digits")
   side = int(round(image_tokens ** 0.5)) * c.model.patch_size
-  c.data.image_size = c.model.image_size = side
+  c.data.image_size = side
   c.batch_size = FLAGS.model_batch
   d = FLAGS.d_model
   hidden = int(FLAGS.model_mlp_ratio * d)
@@ -391,7 +393,7 @@ def bench_model():
       tr = Trainer(c, mesh, vocab_size=256, num_classes=10)
       batch = tr.dummy_batch(c.batch_size)
       state = tr.init_state()
-      with sharding.mesh_context(mesh):
+      with tr.mesh_context():
         compiled = tr.train_step.lower(tr.abstract_state, batch).compile()
         mem = compiled.memory_analysis()
         peak_mib = (None if mem is None else
@@ -447,8 +449,8 @@ def bench_mfu():
   tr = Trainer(c, mesh, vocab_size=256, num_classes=10)
   batch = tr.dummy_batch(c.batch_size)
   state = tr.init_state()
-  step = jax.jit(lambda s: tr._train_step(s, batch)[0])  # no donation: the state is reused
-  with sharding.mesh_context(mesh):
+  step = jax.jit(lambda s: tr.update(s, batch)[0])  # no donation: the state is reused
+  with tr.mesh_context():
     seconds = time_fn(step, state, warmup=FLAGS.warmup, repeats=FLAGS.repeats)
   flops = train_step_flops(tr.model_cfg, c.batch_size)
   print(f"\nMFU of the digits train step (batch {c.batch_size}); {machine()}")
@@ -456,9 +458,6 @@ def bench_mfu():
   print("|---|---|---|---|---|")
   print(f"| {seconds * 1e3:.0f} | {flops / 1e9:.2f} | {flops / seconds / 1e9:.1f} | "
         f"{peak / 1e9:.1f} | {flops / seconds / peak:.1%} |")
-
-
-flags.DEFINE_string("workdir", None, "sampler: a trained digits workdir.")
 
 
 def bench_sampler():

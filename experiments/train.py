@@ -126,7 +126,7 @@ def dry_run(config):
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=trainer.batch_sharding),
       jax.eval_shape(lambda: trainer.dummy_batch(config.batch_size)))
   t0 = time.time()
-  with sharding.mesh_context(mesh):
+  with trainer.mesh_context():
     compiled = trainer.train_step.lower(trainer.abstract_state, batch).compile()
   print(f"\nCompiled the train step for {n} devices, mesh {dict(mesh.shape)}, global batch "
         f"{config.batch_size}, in {time.time() - t0:.0f}s.")
@@ -183,7 +183,7 @@ def print_tpu_lowering(config) -> bool:
     batch = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=trainer.batch_sharding),
         jax.eval_shape(lambda: trainer.dummy_batch(config.batch_size)))
-    with sharding.mesh_context(mesh):
+    with trainer.mesh_context():
       lowered = trainer.train_step.trace(trainer.abstract_state, batch).lower(
           lowering_platforms=("tpu",))
     calls = mosaic_calls(lowered.as_text())
@@ -367,8 +367,8 @@ def _train(config, workdir: str, *, kill_at_step: int, on_log):
   t_start = time.time()
   try:
     for step in range(start + 1, total + 1):
-      batch = sharding.shard_batch(next(train_iter), mesh)
-      with sharding.mesh_context(mesh):
+      batch = sharding.shard_batch(next(train_iter), mesh, trainer.rules)
+      with trainer.mesh_context():
         state, terms = trainer.train_step(state, batch)
       if itstime(step, config.log_every, total, first=start + 1):
         terms = {k: float(v) for k, v in jax.device_get(terms).items()}

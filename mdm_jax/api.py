@@ -65,6 +65,15 @@ def upgrade_saved_config(config):
     config.model.text_pool_cond = False
   if "joint_order" not in config.sample:  # sampled both modalities on one time grid
     config.sample.joint_order = "together"
+  # The data values that shape the model were also copied into ``model``, where the data's
+  # overrode them: the data section is their one home.
+  from mdm_jax.training.trainer import DATA_FIELDS  # pylint: disable=g-import-not-at-top
+  for key in DATA_FIELDS:
+    if key in config.model:
+      del config.model[key]
+  if "sharding" not in config:  # the rules lived in code; the layout does not change numbers
+    from experiments.configs import base  # pylint: disable=g-import-not-at-top
+    config.sharding = base.get_config().sharding
   return config
 
 
@@ -440,7 +449,6 @@ class Pipeline:
     """
     from mdm_jax import losses
     from mdm_jax.evaluation import perplexity
-    from mdm_jax.training import sharding
     self._need_text("text_nll")
     texts = self._texts(texts, "texts")
     text0 = encode_prompts(self.tokenizer, texts, self.max_text_len)
@@ -457,7 +465,7 @@ class Pipeline:
     bs, n, key, out = min(self.batch_size, len(texts)), len(texts), jax.random.PRNGKey(seed), []
     for start in range(0, n, bs):
       idx = np.arange(start, start + bs) % n
-      with sharding.mesh_context(trainer.mesh):
+      with trainer.mesh_context():
         nll = fns[num_draws](variables, jnp.asarray(text0[idx]), jnp.asarray(mask[idx]),
                              jax.random.fold_in(key, start))
       out.append(np.asarray(nll)[:min(bs, n - start)])

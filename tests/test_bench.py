@@ -11,7 +11,7 @@ from experiments import bench
 from mdm_jax.models.mdm import MDM
 from mdm_jax.models.param_count import count_params
 from mdm_jax.training.trainer import model_config
-from test_param_count import abstract_inputs
+from tiny_mdm import abstract_inputs
 
 FLAGS = flags.FLAGS
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

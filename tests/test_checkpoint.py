@@ -70,7 +70,7 @@ def test_restore_into_sharded_abstract_state(tmp_path):
   with ckpt_lib.Checkpointer(tmp_path) as ckpt:
     ckpt.save(3, state)
   mesh = sharding.make_mesh(data=2, fsdp=4)
-  fsdp = sharding.logical_sharding(("embed", "mlp"), (8, 4), mesh)
+  fsdp = jax.sharding.NamedSharding(mesh, P("fsdp", "tensor"))
   abstract = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(
           x.shape, x.dtype, sharding=jax.sharding.NamedSharding(mesh, P())),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import jax
@@ -16,7 +17,7 @@ from mdm_jax.training import sharding
 from mdm_jax.training import trainer as trainer_lib
 
 CONFIG_FILES = sorted(f[:-3] for f in os.listdir(configs.CONFIG_DIR)
-                      if f.endswith(".py") and f != "__init__.py")
+                      if f.endswith(".py") and f not in ("__init__.py", "base.py"))
 
 
 def _flat(d, prefix=""):
@@ -42,23 +43,56 @@ def test_config_builds_model_loss_sample_and_mesh(name):
   c = configs.load(name)
   mc = trainer_lib.model_config(c)
   assert isinstance(mc, MDMConfig)
-  # The data fields are the single source of the model's input shapes.
-  assert (mc.image_size, mc.channels, mc.max_text_len) == (
-      c.data.image_size, c.data.channels, c.data.max_text_len)
-  # The model's vocabulary (used by --dry_run, which trains no tokenizer) is the one the
-  # tokenizer is trained for; otherwise dry-run counts and real runs disagree.
-  assert c.model.vocab_size == c.data.vocab_size
-  assert c.data.image_size % c.model.patch_size == 0
+  assert c.data.image_size % mc.patch_size == 0
   assert c.checkpoint_every > 0 and c.log_every > 0
   assert c.optim.warmup_steps < c.total_steps
+  configs.check_run_values(c)
   lc = trainer_lib.loss_config(c)
   assert len(lc.task_weights) == 6 and sum(lc.task_weights) > 0
-  trainer_lib.sample_config(c)
+  # Every sampler setting of the config reaches the sampler; ``num`` is the run's (how many
+  # samples it writes), not a sampler setting.
+  sc = trainer_lib.sample_config(c)
+  assert "num" not in dataclasses.asdict(sc)
+  assert dataclasses.asdict(sc) == {k: v for k, v in c.sample.items() if k != "num"}
   mesh = sharding.make_mesh(**dict(c.mesh))        # on the 8 fake test devices
   assert mesh.devices.size == jax.device_count()
   assert c.batch_size % mesh.devices.size == 0
+
+
+def test_data_values_have_one_home_the_data_section():
+  """The model's input shapes and vocabulary are the data section's: a changed data value
+  reaches the model config, and a second copy in the model section is refused by name."""
+  c = configs.load("digits")
+  for key in trainer_lib.DATA_FIELDS:
+    assert key not in c.model
+  c.data.update(dict(image_size=16, channels=3, max_text_len=20, vocab_size=99))
+  mc = trainer_lib.model_config(c)
+  assert (mc.image_size, mc.channels, mc.max_text_len, mc.vocab_size) == (16, 3, 20, 99)
+  # The tokenizer's vocabulary and the dataset's classes are given at build time.
   over = trainer_lib.model_config(c, vocab_size=123, num_classes=7)
-  assert (over.vocab_size, over.num_classes) == (123, 7)
+  assert (over.vocab_size, over.num_classes, over.image_size) == (123, 7, 16)
+  c.model.image_size = 32
+  with pytest.raises(ValueError, match=r"model\.image_size .*Set data\.image_size instead"):
+    trainer_lib.model_config(c)
+  with pytest.raises(ValueError, match=r"no 'max_text_len' in model \(the model reads it from "
+                     r"the data section: use --config\.data\.max_text_len\)"):
+    configs.check_override_fields(configs.load("digits"), ["--config.model.max_text_len=9"])
+
+
+def test_every_model_loss_and_sampler_field_is_in_the_base_config():
+  """The dataclasses' defaults are the base config's: every field can be set with
+  --config.model/loss/sample.FIELD, and a run that sets nothing gets the dataclass default."""
+  from experiments.configs import base
+  from mdm_jax.generate import SampleConfig
+  from mdm_jax.losses import LossConfig
+  c = base.get_config()
+  model = {f.name: f.default for f in dataclasses.fields(MDMConfig)}
+  assert {**c.model, **{k: c.data[k] for k in trainer_lib.DATA_FIELDS}} == model
+  assert dict(c.loss) == {f.name: f.default for f in dataclasses.fields(LossConfig)}
+  assert {k: v for k, v in c.sample.items() if k != "num"} == {
+      f.name: f.default for f in dataclasses.fields(SampleConfig)}
+  with pytest.raises(ValueError, match="total_steps=None.*batch_size=None"):
+    configs.check_run_values(c)
 
 
 def test_imagenet256_count_without_allocation():
@@ -111,6 +145,8 @@ def test_resolve_and_rewrite_argv(tmp_path):
     configs.resolve("nope")
   with pytest.raises(ValueError, match="unknown config"):
     configs.resolve(str(tmp_path / "missing.py"))
+  with pytest.raises(ValueError, match="'base' holds the defaults every run derives from"):
+    configs.resolve("base")
 
 
 def test_saved_config_without_text_score_reopens_with_the_form_it_trained_with():
@@ -123,3 +159,21 @@ def test_saved_config_without_text_score_reopens_with_the_form_it_trained_with()
   new = configs.load("digits")
   assert new.model.text_score == "conditional"
   assert upgrade_saved_config(new).model.text_score == "conditional"
+
+
+def test_saved_config_with_the_old_duplicated_fields_reopens_as_it_trained():
+  """A config.json saved before the data values had one home also holds them in ``model``
+  (where the data's overrode them) and no sharding rules: it upgrades to the model config it
+  trained with and the base rules."""
+  from experiments.configs import base
+  from experiments.workdir import upgrade_saved_config
+  new = configs.load("digits")
+  old = new.to_dict()
+  del old["sharding"]
+  # What the old digits.py wrote: the data's values, and a vocab_size the tokenizer overrode.
+  old["model"].update(image_size=8, channels=1, max_text_len=12, vocab_size=512)
+  upgraded = upgrade_saved_config(ml_collections.ConfigDict(old))
+  assert trainer_lib.model_config(upgraded, vocab_size=200) == trainer_lib.model_config(
+      new, vocab_size=200)
+  assert (sharding.as_rules(upgraded.sharding.logical_axis_rules) ==
+          sharding.as_rules(base.get_config().sharding.logical_axis_rules))

@@ -113,6 +113,7 @@ def test_bf16_compute_keeps_float32_params_and_runs():
 def test_block_on_8_devices_equals_one_device():
   """Batch sharded over (data, fsdp), parameters FSDP-sharded: same output as 1 device."""
   from mdm_jax.training import sharding
+  from tiny_mdm import RULES
 
   assert jax.device_count() == 8
   block = make_block(d_model=64, headdim=16)
@@ -121,13 +122,13 @@ def test_block_on_8_devices_equals_one_device():
   y_one = jax.jit(block.apply)(variables, u)
 
   mesh = sharding.make_mesh(data=2, fsdp=4)
-  shardings = sharding.param_shardings(variables, mesh)
+  shardings = sharding.param_shardings(variables, mesh, RULES)
   params = jax.device_put(nn.meta.unbox(variables), shardings)
   kernel = params["params"]["in_proj"]["kernel"]
   assert kernel.sharding.spec[0] == "fsdp"  # (embed, mlp): embed split 4 ways
   assert kernel.addressable_shards[0].data.shape[0] == 64 // 4
-  u_sharded = jax.device_put(u, sharding.batch_sharding(mesh))
-  with sharding.mesh_context(mesh):
+  u_sharded = jax.device_put(u, sharding.batch_sharding(mesh, RULES))
+  with sharding.mesh_context(mesh, RULES):
     y_many = jax.jit(block.apply)(params, u_sharded)
   assert len(y_many.sharding.device_set) == 8
   np.testing.assert_allclose(np.asarray(y_many), np.asarray(y_one), rtol=1e-5, atol=1e-5)

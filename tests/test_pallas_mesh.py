@@ -18,7 +18,8 @@ from mdm_jax.losses import LossConfig, mdm_loss
 from mdm_jax.models.mdm import MDM
 from mdm_jax.ssm.ssd import ssd, ssd_scan
 from mdm_jax.training import sharding
-from tiny_mdm import FAST_COMPILE, TEXT_LEN, VOCAB, key, randomize_zero_kernels, tiny_config
+from tiny_mdm import (FAST_COMPILE, RULES, TEXT_LEN, VOCAB, key, randomize_zero_kernels,
+                      tiny_config)
 
 _NAMES = ("x", "dt", "A", "B", "C", "initial_state")
 
@@ -43,7 +44,7 @@ def _outputs_and_grads(fn, args, cotangents, mesh=None):
     return out, vjp(tuple(cotangents))
   if mesh is None:
     return jax.jit(run)(*args)
-  with sharding.mesh_context(mesh):
+  with sharding.mesh_context(mesh, RULES):
     return jax.jit(run)(*args)
 
 
@@ -63,7 +64,7 @@ def test_sharded_kernel_matches_scan_oracle(mesh_shape, b, h, g):
     return ssd(x, dt, A, B, C, chunk_size=8, initial_state=h0, impl="pallas",
                pallas_target="interpret")
 
-  with sharding.mesh_context(mesh):
+  with sharding.mesh_context(mesh, RULES):
     jaxpr = str(jax.make_jaxpr(kernel)(*args))
   assert "shard_map" in jaxpr
   (y, h_last), grads = _outputs_and_grads(kernel, args, cotangents, mesh)
@@ -90,7 +91,7 @@ def test_kernel_sees_per_shard_shapes(monkeypatch):
     return real(x, dt, A, B, C, **kw)
 
   monkeypatch.setattr(pallas_ssd, "ssd", spy)
-  with sharding.mesh_context(mesh):
+  with sharding.mesh_context(mesh, RULES):
     jax.eval_shape(lambda *a: ssd(*a[:5], chunk_size=8, impl="pallas"), *args)
   jax.eval_shape(lambda *a: ssd(*a[:5], chunk_size=8, impl="pallas"), *args)  # no mesh
   assert seen == [((2, 8, 2, 8), (2, 8, 1, 8)), ((8, 8, 4, 8), (8, 8, 2, 8))]
@@ -133,14 +134,14 @@ def test_mdm_with_sharded_kernel_equals_one_device_xla():
   mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
   boxed = jax.eval_shape(MDM(cfg_kernel).init, key(0), batch["image"][:1],
                          batch["caption"][:1])
-  param_shardings = sharding.param_shardings(boxed, mesh)["params"]
+  param_shardings = sharding.param_shardings(boxed, mesh, RULES)["params"]
   sharded_params = jax.device_put(params, param_shardings)
   # The mixer's head parameters really are split over tensor.
   a_log = sharded_params["denoiser"]["layers"]["mixer"]["A_log"]
   assert a_log.sharding.spec == P(None, "tensor"), a_log.sharding.spec
-  batch_sharded = sharding.shard_batch(batch, mesh)
+  batch_sharded = sharding.shard_batch(batch, mesh, RULES)
   stats = jax.device_put(stats, NamedSharding(mesh, P()))
-  with sharding.mesh_context(mesh):
+  with sharding.mesh_context(mesh, RULES):
     loss, grads = _loss_and_grad(MDM(cfg_kernel), sharded_params, stats, batch_sharded)
     jaxpr = str(jax.make_jaxpr(lambda p: MDM(cfg_kernel).apply(
         {"params": p, "latent_stats": stats}, batch_sharded, key(3), LossConfig(),

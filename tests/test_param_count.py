@@ -10,14 +10,8 @@ import pytest
 
 from mdm_jax.models.mdm import MDM, MDMConfig
 from mdm_jax.models.param_count import count_params, format_counts
-from tiny_mdm import FAST_COMPILE, tiny_config
+from tiny_mdm import FAST_COMPILE, abstract_inputs, tiny_config
 
-
-
-def abstract_inputs(cfg: MDMConfig):
-  return (jax.ShapeDtypeStruct((2,), jnp.uint32),  # a raw PRNG key
-          jax.ShapeDtypeStruct((1, cfg.image_size, cfg.image_size, cfg.channels), jnp.float32),
-          jax.ShapeDtypeStruct((1, cfg.max_text_len), jnp.int32))
 
 
 def block_params(cfg: MDMConfig) -> int:

@@ -12,6 +12,7 @@ from jax.sharding import PartitionSpec as P
 
 from mdm_jax.training import optimizer as optimizer_lib
 from mdm_jax.training import sharding
+from tiny_mdm import RULES
 
 
 class ToyMLP(nn.Module):
@@ -30,7 +31,7 @@ class ToyMLP(nn.Module):
     w_odd = self.param(
         "w_odd", nn.with_logical_partitioning(init, ("embed", "mlp")), (6, 16))
     scale = self.param("scale", nn.initializers.ones, (16,))  # unboxed
-    h = nn.with_logical_constraint(x @ w_in + b_in, ("batch", "mlp"))
+    h = nn.with_logical_constraint(x @ w_in + b_in, ("activation_batch", "activation_mlp"))
     y = jax.nn.relu(h) @ w_out
     return (y + (x[:, :6] @ w_odd)) * scale
 
@@ -65,7 +66,7 @@ def test_params_fsdp_sharded_and_odd_param_replicated():
   model = ToyMLP()
   x = jnp.zeros((8, 16))
   params = sharding.init_sharded(
-      lambda r, x: model.init(r, x)["params"], jax.random.key(0), mesh, x)
+      lambda r, x: model.init(r, x)["params"], jax.random.key(0), mesh, x, rules=RULES)
   assert params["w_in"].sharding.spec == P("fsdp", "tensor")
   assert params["w_out"].sharding.spec == P("tensor", "fsdp")
   # Per-device shard: embed dim split in 4, mlp dim whole (tensor=1).
@@ -81,21 +82,20 @@ def test_params_fsdp_sharded_and_odd_param_replicated():
 
 def test_tensor_axis_and_multi_axis_fallback():
   mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
-  s = sharding.logical_sharding(("embed", "mlp"), (16, 32), mesh)
+  s = sharding.logical_sharding(("embed", "mlp"), (16, 32), mesh, RULES)
   assert s.spec == P("fsdp", "tensor")
   assert s.shard_shape((16, 32)) == (8, 16)
   # batch maps to ("data", "fsdp") = 4 shards; a batch of 2 keeps only "data".
-  assert sharding.logical_sharding(("batch", "embed"), (8, 3), mesh).spec == P(
-      ("data", "fsdp"), None)
-  assert sharding.logical_sharding(("batch", "embed"), (2, 3), mesh).spec == P(
-      "data", None)
-  assert sharding.logical_sharding(("batch",), (3,), mesh).spec == P(None)
+  act = ("activation_batch", "activation_embed")
+  assert sharding.logical_sharding(act, (8, 16), mesh, RULES).spec == P(("data", "fsdp"), None)
+  assert sharding.logical_sharding(act, (2, 16), mesh, RULES).spec == P("data", None)
+  assert sharding.logical_sharding(("activation_batch",), (3,), mesh, RULES).spec == P(None)
 
 
 def test_unknown_logical_name_is_a_clear_error():
   mesh = sharding.make_mesh()
   with pytest.raises(ValueError, match="Unknown logical axis name"):
-    sharding.logical_sharding(("embd", "mlp"), (8, 8), mesh)
+    sharding.logical_sharding(("embd", "mlp"), (8, 8), mesh, RULES)
 
 
 def test_sharded_forward_matches_numpy():
@@ -104,8 +104,8 @@ def test_sharded_forward_matches_numpy():
   x_np = np.random.default_rng(0).normal(size=(8, 16)).astype(np.float32)
   params = sharding.init_sharded(
       lambda r, x: model.init(r, x)["params"], jax.random.key(1), mesh,
-      jnp.zeros((8, 16)))
-  x = sharding.shard_batch({"x": x_np}, mesh)["x"]
+      jnp.zeros((8, 16)), rules=RULES)
+  x = sharding.shard_batch({"x": x_np}, mesh, RULES)["x"]
   assert x.sharding.spec == P(("data", "fsdp"))
   assert {s.data.shape for s in x.addressable_shards} == {(1, 16)}
 
@@ -113,7 +113,7 @@ def test_sharded_forward_matches_numpy():
   def forward(p, x):
     return model.apply({"params": p}, x)
 
-  with sharding.mesh_context(mesh):
+  with sharding.mesh_context(mesh, RULES):
     y = forward(params, x)
   p_np = jax.tree.map(np.asarray, params)
   np.testing.assert_allclose(
@@ -123,7 +123,7 @@ def test_sharded_forward_matches_numpy():
 def test_shard_batch_rejects_indivisible_batch():
   mesh = sharding.make_mesh(data=2, fsdp=4)
   with pytest.raises(ValueError, match="not divisible by the 8 batch shards"):
-    sharding.shard_batch({"x": np.zeros((6, 2))}, mesh)
+    sharding.shard_batch({"x": np.zeros((6, 2))}, mesh, RULES)
 
 
 def test_train_state_opt_state_sharded_like_params():
@@ -137,13 +137,13 @@ def test_train_state_opt_state_sharded_like_params():
     return {"params": params, "opt_state": tx.init(params), "step": 0}
 
   state = sharding.init_sharded(
-      init_state, jax.random.key(0), mesh, jnp.zeros((8, 16)))
+      init_state, jax.random.key(0), mesh, jnp.zeros((8, 16)), rules=RULES)
   mu = state["opt_state"][1][0].mu  # chain(clip, adamw) -> adamw's ScaleByAdam.
   assert mu["w_in"].sharding.spec == P("fsdp", "tensor")
   assert {s.data.shape for s in mu["w_in"].addressable_shards} == {(4, 32)}
   assert state["step"].sharding.spec == P()
   abstract = sharding.abstract_sharded(
-      init_state, jax.random.key(0), mesh, jnp.zeros((8, 16)))
+      init_state, jax.random.key(0), mesh, jnp.zeros((8, 16)), rules=RULES)
   assert abstract["params"]["w_in"].sharding.spec == P("fsdp", "tensor")
 
 
@@ -158,7 +158,7 @@ def test_jitted_train_step_keeps_fsdp_sharding():
     return {"params": params, "opt_state": tx.init(params), "ema": params}
 
   state = sharding.init_sharded(
-      init_state, jax.random.key(0), mesh, jnp.zeros((8, 16)))
+      init_state, jax.random.key(0), mesh, jnp.zeros((8, 16)), rules=RULES)
   state_shardings = jax.tree.map(lambda a: a.sharding, state)
 
   def train_step(state, x):
@@ -171,14 +171,81 @@ def test_jitted_train_step_keeps_fsdp_sharding():
 
   x = sharding.shard_batch(
       {"x": np.random.default_rng(0).normal(size=(8, 16)).astype(np.float32)},
-      mesh)["x"]
+      mesh, RULES)["x"]
   step = jax.jit(train_step, in_shardings=(state_shardings, x.sharding),
                  out_shardings=state_shardings, donate_argnums=0)
   before = np.asarray(state["params"]["w_in"])
-  with sharding.mesh_context(mesh):
+  with sharding.mesh_context(mesh, RULES):
     new = step(state, x)
   assert new["params"]["w_in"].sharding.spec == P("fsdp", "tensor")
   assert {s.data.shape for s in new["ema"]["w_in"].addressable_shards} == {(4, 32)}
   # Adam's first step moves each weight by ~lr (|m_hat/sqrt(v_hat)| ~ 1).
   moved = np.abs(np.asarray(new["params"]["w_in"]) - before)
   assert np.all(moved > 1e-3) and np.all(moved < 2e-2)
+
+
+def test_rules_name_exactly_the_logical_axes_the_model_uses(monkeypatch):
+  """No dead rule and no name without one: the rule names are the axes the MDM's parameters
+  carry, its activation constraints name, and the Pallas kernel splits by."""
+  from mdm_jax.models.mdm import MDM
+  from mdm_jax.ssm import kernel
+  from tiny_mdm import abstract_inputs, tiny_config
+  constrained = set()
+  real = nn.with_logical_constraint
+
+  def record(x, names, *args, **kwargs):
+    constrained.update(n for n in names if n)
+    return real(x, names, *args, **kwargs)
+
+  monkeypatch.setattr(nn, "with_logical_constraint", record)
+  weights = set()
+  # Every optional parameter present: the SwiGLU MLP, row-end tokens, the LTI B and C.
+  for cfg in (tiny_config(mlp_ratio=2.0, row_end_tokens=True, selective=False),
+              tiny_config(backbone="transformer", mlp_ratio=2.0)):
+    boxed = jax.eval_shape(MDM(cfg).init, *abstract_inputs(cfg))
+    for leaf in jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned)):
+      if isinstance(leaf, nn.LogicallyPartitioned):
+        weights.update(n for n in leaf.names if n)
+  assert constrained and all(n.startswith("activation_") for n in constrained), constrained
+  assert not any(n.startswith("activation_") for n in weights), weights
+  used = weights | constrained | {kernel.BATCH_AXIS, kernel.HEAD_AXIS}
+  assert {name for name, _ in RULES} == used
+
+
+def test_activations_stay_batch_split_where_fsdp_splits_the_weights():
+  """The same d_model dimension: FSDP-split in a weight ("embed"), whole in an activation
+  ("activation_embed"), whose batch takes both data-parallel axes."""
+  mesh = sharding.make_mesh(data=2, fsdp=4)
+  weight = sharding.logical_sharding(("embed", "mlp"), (16, 32), mesh, RULES)
+  act = sharding.logical_sharding(
+      ("activation_batch", "activation_length", "activation_embed"), (8, 5, 16), mesh, RULES)
+  assert weight.spec == P("fsdp", "tensor")
+  assert act.spec == P(("data", "fsdp"), None, None)
+
+
+def test_trainer_shards_by_the_config_rules():
+  """The rules come from the config: replicating "embed" there replicates every weight
+  that FSDP split before; the batch split follows "activation_batch"."""
+  from experiments import configs
+  from mdm_jax.training.trainer import Trainer
+  mesh = sharding.make_mesh(data=2, fsdp=4)
+  config = configs.load("tiny")
+  specs = lambda t: {s.spec for s in jax.tree.leaves(t.state_shardings["params"])}
+  fsdp = Trainer(config, mesh, vocab_size=64, num_classes=10)
+  assert any("fsdp" in jax.tree.leaves(tuple(s)) for s in specs(fsdp))
+  assert fsdp.batch_sharding.spec == P(("data", "fsdp"))
+  config.sharding.logical_axis_rules = tuple(
+      (name, None) if name in ("embed", "activation_batch") else (name, axes)
+      for name, axes in config.sharding.logical_axis_rules)
+  replicated = Trainer(config, mesh, vocab_size=64, num_classes=10)
+  assert not any("fsdp" in jax.tree.leaves(tuple(s)) for s in specs(replicated))
+  assert replicated.batch_sharding.spec == P(None)
+
+
+def test_rules_read_back_from_json_and_bad_rules_are_named():
+  as_json = [[name, list(axes) if isinstance(axes, tuple) else axes] for name, axes in RULES]
+  assert sharding.as_rules(as_json) == RULES
+  with pytest.raises(ValueError, match=r"'embed' maps to mesh axes \['model'\]"):
+    sharding.as_rules([("embed", "model")])
+  with pytest.raises(ValueError, match="not a .logical name, mesh axes. pair"):
+    sharding.as_rules([("embed",)])

@@ -88,9 +88,9 @@ def _train_three_steps(config, mesh, vocab_size, batches):
   state = trainer.init_state()
   losses, sharded = [], []
   for batch in batches:
-    batch = sharding.shard_batch(batch, mesh)
+    batch = sharding.shard_batch(batch, mesh, trainer.rules)
     sharded.append(batch)
-    with sharding.mesh_context(mesh):
+    with trainer.mesh_context():
       state, terms = trainer.train_step(state, batch)
     losses.append({k: float(v) for k, v in jax.device_get(terms).items()})
   return losses, state, sharded

@@ -6,9 +6,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments.configs import base
 from mdm_jax.models.mdm import MDMConfig
+from mdm_jax.training import sharding
 
 VOCAB, TEXT_LEN, NUM_CLASSES = 40, 8, 10
+# The runs' logical axis rules (the base config's table).
+RULES = sharding.as_rules(base.get_config().sharding.logical_axis_rules)
 # Compile-bound tests: skip XLA's optimisation passes (about 40% less compile time).
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
@@ -24,6 +28,13 @@ def tiny_config(**overrides) -> MDMConfig:
             n_layers=2, headdim=16, d_state=8, chunk_size=8)
   kw.update(overrides)
   return MDMConfig(**kw)
+
+
+def abstract_inputs(cfg: MDMConfig):
+  """(PRNG key, images, text ids) as ShapeDtypeStructs for an abstract ``MDM(cfg).init``."""
+  return (jax.ShapeDtypeStruct((2,), jnp.uint32),  # a raw PRNG key
+          jax.ShapeDtypeStruct((1, cfg.image_size, cfg.image_size, cfg.channels), jnp.float32),
+          jax.ShapeDtypeStruct((1, cfg.max_text_len), jnp.int32))
 
 
 def randomize_zero_kernels(params, seed=10, scale=0.1):

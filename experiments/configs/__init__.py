@@ -1,21 +1,26 @@
 """Named configs: small Python files returning an ml_collections.ConfigDict (big_vision style).
 
-``--config`` takes a registered name (the files in this folder) or a path to a config file;
-``--config.a.b=value`` overrides one field (ml_collections config_flags).
+``--config`` takes a registered name (the files in this folder but ``base``, the defaults every
+run derives from) or a path to a config file; ``--config.a.b=value`` overrides one field
+(ml_collections config_flags).
 """
 from __future__ import annotations
 
 import os
 
 CONFIG_DIR = os.path.dirname(os.path.abspath(__file__))
+BASE = "base"   # shared defaults, not a run
 NAMES = tuple(sorted(f[:-3] for f in os.listdir(CONFIG_DIR)
-                     if f.endswith(".py") and not f.startswith("_")))
+                     if f.endswith(".py") and not f.startswith("_") and f[:-3] != BASE))
 
 
 def resolve(name_or_path: str) -> str:
   """A registered name or a file path (optionally ``path:arg``) -> a config file path."""
   if name_or_path in NAMES:
     return os.path.join(CONFIG_DIR, name_or_path + ".py")
+  if name_or_path == BASE:
+    raise ValueError(f"config {BASE!r} holds the defaults every run derives from, it is not a "
+                     f"run: choose one of {', '.join(NAMES)}")
   path = name_or_path.split(":", 1)[0]
   if path.endswith(".py") and os.path.exists(path):
     return name_or_path
@@ -46,9 +51,12 @@ def check_override_fields(config, argv: list[str], name: str = "the config") -> 
       if not hasattr(node, "keys") or key not in node:
         where = ".".join(walked) or "the top level"
         known = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else "(not a section)"
+        from mdm_jax.training.trainer import DATA_FIELDS  # pylint: disable=g-import-not-at-top
+        hint = (f" (the model reads it from the data section: use --config.data.{key})"
+                if walked == ["model"] and key in DATA_FIELDS else "")
         raise ValueError(
-            f"unknown config field {path!r} (from {arg}): {name} has no {key!r} in {where}. "
-            f"Fields there: {known}")
+            f"unknown config field {path!r} (from {arg}): {name} has no {key!r} in {where}"
+            f"{hint}. Fields there: {known}")
       node, walked = node[key], walked + [key]
 
 
@@ -75,8 +83,14 @@ def check_run_values(config) -> None:
   at_least_one = ("total_steps", "batch_size", "log_every", "checkpoint_every")
   problems = [f"{k}={config[k]!r} (must be an integer >= 1)" for k in at_least_one
               if not isinstance(config[k], int) or config[k] < 1]
+  if not isinstance(config.optim.warmup_steps, int) or config.optim.warmup_steps < 0:
+    problems.append(f"optim.warmup_steps={config.optim.warmup_steps!r} (an integer >= 0)")
+  if not isinstance(config.optim.lr, (int, float)) or config.optim.lr <= 0:
+    problems.append(f"optim.lr={config.optim.lr!r} (a number > 0)")
   if not isinstance(config.sample_every, int) or config.sample_every < 0:
     problems.append(f"sample_every={config.sample_every!r} (>= 1, or 0 for no periodic samples)")
+  if not config.data.name:
+    problems.append(f"data.name={config.data.name!r} (the dataset to train on)")
   if config.sample.num < 1:
     problems.append(f"sample.num={config.sample.num!r} (must be >= 1)")
   if problems:

@@ -5,7 +5,7 @@ from experiments.configs import mnist
 def get_config():
   c = mnist.get_config()
   c.data.name = "cifar10"
-  c.data.channels = c.model.channels = 3
+  c.data.channels = 3
   c.model.patch_size = 2
   c.model.update(dict(d_model=512, n_layers=12, latent_dim=8, vae_width=512, mlp_ratio=2.0))
   c.loss.task_weights = (1.0, 1.0, 1.0, 0.0, 1.0, 0.5)   # no VQA pairs for CIFAR-10

@@ -13,20 +13,19 @@ its text positions are absent (all [MASK]) in every example, and the text layers
 `data.vocab_size` ids without being fed. Needs `tfds build imagenet2012
 --file_format=array_record` (manual download) and `--config.data.data_dir`.
 """
-from experiments.configs import digits
+from experiments.configs import base
 
 
 def get_config():
-  c = digits.get_config()
+  c = base.get_config()
   c.data.update(dict(name="imagenet2012", image_size=256, channels=3, max_text_len=128,
                      vocab_size=32000, worker_count=16))
   c.model.update(dict(
-      image_size=256, channels=3, patch_size=8, max_text_len=128, vocab_size=32000,
-      num_classes=1000, vae_width=1024, vae_depth=4, latent_dim=16,
+      patch_size=8, num_classes=1000, vae_width=1024, vae_depth=4, latent_dim=16,
       d_model=2048, n_layers=49, mlp_ratio=6.75, n_pad_tokens=4, row_end_tokens=True,
-      d_state=128, expand=2, headdim=64, ngroups=8, chunk_size=128,
-      dtype="bfloat16", remat=True))
-  c.loss.task_weights = (1.0, 0.0, 0.0, 0.0, 0.0, 0.0)   # class-to-image only
+      d_state=128, headdim=64, ngroups=8, chunk_size=128, dtype="bfloat16"))
+  c.loss.update(dict(task_weights=(1.0, 0.0, 0.0, 0.0, 0.0, 0.0),   # class-to-image only
+                     beta_kl=1e-3))
   c.sample.update(dict(steps=25, guidance=1.5, num=64))
   c.total_steps = 400_000
   c.batch_size = 256

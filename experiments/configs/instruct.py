@@ -7,5 +7,5 @@ from experiments.configs import mnist
 def get_config():
   c = mnist.get_config()
   c.loss.task_weights = (0.0, 0.0, 1.0, 1.0, 0.5, 1.0)
-  c.model.max_text_len = c.data.max_text_len = 32
+  c.data.max_text_len = 32
   return c

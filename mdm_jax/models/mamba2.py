@@ -16,8 +16,9 @@ same outputs as ``__call__`` on the whole sequence (recurrent decoding / streami
 
 Parameters are float32 (``param_dtype``); activations use ``dtype`` (e.g. bf16); the SSM itself
 keeps dt, decays and states in float32 (see ``mdm_jax.ssm.ssd``). Every parameter carries
-logical axis names (``embed``, ``mlp``, ``heads``, ``conv``, ``state``) that
-``mdm_jax.training.sharding`` maps onto the device mesh.
+logical axis names (``embed``, ``mlp``, ``heads``, ``conv``, ``state``), and activations their
+own (``activation_batch``, ``activation_length``, ``activation_mlp``), that the config's
+``sharding.logical_axis_rules`` map onto the device mesh (``mdm_jax.training.sharding``).
 """
 from __future__ import annotations
 
@@ -178,7 +179,8 @@ class Mamba2(nn.Module):
   def __call__(self, u):
     """u (b, l, d_model) -> (b, l, d_model)."""
     zxbcdt = nn.with_logical_constraint(self.in_proj(u.astype(self.dtype)),
-                                        ("batch", "length", "mlp"))
+                                        ("activation_batch", "activation_length",
+                                         "activation_mlp"))
     z, xbc, dt_raw = self._split_projection(zxbcdt)
     xbc = nn.silu(causal_depthwise_conv(xbc, self.conv_kernel.astype(self.dtype),
                                         self.conv_bias.astype(self.dtype)))

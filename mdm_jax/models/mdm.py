@@ -69,6 +69,8 @@ from mdm_jax.ssm.ssd import IMPLS as SSD_IMPLS
 from mdm_jax.tasks import TASK_IDS, TASKS  # noqa: F401 (re-exported)
 
 N_FIXED_PREFIX = 4  # t_img, t_txt, class, task
+# The logical axes of the denoiser's (b, L, d_model) activations (the weights' are "embed" etc.).
+ACTIVATION_AXES = ("activation_batch", "activation_length", "activation_embed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -263,7 +265,7 @@ class DenoiserLayer(nn.Module):
     cfg = self.cfg
     dtype = cfg.compute_dtype
     # Keep activations batch-sharded (FSDP params would otherwise pull them onto "embed").
-    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    x = nn.with_logical_constraint(x, ACTIVATION_AXES)
     n_mod = 6 if cfg.mlp_ratio > 0 else 3
     mod = _lp_dense(n_mod * cfg.d_model, ("embed", "mlp"), "adaln", dtype, zero=True)(
         nn.silu(cond.astype(dtype)))
@@ -283,7 +285,7 @@ class DenoiserLayer(nn.Module):
       h = _rms_norm(dtype, "mlp_norm")(x) * (1 + mod[4]) + mod[3]
       h = SwiGLU(int(cfg.mlp_ratio * cfg.d_model), dtype=dtype, name="mlp")(h)
       x = x + (mod[5] * h).astype(x.dtype)
-    return nn.with_logical_constraint(x, ("batch", "length", "embed")), None
+    return nn.with_logical_constraint(x, ACTIVATION_AXES), None
 
 
 class Denoiser(nn.Module):
@@ -381,7 +383,7 @@ class Denoiser(nn.Module):
       img = scan_order.insert_row_end_tokens(img, self.row_end, *cfg.grid)
     txt = txt + self.text_pos.astype(dtype) + self.modality[1].astype(dtype)
     x = jnp.concatenate([prefix.astype(dtype), img, txt], axis=1)
-    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    x = nn.with_logical_constraint(x, ACTIVATION_AXES)
 
     orders = jnp.asarray(self.layer_orders())
     if cfg.scan_layers:
@@ -419,8 +421,8 @@ class MDM(nn.Module):
     expected = (cfg.image_size, cfg.image_size, cfg.channels)
     if tuple(images.shape[1:]) != expected:
       raise ValueError(f"MDM: images must be (batch, {expected[0]}, {expected[1]}, "
-                       f"{expected[2]}), got {tuple(images.shape)}; check data.image_size and "
-                       "data.channels against model.image_size and model.channels")
+                       f"{expected[2]}), got {tuple(images.shape)}; the model's shapes come from "
+                       "data.image_size and data.channels")
     return self.vae.encode_image(patchify(images, cfg.patch_size))
 
   def decode_image(self, z):

@@ -14,8 +14,9 @@ Partitioning: a ``pallas_call`` is one custom call that XLA cannot split, so und
 would gather every operand onto every device (or fail to partition). ``pallas_ssd`` runs the
 kernel inside ``jax.shard_map`` over the mesh of the current context (``jax.set_mesh``, as
 ``mdm_jax.training.sharding.mesh_context`` sets it): the batch is split over the mesh axes of
-the logical axis ``"batch"`` and the heads over those of ``"heads"`` (the current flax logical
-rules, else ``sharding.LOGICAL_AXIS_RULES``: (data, fsdp) and tensor). The scan couples neither
+the logical axis ``"activation_batch"`` and the heads over those of ``"activation_heads"`` (the
+current flax logical rules, i.e. the config's ``sharding.logical_axis_rules``: (data, fsdp) and
+tensor; without rules nothing is split). The scan couples neither
 batch rows nor heads, so the shards need no communication. A dimension that its mesh axes do not
 divide keeps the longest prefix of them that does (or none: replicated), as parameters do.
 
@@ -60,6 +61,10 @@ def kernel_call(x, dt, A, B, C, initial_state, *, chunk_size, target):
                         **kernel_options(target))
 
 
+# The logical axes whose mesh axes split the kernel's batch and heads.
+BATCH_AXIS, HEAD_AXIS = "activation_batch", "activation_heads"
+
+
 def _axes_of(logical: str, rules) -> tuple[str, ...]:
   axes = nn.logical_to_mesh_axes((logical,), tuple(rules))[0]
   if axes is None:
@@ -93,10 +98,9 @@ def pallas_ssd(x, dt, A, B, C, initial_state: Optional[jax.Array] = None, *, chu
     return kernel(x, dt, A, B, C, initial_state)
   # Axes already manual (inside an enclosing shard_map) are not ours to split.
   sizes = {a: s for a, s in mesh.shape.items() if a not in mesh.manual_axes}
-  from mdm_jax.training.sharding import LOGICAL_AXIS_RULES  # pylint: disable=g-import-not-at-top
-  rules = nn.get_logical_axis_rules() or LOGICAL_AXIS_RULES
-  batch_axes = _fit(b, _axes_of("batch", rules), sizes)
-  head_axes = _fit(h, tuple(a for a in _axes_of("heads", rules) if a not in batch_axes), sizes)
+  rules = nn.get_logical_axis_rules()
+  batch_axes = _fit(b, _axes_of(BATCH_AXIS, rules), sizes)
+  head_axes = _fit(h, tuple(a for a in _axes_of(HEAD_AXIS, rules) if a not in batch_axes), sizes)
   if not batch_axes and not head_axes:
     return kernel(x, dt, A, B, C, initial_state)
 

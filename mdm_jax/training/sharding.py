@@ -1,13 +1,14 @@
 """Device mesh, logical-axis rules and sharded initialisation (MaxText style).
 
-Model code names array dimensions with *logical* axes only, e.g.
+Model code names array dimensions with *logical* axes only, weights and activations apart:
 
   kernel = self.param("kernel", nn.with_logical_partitioning(init, ("embed", "mlp")),
                       (d_model, d_inner))
-  x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+  x = nn.with_logical_constraint(x, ("activation_batch", "activation_length",
+                                     "activation_embed"))
 
-and this module owns the single table (`LOGICAL_AXIS_RULES`) that maps logical axes
-onto the mesh axes ("data", "fsdp", "tensor"):
+and the config's ``sharding.logical_axis_rules`` (experiments/configs/base.py; every function
+here takes it as ``rules``) maps logical axes onto the mesh axes ("data", "fsdp", "tensor"):
 
   * "data"   - pure data parallelism: the batch is split, parameters replicated.
   * "fsdp"   - fully-sharded data parallelism (ZeRO-3): the batch is split *and*
@@ -39,27 +40,31 @@ except ImportError:  # pragma: no cover - depends on the installed jax.
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
-# The one logical -> mesh axis table. Order matters: flax assigns rules top-down
-# and never uses a mesh axis twice in one array, so e.g. an activation
-# ("batch", "length", "embed") takes ("data", "fsdp") for "batch" and leaves
-# "embed" unsharded, while a weight ("embed", "mlp") gets ("fsdp", "tensor").
-LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
-    ("batch", ("data", "fsdp")),
-    ("embed", "fsdp"),
-    ("mlp", "tensor"),
-    ("heads", "tensor"),
-    ("vocab", "tensor"),
-    ("kv", None),
-    ("head_dim", None),
-    ("state", None),
-    ("conv", None),
-    ("length", None),
-    ("layers", None),
-    ("latent", None),
-    ("patch", None),
-)
-
+Rules = Sequence[tuple[str, Any]]   # (logical name, mesh axes or None) pairs
 PyTree = Any
+
+
+def as_rules(table: Sequence[Sequence[Any]]) -> tuple[tuple[str, Any], ...]:
+  """A config's ``sharding.logical_axis_rules`` (tuples, or lists when read back from a saved
+  config.json) as the tuple of (logical name, mesh axes) pairs that flax reads.
+
+  Raises:
+    ValueError: naming the entry, for one that is not a (name, mesh axes) pair or that names
+      a mesh axis outside ("data", "fsdp", "tensor").
+  """
+  rules = []
+  for entry in table:
+    if len(entry) != 2 or not isinstance(entry[0], str):
+      raise ValueError(f"sharding.logical_axis_rules: {entry!r} is not a (logical name, mesh "
+                       "axes) pair; write e.g. ('embed', 'fsdp') or ('activation_length', None)")
+    name, axes = entry
+    axes = tuple(axes) if isinstance(axes, (list, tuple)) else axes
+    unknown = [a for a in ((axes,) if isinstance(axes, str) else axes or ()) if a not in MESH_AXES]
+    if unknown:
+      raise ValueError(f"sharding.logical_axis_rules: {name!r} maps to mesh axes {unknown} that "
+                       f"the mesh does not have; use those of {MESH_AXES} (or None)")
+    rules.append((name, axes))
+  return tuple(rules)
 
 
 def make_mesh(
@@ -116,9 +121,7 @@ def make_mesh(
 
 
 @contextlib.contextmanager
-def mesh_context(
-    mesh: Mesh, rules: Sequence[tuple[str, Any]] = LOGICAL_AXIS_RULES
-) -> Iterator[Mesh]:
+def mesh_context(mesh: Mesh, rules: Rules) -> Iterator[Mesh]:
   """Makes `mesh` and the logical rules current (for `nn.with_logical_constraint`).
 
   Uses `jax.set_mesh` (the successor of the deprecated `with mesh:`), falling back
@@ -140,8 +143,8 @@ def _check_names(names: Sequence[str | None], rules) -> None:
   if unknown:
     raise ValueError(
         f"Unknown logical axis name(s) {unknown} in {tuple(names)}; known names are"
-        f" {sorted(known)}. Fix the name or add a rule to LOGICAL_AXIS_RULES in"
-        " mdm_jax/training/sharding.py.")
+        f" {sorted(known)}. Fix the name or add a rule to sharding.logical_axis_rules in"
+        " experiments/configs/base.py.")
 
 
 def _fit_spec(spec: Sequence[Any], shape: Sequence[int], mesh: Mesh) -> P:
@@ -170,7 +173,7 @@ def logical_sharding(
     names: Sequence[str | None],
     shape: Sequence[int],
     mesh: Mesh,
-    rules: Sequence[tuple[str, Any]] = LOGICAL_AXIS_RULES,
+    rules: Rules,
 ) -> NamedSharding:
   """NamedSharding for an array of `shape` whose dims have logical `names`.
 
@@ -193,7 +196,7 @@ def unbox(tree: PyTree) -> PyTree:
 def param_shardings(
     abstract_variables: PyTree,
     mesh: Mesh,
-    rules: Sequence[tuple[str, Any]] = LOGICAL_AXIS_RULES,
+    rules: Rules,
 ) -> PyTree:
   """NamedShardings for a (boxed) variable or train-state pytree.
 
@@ -233,18 +236,16 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def batch_sharding(
-    mesh: Mesh, rules: Sequence[tuple[str, Any]] = LOGICAL_AXIS_RULES
-) -> NamedSharding:
-  """Sharding of a batch: leading dim split over the "batch" rule's mesh axes."""
-  spec = nn.logical_to_mesh_axes(("batch",), tuple(rules))
+def batch_sharding(mesh: Mesh, rules: Rules) -> NamedSharding:
+  """Sharding of a batch: leading dim split over the "activation_batch" rule's mesh axes."""
+  spec = nn.logical_to_mesh_axes(("activation_batch",), tuple(rules))
   return NamedSharding(mesh, spec)
 
 
 def shard_batch(
     batch: Mapping[str, Any] | PyTree,
     mesh: Mesh,
-    rules: Sequence[tuple[str, Any]] = LOGICAL_AXIS_RULES,
+    rules: Rules,
 ) -> PyTree:
   """Turns this host's numpy batch into global, batch-sharded jax.Arrays.
 
@@ -255,7 +256,7 @@ def shard_batch(
   Args:
     batch: pytree of numpy arrays, each of shape (local_batch, ...).
     mesh: the device mesh.
-    rules: logical rules (for the "batch" axis).
+    rules: logical rules (for the "activation_batch" axis).
 
   Returns:
     The same pytree of jax.Arrays of shape (local_batch * process_count, ...).
@@ -288,7 +289,7 @@ def abstract_sharded(
     rng: jax.Array,
     mesh: Mesh,
     *args: Any,
-    rules: Sequence[tuple[str, Any]] = LOGICAL_AXIS_RULES,
+    rules: Rules,
 ) -> PyTree:
   """Shapes, dtypes and shardings of `unbox(init_fn(rng, *args))`, computing nothing.
 
@@ -308,7 +309,7 @@ def init_sharded(
     rng: jax.Array,
     mesh: Mesh,
     *args: Any,
-    rules: Sequence[tuple[str, Any]] = LOGICAL_AXIS_RULES,
+    rules: Rules,
 ) -> PyTree:
   """Runs `init_fn(rng, *args)` under jit so every leaf is created already sharded.
 

@@ -20,15 +20,33 @@ from mdm_jax.training import optimizer as optim_lib
 from mdm_jax.training import sharding
 
 
+# The data values that shape the model: they live in ``config.data`` only.
+DATA_FIELDS = ("image_size", "channels", "max_text_len", "vocab_size")
+
+
 def model_config(config, *, vocab_size: int | None = None,
                  num_classes: int | None = None) -> MDMConfig:
-  fields = dict(config.model)
+  """The network's config: ``config.model`` plus the data values that shape it.
+
+  Args:
+    config: the run config; ``DATA_FIELDS`` are read from ``config.data``.
+    vocab_size: the trained tokenizer's vocabulary, when it differs from ``data.vocab_size``.
+    num_classes: the dataset's class count, replacing ``model.num_classes``.
+
+  Raises:
+    ValueError: when ``config.model`` sets one of ``DATA_FIELDS`` (a second home for it).
+  """
+  doubled = [k for k in DATA_FIELDS if k in config.model]
+  if doubled:
+    raise ValueError(
+        "model." + ", model.".join(doubled) + " set in the model section: the model reads "
+        "them from the data section. Set data." + ", data.".join(doubled) + " instead (and "
+        "remove them from model).")
+  fields = dict(config.model, **{k: config.data[k] for k in DATA_FIELDS})
   if vocab_size is not None:
     fields["vocab_size"] = vocab_size
   if num_classes is not None:
     fields["num_classes"] = num_classes
-  fields["image_size"], fields["channels"] = config.data.image_size, config.data.channels
-  fields["max_text_len"] = config.data.max_text_len
   return MDMConfig(**fields)
 
 
@@ -63,13 +81,20 @@ class Trainer:
     self.data_keys = data_keys
     self._samplers = {}  # compiled generate functions, one per (task, num, given inputs)
     self.rng = jax.random.PRNGKey(config.seed)
-    self.abstract_state = sharding.abstract_sharded(self._init_state, self.rng, mesh)
+    if "sharding" not in config:
+      raise ValueError("the config has no sharding.logical_axis_rules: derive it from "
+                       "experiments/configs/base.py (a checkpoint's saved config gets them from "
+                       "mdm_jax.api.upgrade_saved_config)")
+    self.rules = sharding.as_rules(config.sharding.logical_axis_rules)
+    self.abstract_state = sharding.abstract_sharded(self._init_state, self.rng, mesh,
+                                                    rules=self.rules)
     self.state_shardings = jax.tree.map(lambda x: x.sharding, self.abstract_state)
-    self.batch_sharding = sharding.batch_sharding(mesh)
+    self.batch_sharding = sharding.batch_sharding(mesh, self.rules)
     # From the abstract state: the model's size is known before anything is allocated.
     self.num_params = sum(math.prod(x.shape)
                           for x in jax.tree.leaves(self.abstract_state["params"]))
-    self.train_step = jax.jit(self._train_step,
+    # The update step, sharded, with the old state's buffers donated.
+    self.train_step = jax.jit(self.update,
                               in_shardings=(self.state_shardings, self.batch_sharding),
                               out_shardings=(self.state_shardings, None),
                               donate_argnums=(0,))
@@ -98,10 +123,18 @@ class Trainer:
             "step": jnp.zeros((), jnp.int32), "rng": k_state}
 
   def init_state(self):
-    return sharding.init_sharded(self._init_state, self.rng, self.mesh)
+    return sharding.init_sharded(self._init_state, self.rng, self.mesh, rules=self.rules)
+
+  def mesh_context(self):
+    """The mesh and this run's logical axis rules, current (for the jitted functions)."""
+    return sharding.mesh_context(self.mesh, self.rules)
 
   # --- update step ----------------------------------------------------------------------
-  def _train_step(self, state, batch):
+  def update(self, state, batch):
+    """One optimizer step, not jitted: (state, batch) -> (new state, metrics).
+
+    ``train_step`` is this function jitted with the run's shardings and the state donated; a
+    benchmark may jit it its own way (e.g. without donation, to reuse the state)."""
     rng = jax.random.fold_in(state["rng"], state["step"])
 
     def loss_fn(params):
@@ -142,6 +175,6 @@ class Trainer:
       self._samplers[key] = jax.jit(lambda variables, rng, **kw: fn(variables, rng=rng, **kw),
                                     out_shardings=sharding.replicated(self.mesh))
     variables = {"params": state["ema"], "latent_stats": state["latent_stats"]}
-    with sharding.mesh_context(self.mesh):
+    with self.mesh_context():
       images, tokens = self._samplers[key](variables, rng, **given)
     return np.asarray(images), np.asarray(tokens)

@@ -1,0 +1,77 @@
+"""The defaults every run derives from (not a run itself: ``--config=base`` is refused).
+
+Each value has one home. The model, loss and sampler sections are the dataclass defaults of
+``MDMConfig``, ``LossConfig`` and ``SampleConfig`` (a run lists only what it changes); the data
+values the model is shaped by (``image_size``, ``channels``, ``max_text_len``, ``vocab_size``)
+live in ``data`` only, and the model config reads them from there when it is built. A run sets
+its own budget (``total_steps``, ``batch_size``, ``checkpoint_every``, ``optim.lr``,
+``optim.warmup_steps``) and its data (``data.name``): left unset they fail with the field named.
+
+``sharding.logical_axis_rules`` maps the model's logical axis names onto the mesh axes
+("data", "fsdp", "tensor"), MaxText style. Weights and activations have separate names, so that
+FSDP can split a weight's ``embed`` dimension while activations stay split over the batch only.
+Flax assigns rules top-down and never uses a mesh axis twice in one array.
+"""
+import dataclasses
+
+import ml_collections
+from ml_collections import config_dict
+
+from mdm_jax.generate import SampleConfig
+from mdm_jax.losses import LossConfig
+from mdm_jax.models.mdm import MDMConfig
+from mdm_jax.training.trainer import DATA_FIELDS
+
+LOGICAL_AXIS_RULES = (
+    # Activations: the batch split over every data-parallel axis, features over tensor.
+    ("activation_batch", ("data", "fsdp")),
+    ("activation_length", None),
+    ("activation_embed", None),
+    ("activation_mlp", "tensor"),
+    ("activation_heads", "tensor"),
+    # Weights: FSDP splits d_model, tensor parallelism the wide dimensions.
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("vocab", "tensor"),
+    ("state", None),
+    ("conv", None),
+    ("layers", None),
+    ("latent", None),
+    ("patch", None),
+)
+
+
+def _defaults(cls, exclude=()) -> ml_collections.ConfigDict:
+  """A dataclass's fields and defaults as a config section (tuples kept as tuples)."""
+  return ml_collections.ConfigDict({f.name: f.default for f in dataclasses.fields(cls)
+                                    if f.name not in exclude})
+
+
+def get_config():
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.total_steps = config_dict.placeholder(int)
+  c.batch_size = config_dict.placeholder(int)          # global
+  c.log_every = 50
+  c.sample_every = 0                                    # 0: only at the end
+  c.checkpoint_every = config_dict.placeholder(int)
+  c.keep_checkpoints = 2
+
+  model_defaults = MDMConfig()
+  c.data = ml_collections.ConfigDict(dict(
+      name=config_dict.placeholder(str), data_dir=config_dict.placeholder(str),
+      worker_count=0, **{k: getattr(model_defaults, k) for k in DATA_FIELDS}))
+  c.model = _defaults(MDMConfig, exclude=DATA_FIELDS)  # num_classes is reset from the data
+  c.loss = _defaults(LossConfig)
+  c.sample = _defaults(SampleConfig)
+  c.sample.num = 40                                     # samples written (not a sampler setting)
+
+  c.optim = ml_collections.ConfigDict(dict(
+      lr=config_dict.placeholder(float), warmup_steps=config_dict.placeholder(int),
+      end_lr_factor=0.05, weight_decay=0.01, b1=0.9, b2=0.99, grad_clip=1.0,
+      grad_accum_steps=1, ema_decay=0.999))
+
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  c.sharding = ml_collections.ConfigDict(dict(logical_axis_rules=LOGICAL_AXIS_RULES))
+  return c
