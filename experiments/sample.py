@@ -75,7 +75,9 @@ flags.DEFINE_string("out", None, "Output file (.npz / .jsonl; joint: a stem).", 
 flags.DEFINE_enum("format", "npz", ["npz", "adm"], "Image output layout: npz (images, labels, "
                   "prompts + a PNG grid) or adm (arr_0, arr_1: ADM's evaluator).")
 flags.DEFINE_integer("steps", None, "Sampler steps (default: the config's).")
-flags.DEFINE_float("cfg", None, "Guidance weight w (default: the config's).")
+flags.DEFINE_float("cfg", None, "Guidance weight w on the class (default: the config's).")
+flags.DEFINE_float("caption_cfg", None, "Guidance weight w on the caption, for t2i and joint "
+                   "(default: the config's sample.caption_guidance).")
 flags.DEFINE_float("temperature", None, "Text temperature: 1 samples the model's tokens, 0 takes "
                    "the most likely (greedy; default: 0 for vqa, the config's otherwise).")
 flags.DEFINE_string("prompt", None, "Caption for t2i (default: held-out captions); for "
@@ -257,7 +259,8 @@ def main(argv):
   task = TASK_NAMES[FLAGS.task]
   check_flags(task)
   distributed.maybe_initialize("auto")
-  run = open_run(FLAGS.workdir, sampler_overrides(FLAGS.steps, FLAGS.cfg, FLAGS.temperature))
+  run = open_run(FLAGS.workdir, sampler_overrides(FLAGS.steps, FLAGS.cfg, FLAGS.temperature,
+                                                  FLAGS.caption_cfg))
   pipe = api.Pipeline(run, batch_size=FLAGS.batch_size)
   num, bs = FLAGS.num, min(pipe.batch_size, FLAGS.num)
   if bs % jax.device_count():
@@ -287,6 +290,7 @@ def main(argv):
   meta = dict(task=task, num=num, batch_size=bs, seed=FLAGS.seed, checkpoint_step=run.step,
               workdir=os.fspath(FLAGS.workdir), label=FLAGS.label, prompt=FLAGS.prompt,
               steps=run.trainer.sample_cfg.steps, guidance=run.trainer.sample_cfg.guidance,
+              caption_guidance=run.trainer.sample_cfg.caption_guidance,
               temperature=(vqa_temperature(FLAGS.temperature) if task == "vqa"
                            else run.trainer.sample_cfg.text_temperature),
               mask=FLAGS.mask if task == "inpaint" else None)

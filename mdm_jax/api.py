@@ -65,6 +65,8 @@ def upgrade_saved_config(config):
     config.model.text_pool_cond = False
   if "joint_order" not in config.sample:  # sampled both modalities on one time grid
     config.sample.joint_order = "together"
+  if "caption_guidance" not in config.sample:  # one weight guided the class and the caption
+    config.sample.caption_guidance = config.sample.guidance
   # The data values that shape the model were also copied into ``model``, where the data's
   # overrode them: the data section is their one home.
   from mdm_jax.training.trainer import DATA_FIELDS  # pylint: disable=g-import-not-at-top
@@ -473,10 +475,14 @@ class Pipeline:
 
 
 def sampler_overrides(steps: int | None = None, guidance: float | None = None,
-                      temperature: float | None = None) -> dict:
+                      temperature: float | None = None,
+                      caption_guidance: float | None = None) -> dict:
   """``open_run`` overrides for sampler settings (``load``'s arguments and the ``--steps`` /
-  ``--cfg`` / ``--temperature`` flags of sample and evaluate); None keeps the config's."""
+  ``--cfg`` / ``--temperature`` / ``--caption_cfg`` flags of sample and evaluate); None keeps
+  the config's."""
   overrides = {}
+  if caption_guidance is not None:
+    overrides["sample.caption_guidance"] = caption_guidance
   if steps:
     overrides["sample.steps"] = steps
   if guidance is not None:
@@ -487,14 +493,17 @@ def sampler_overrides(steps: int | None = None, guidance: float | None = None,
 
 
 def load(path, *, batch_size: int | None = None, steps: int | None = None,
-         guidance: float | None = None, temperature: float | None = None) -> Pipeline:
+         guidance: float | None = None, temperature: float | None = None,
+         caption_guidance: float | None = None) -> Pipeline:
   """Opens a training workdir or an ``experiments.export`` folder for generation.
 
   Args:
     path: local or any ``etils.epath`` path (gs://...).
     batch_size: samples per compiled call (default: the config's ``sample.num``).
-    steps, guidance, temperature: sampler settings replacing the config's (``sample.steps``,
-      ``sample.guidance``, ``sample.text_temperature``).
+    steps, guidance, temperature, caption_guidance: sampler settings replacing the config's
+      (``sample.steps``, ``sample.guidance``, ``sample.text_temperature``,
+      ``sample.caption_guidance``).
   """
-  return Pipeline(open_run(path, sampler_overrides(steps, guidance, temperature)),
+  return Pipeline(open_run(path, sampler_overrides(steps, guidance, temperature,
+                                                   caption_guidance)),
                   batch_size=batch_size)

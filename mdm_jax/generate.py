@@ -20,9 +20,10 @@ The two modalities need not move together: a digit's identity is fixed early in 
 reverse diffusion, while the caption's digit word can be revealed at any step, so on one grid
 the two often settle on different digits (README, "Text-to-image and joint generation").
 
-Classifier-free guidance (``guidance > 0``) guides the image noise prediction of the tasks with
-a ``dropped`` condition (class2img, t2i, inpaint) with ``(1 + w) eps(cond) - w eps(uncond)``,
-the unconditional call using the null class or an absent caption.
+Classifier-free guidance guides the image noise prediction of the tasks with a ``dropped``
+condition with ``(1 + w) eps(cond) - w eps(uncond)``, the unconditional call using the null
+class (class2img, inpaint: ``w = guidance``) or an absent caption (t2i: ``w =
+caption_guidance``).
 """
 from __future__ import annotations
 
@@ -46,9 +47,13 @@ class SampleConfig:
   """Sampler settings. ``image_solver``/``text_method`` "auto" follow the loss objective:
   DPM-Solver++(2M) + SEDD analytic for score entropy, DDPM + D3PM ancestral for the Markov
   ablation. ``text_temperature`` reshapes which token a [MASK] becomes (1: the model's
-  distribution; 0: its most likely token, greedy decoding)."""
+  distribution; 0: its most likely token, greedy decoding). ``guidance`` is the
+  classifier-free guidance weight on the class (class2img, inpaint), ``caption_guidance`` the
+  one on the caption (t2i, and the image stage of text-first joint samples): the two
+  conditions are learnt to different strengths, so their best weights differ."""
   steps: int = 20
   guidance: float = 0.0
+  caption_guidance: float = 0.0
   image_solver: str = "auto"
   text_method: str = "auto"
   t_end: float = 1e-3
@@ -123,7 +128,9 @@ def generate(model: MDM, variables, task: str, rng: jax.Array, *, num: int,
   start = _start(bound, spec, procs, k_z, num, text=text, prompt_len=prompt_len, images=images,
                  image_mask=image_mask, text_mask=text_mask)
   class_id = labels if spec.uses_class and labels is not None else None
-  model_fn = _model_fn(bound, spec, procs, start, class_id, sample_cfg.guidance)
+  guidance = {"class": sample_cfg.guidance, "caption": sample_cfg.caption_guidance}.get(
+      spec.dropped, 0.0)
+  model_fn = _model_fn(bound, spec, procs, start, class_id, guidance)
   z0, tokens = samplers.joint_sample(
       model_fn, start["z_T"], start["tokens_T"], procs.image, procs.graph, procs.text_noise,
       k_sample, steps=sample_cfg.steps, image_solver=image_solver, text_method=text_method,

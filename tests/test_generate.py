@@ -177,7 +177,7 @@ def test_cfg_formula():
                                atol=1e-6)
 
 
-def _captured_model_fn(setup, task, guidance, monkeypatch):
+def _captured_model_fn(setup, task, guidance, monkeypatch, caption_guidance=None):
   """generate's model_fn, caught where generate hands it to samplers.joint_sample."""
   model, variables, inputs = setup
   caught = {}
@@ -188,7 +188,10 @@ def _captured_model_fn(setup, task, guidance, monkeypatch):
 
   monkeypatch.setattr(samplers, "joint_sample", fake_joint_sample)
   generate(model, variables, task, key(0), num=NUM, procs=procs(model),
-           sample_cfg=SampleConfig(steps=2, guidance=guidance), **task_kwargs(task, inputs))
+           sample_cfg=SampleConfig(steps=2, guidance=guidance,
+                                   caption_guidance=(guidance if caption_guidance is None
+                                                     else caption_guidance)),
+           **task_kwargs(task, inputs))
   return caught["model_fn"]
 
 
@@ -235,6 +238,19 @@ def test_guidance_combines_conditional_and_unconditional_calls(setup, denoise, t
   np.testing.assert_allclose(log_score, cond[1], rtol=1e-4, atol=1e-5)
   if guidance:
     assert np.max(np.abs(np.asarray(cond[0]) - np.asarray(uncond[0]))) > 1e-4
+
+
+@pytest.mark.parametrize("task,guidance,caption_guidance", [("class2img", 0.0, 2.0),
+                                                            ("t2i", 2.0, 0.0)])
+def test_class_and_caption_guidance_are_separate_weights(setup, monkeypatch, task, guidance,
+                                                         caption_guidance):
+  """The class weight does not guide t2i, nor the caption weight class2img: one network call."""
+  _, _, inputs = setup
+  model_fn = _captured_model_fn(setup, task, guidance, monkeypatch, caption_guidance)
+  z = jnp.zeros((NUM, 16, 4), jnp.float32)
+  _, n_calls = _count_denoise_calls(model_fn, z, jnp.full((NUM,), 0.5), inputs["caption"],
+                                    jnp.zeros((NUM,)))
+  assert n_calls == 1
 
 
 def test_guidance_changes_the_generated_image(setup):

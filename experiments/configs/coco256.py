@@ -11,4 +11,5 @@ def get_config():
   c.model.num_classes = 1          # no classes: only the null class is used
   c.loss.task_weights = (0.0, 1.0, 1.0, 0.0, 0.5, 0.25)
   c.sample.guidance = 3.0
+  c.sample.caption_guidance = 3.0
   return c

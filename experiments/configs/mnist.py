@@ -10,7 +10,7 @@ def get_config():
   c.model.update(dict(patch_size=4, d_model=256, n_layers=8, vae_width=256, d_state=16,
                       headdim=64, remat=False))
   c.loss.update(dict(task_weights=(1.0, 1.0, 1.0, 1.5, 0.25, 0.25), beta_kl=1e-3))
-  c.sample.update(dict(steps=50, guidance=3.0))
+  c.sample.update(dict(steps=50, guidance=3.0, caption_guidance=3.0))
   c.total_steps = 50_000
   c.batch_size = 128
   c.sample_every = 5000
