@@ -231,6 +231,19 @@ def main(argv):
   train(config, FLAGS.workdir, kill_at_step=FLAGS.kill_at_step)
 
 
+def _kill_every_process():
+  """``--kill_at_step``: every process SIGKILLs itself, the coordinator (process 0) last. A
+  process that outlives the coordinator's jax.distributed service aborts on its own (SIGABRT)
+  instead of dying by the kill the test expects, so all first meet at a barrier, then the
+  others die while the coordinator waits a moment."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices("kill_at_step")
+    if jax.process_index() == 0:
+      time.sleep(3.0)
+  os.kill(os.getpid(), signal.SIGKILL)
+
+
 def train(config, workdir: str, *, kill_at_step: int = 0, on_log=None):
   """Trains ``config`` in ``workdir``, resuming from its latest good checkpoint, then writes the
   final samples: the command's work, callable in-process (the notebook does).
@@ -394,7 +407,7 @@ def _train(config, workdir: str, *, kill_at_step: int, on_log):
         checkpointer.save(step, state, data_iter=train_iter, config_dict=config.to_dict())
       if kill_at_step and step == kill_at_step:
         checkpointer.wait()
-        os.kill(os.getpid(), signal.SIGKILL)
+        _kill_every_process()
     checkpointer.wait()
     logging.info("Training done in %.0fs; writing final samples", time.time() - t_start)
     for path in write_samples(trainer, state, tokenizer, eval_examples, samples_dir, "final"):
