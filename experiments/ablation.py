@@ -30,8 +30,12 @@ LABELS = {"digits": "MDM (full: selection, 4 directions, score entropy)",
           "no_selection": "w/o selection", "one_direction": "1 scan direction",
           "sedd_score": "SEDD's free log-score form (not a softmax)",
           "markov": "Markov chain (D3PM + DDPM) instead of score entropy"}
-METRICS = ("fid_digits", "class_accuracy", "caption_accuracy", "vqa_accuracy",
-           "vqa_accuracy_sampled", "cider_d")
+# (eval.json key, column header), in table order.
+COLUMNS = (("fid_digits", "FID (digits features)"), ("class_accuracy", "class acc."),
+           ("t2i_accuracy", "t2i acc."), ("joint_consistency", "joint consist."),
+           ("caption_accuracy", "caption acc."), ("vqa_accuracy", "VQA acc. (greedy)"),
+           ("vqa_accuracy_sampled", "VQA acc. (sampled)"), ("cider_d", "CIDEr-D"))
+METRICS = tuple(key for key, _ in COLUMNS)
 
 
 def main(argv):
@@ -53,9 +57,8 @@ def main(argv):
   with open(os.path.join(FLAGS.workdir, "ablation.json"), "w") as f:
     json.dump(rows, f, indent=1)
   print(f"\n{steps} steps each, batch and seed of the digits config.")
-  print("| variant | FID (digits features) | class acc. | caption acc. | VQA acc. (greedy) "
-        "| VQA acc. (sampled) | CIDEr-D |")
-  print("|---|---|---|---|---|---|---|")
+  print("| variant | " + " | ".join(header for _, header in COLUMNS) + " |")
+  print("|---" * (len(COLUMNS) + 1) + "|")
   for name, r in rows.items():
     cells = [f"{r[k]:.3f}" if isinstance(r.get(k), float) else "-" for k in METRICS]
     print(f"| {LABELS.get(name, name)} | " + " | ".join(cells) + " |")
