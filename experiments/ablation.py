@@ -7,12 +7,17 @@ Trains the full model and each ablation (``no_selection``: dt, B, C input-indepe
 of the softmax form; ``markov``: D3PM/DDPM instead of score entropy)
 with the same budget (steps, batch) and seed, evaluates each with ``experiments.evaluate``, and
 prints a markdown table (also written to ``WORKDIR/ablation.json``). A variant whose workdir
-already holds a finished run is only re-evaluated.
+already holds a finished run is not trained again, and one whose ``eval.json`` is newer than that
+run's last checkpoint is not evaluated again either (``--reevaluate`` does). ``--jobs=N`` trains
+and evaluates N variants at a time, each in its own processes (for machines with more cores than
+one small run keeps busy). Every run is deterministic on CPU, so the numbers do not depend on
+``--jobs``.
 """
 from __future__ import annotations
 
 import json
 import os
+from concurrent import futures
 import subprocess
 import sys
 
@@ -25,6 +30,8 @@ flags.DEFINE_integer("steps", None, "Training steps of every variant (the same b
 flags.DEFINE_list("variants", ["digits", "no_selection", "one_direction", "sedd_score", "markov"],
                   "Configs to compare; the first is the full model.")
 flags.DEFINE_integer("per_class", 30, "class2img samples per class for the metrics.")
+flags.DEFINE_integer("jobs", 1, "Variants trained and evaluated at a time.")
+flags.DEFINE_bool("reevaluate", False, "Evaluate again even where eval.json is newer than the run.")
 
 LABELS = {"digits": "MDM (full: selection, 4 directions, score entropy)",
           "no_selection": "w/o selection", "one_direction": "1 scan direction",
@@ -38,22 +45,36 @@ COLUMNS = (("fid_digits", "FID (digits features)"), ("class_accuracy", "class ac
 METRICS = tuple(key for key, _ in COLUMNS)
 
 
+def _run_variant(name: str, steps: int) -> dict:
+  """Trains variant `name` (unless finished) and evaluates it (unless its eval.json is newer
+  than the final checkpoint), each in a subprocess; returns its eval.json."""
+  wd = os.path.join(FLAGS.workdir, name)
+  final = os.path.join(wd, "checkpoints", str(steps))
+  if not os.path.isdir(final):
+    cmd = [sys.executable, "-m", "experiments.train", f"--config={name}", f"--workdir={wd}",
+           f"--config.total_steps={steps}"]
+    print(" ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+  eval_json = os.path.join(wd, "eval.json")
+  if (FLAGS.reevaluate or not os.path.exists(eval_json)
+      or os.path.getmtime(eval_json) < os.path.getmtime(final)):
+    cmd = [sys.executable, "-m", "experiments.evaluate", f"--workdir={wd}",
+           f"--per_class={FLAGS.per_class}"]
+    print(" ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+  with open(eval_json) as f:
+    row = json.load(f)
+  print(name, {k: row.get(k) for k in METRICS}, flush=True)
+  return row
+
+
 def main(argv):
   del argv
-  from experiments.evaluate import evaluate
   from experiments.configs import digits
   steps = FLAGS.steps or digits.get_config().total_steps
-  rows = {}
-  for name in FLAGS.variants:
-    wd = os.path.join(FLAGS.workdir, name)
-    done = os.path.isdir(os.path.join(wd, "checkpoints", str(steps)))
-    if not done:
-      cmd = [sys.executable, "-m", "experiments.train", f"--config={name}", f"--workdir={wd}",
-             f"--config.total_steps={steps}"]
-      print(" ".join(cmd), flush=True)
-      subprocess.run(cmd, check=True)
-    rows[name] = evaluate(wd, per_class=FLAGS.per_class)
-    print(name, {k: rows[name].get(k) for k in METRICS}, flush=True)
+  with futures.ThreadPoolExecutor(max(1, FLAGS.jobs)) as pool:
+    done = {name: pool.submit(_run_variant, name, steps) for name in FLAGS.variants}
+    rows = {name: job.result() for name, job in done.items()}
   with open(os.path.join(FLAGS.workdir, "ablation.json"), "w") as f:
     json.dump(rows, f, indent=1)
   print(f"\n{steps} steps each, batch and seed of the digits config.")

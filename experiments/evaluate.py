@@ -61,6 +61,7 @@ from mdm_jax import tasks as tasks_lib
 from mdm_jax.evaluation import (digits_classifier, feature_extractor, image_metrics, inception,
                                  multimodal, perplexity, reference_batch, reference_stats,
                                  text_metrics, vqa)
+from mdm_jax.generate import JOINT_ORDERS
 
 FLAGS = flags.FLAGS
 
@@ -75,6 +76,8 @@ def define_flags():
   flags.DEFINE_integer("steps", None, "Override sample.steps.")
   flags.DEFINE_float("cfg", None, "Override sample.guidance (on the class).")
   flags.DEFINE_float("caption_cfg", None, "Override sample.caption_guidance (on the caption).")
+  flags.DEFINE_enum("joint_order", None, list(JOINT_ORDERS), "Override sample.joint_order (how "
+                    "joint samples are drawn).")
   flags.DEFINE_float("vqa_temperature", 0.0, "Text temperature of the VQA answers (0: greedy).")
   flags.DEFINE_integer("text_draws", 16, "Monte-Carlo draws per caption of the text bound.")
   flags.DEFINE_string("ref_batch", None, "An ADM reference batch .npz (arr_0 uint8 NHWC, and "
@@ -320,7 +323,8 @@ def main(argv):
   # One process: the metrics, the cached classifier and eval.json are host-side work.
   distributed.maybe_initialize("auto")
   distributed.refuse_multiple_processes("experiments.evaluate")
-  overrides = sampler_overrides(FLAGS.steps, FLAGS.cfg, caption_guidance=FLAGS.caption_cfg)
+  overrides = sampler_overrides(FLAGS.steps, FLAGS.cfg, caption_guidance=FLAGS.caption_cfg,
+                                joint_order=FLAGS.joint_order)
   results = evaluate(FLAGS.workdir, per_class=FLAGS.per_class, num_heldout=FLAGS.num_heldout,
                      batch=FLAGS.batch, overrides=overrides,
                      vqa_temperature=FLAGS.vqa_temperature, ref_batch=FLAGS.ref_batch,

@@ -59,6 +59,7 @@ from experiments import distributed, sample_io
 from experiments.workdir import open_run, sampler_overrides
 from mdm_jax import api
 from mdm_jax import tasks
+from mdm_jax.generate import JOINT_ORDERS
 
 FLAGS = flags.FLAGS
 INFILL = "infill"   # the text task with the [MASK]s of --prompt to fill (its text_mask)
@@ -78,6 +79,8 @@ flags.DEFINE_integer("steps", None, "Sampler steps (default: the config's).")
 flags.DEFINE_float("cfg", None, "Guidance weight w on the class (default: the config's).")
 flags.DEFINE_float("caption_cfg", None, "Guidance weight w on the caption, for t2i and joint "
                    "(default: the config's sample.caption_guidance).")
+flags.DEFINE_enum("joint_order", None, list(JOINT_ORDERS), "How joint samples are drawn "
+                  "(default: the config's sample.joint_order).")
 flags.DEFINE_float("temperature", None, "Text temperature: 1 samples the model's tokens, 0 takes "
                    "the most likely (greedy; default: 0 for vqa, the config's otherwise).")
 flags.DEFINE_string("prompt", None, "Caption for t2i (default: held-out captions); for "
@@ -260,7 +263,7 @@ def main(argv):
   check_flags(task)
   distributed.maybe_initialize("auto")
   run = open_run(FLAGS.workdir, sampler_overrides(FLAGS.steps, FLAGS.cfg, FLAGS.temperature,
-                                                  FLAGS.caption_cfg))
+                                                  FLAGS.caption_cfg, FLAGS.joint_order))
   pipe = api.Pipeline(run, batch_size=FLAGS.batch_size)
   num, bs = FLAGS.num, min(pipe.batch_size, FLAGS.num)
   if bs % jax.device_count():
@@ -291,6 +294,7 @@ def main(argv):
               workdir=os.fspath(FLAGS.workdir), label=FLAGS.label, prompt=FLAGS.prompt,
               steps=run.trainer.sample_cfg.steps, guidance=run.trainer.sample_cfg.guidance,
               caption_guidance=run.trainer.sample_cfg.caption_guidance,
+              joint_order=run.trainer.sample_cfg.joint_order if task == "joint" else None,
               temperature=(vqa_temperature(FLAGS.temperature) if task == "vqa"
                            else run.trainer.sample_cfg.text_temperature),
               mask=FLAGS.mask if task == "inpaint" else None)

@@ -476,11 +476,14 @@ class Pipeline:
 
 def sampler_overrides(steps: int | None = None, guidance: float | None = None,
                       temperature: float | None = None,
-                      caption_guidance: float | None = None) -> dict:
+                      caption_guidance: float | None = None,
+                      joint_order: str | None = None) -> dict:
   """``open_run`` overrides for sampler settings (``load``'s arguments and the ``--steps`` /
-  ``--cfg`` / ``--temperature`` / ``--caption_cfg`` flags of sample and evaluate); None keeps
-  the config's."""
+  ``--cfg`` / ``--temperature`` / ``--caption_cfg`` / ``--joint_order`` flags of sample and
+  evaluate); None keeps the config's."""
   overrides = {}
+  if joint_order is not None:
+    overrides["sample.joint_order"] = joint_order
   if caption_guidance is not None:
     overrides["sample.caption_guidance"] = caption_guidance
   if steps:
@@ -494,16 +497,16 @@ def sampler_overrides(steps: int | None = None, guidance: float | None = None,
 
 def load(path, *, batch_size: int | None = None, steps: int | None = None,
          guidance: float | None = None, temperature: float | None = None,
-         caption_guidance: float | None = None) -> Pipeline:
+         caption_guidance: float | None = None, joint_order: str | None = None) -> Pipeline:
   """Opens a training workdir or an ``experiments.export`` folder for generation.
 
   Args:
     path: local or any ``etils.epath`` path (gs://...).
     batch_size: samples per compiled call (default: the config's ``sample.num``).
-    steps, guidance, temperature, caption_guidance: sampler settings replacing the config's
-      (``sample.steps``, ``sample.guidance``, ``sample.text_temperature``,
-      ``sample.caption_guidance``).
+    steps, guidance, temperature, caption_guidance, joint_order: sampler settings replacing
+      the config's (``sample.steps``, ``sample.guidance``, ``sample.text_temperature``,
+      ``sample.caption_guidance``, ``sample.joint_order``).
   """
   return Pipeline(open_run(path, sampler_overrides(steps, guidance, temperature,
-                                                   caption_guidance)),
+                                                   caption_guidance, joint_order)),
                   batch_size=batch_size)

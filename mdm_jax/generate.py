@@ -15,6 +15,13 @@ Joint generation follows ``SampleConfig.joint_order``:
               p(text) p(image | text), each factor a task the network is trained on, with
               caption guidance in the second stage (default)
   image_first the image first (class2img with the null class), then its caption (caption)
+  gibbs       one Gibbs sweep from the text marginal: a caption c0 ~ p(text) (the text task),
+              the image x ~ p(image | c0) (t2i, caption guidance), then the pair's caption
+              c ~ p(text | x) (caption). x is drawn from its marginal through c0 and c from its
+              conditional, so (x, c) is a joint sample when the three conditionals are exact;
+              c0 is discarded. The last word is the captioner's, which reads an image more
+              reliably than t2i draws from a caption (README, "Text-to-image and joint
+              generation"); it costs one text pass more than text_first
 
 The two modalities need not move together: a digit's identity is fixed early in the image's
 reverse diffusion, while the caption's digit word can be revealed at any step, so on one grid
@@ -39,7 +46,7 @@ from mdm_jax.diffusion.processes import Processes
 from mdm_jax.models.mdm import MDM
 
 TASKS, TASK_IDS, GEN_TASKS = tasks_lib.TASKS, tasks_lib.TASK_IDS, tasks_lib.GEN_TASKS
-JOINT_ORDERS = ("text_first", "image_first", "together")
+JOINT_ORDERS = ("text_first", "image_first", "gibbs", "together")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +56,7 @@ class SampleConfig:
   ablation. ``text_temperature`` reshapes which token a [MASK] becomes (1: the model's
   distribution; 0: its most likely token, greedy decoding). ``guidance`` is the
   classifier-free guidance weight on the class (class2img, inpaint), ``caption_guidance`` the
-  one on the caption (t2i, and the image stage of text-first joint samples): the two
+  one on the caption (t2i, and the image stage of text_first and gibbs joint samples): the two
   conditions are learnt to different strengths, so their best weights differ."""
   steps: int = 20
   guidance: float = 0.0
@@ -58,7 +65,7 @@ class SampleConfig:
   text_method: str = "auto"
   t_end: float = 1e-3
   text_temperature: float = 1.0
-  joint_order: str = "text_first"
+  joint_order: str = "gibbs"
 
   def __post_init__(self):
     if self.joint_order not in JOINT_ORDERS:
@@ -208,12 +215,17 @@ def _model_fn(bound, spec: tasks_lib.Task, procs: Processes, start: dict, class_
 
 
 def _joint_in_two_stages(model, variables, rng, *, num, procs, sample_cfg, text, text_mask):
-  """Joint samples as one modality, then the other given it (``joint_order``, module doc)."""
+  """Joint samples as one modality, then the other given it, and for ``gibbs`` the caption
+  again given that image (``joint_order``, module doc)."""
   k_first, k_second = jax.random.split(rng)
   kw = dict(num=num, procs=procs, sample_cfg=sample_cfg)
-  if sample_cfg.joint_order == "text_first":
+  if sample_cfg.joint_order in ("text_first", "gibbs"):
     _, tokens = generate(model, variables, "text", k_first, text=text, text_mask=text_mask, **kw)
     images, _ = generate(model, variables, "t2i", k_second, text=tokens, **kw)
+    if sample_cfg.joint_order == "gibbs":
+      _, tokens = generate(model, variables, "caption", jax.random.fold_in(k_second, 1),
+                           images=images, text=text,
+                           text_mask=text_mask, **kw)
   else:
     images, _ = generate(model, variables, "class2img", k_first, **kw)
     _, tokens = generate(model, variables, "caption", k_second, images=images, text=text,

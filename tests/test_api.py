@@ -56,6 +56,15 @@ def test_load_reads_the_ema_parameters_only(pipe):
   assert pipe.run.trainer.sample_cfg.steps == STEPS
 
 
+def test_load_overrides_every_sampler_setting(workdir):
+  """Each of load's sampler arguments reaches the SampleConfig the pipeline samples with."""
+  got = mdm_jax.load(str(workdir), steps=3, guidance=1.5, temperature=0.25,
+                     caption_guidance=2.5, joint_order="image_first").run.trainer.sample_cfg
+  assert (got.steps, got.guidance, got.text_temperature, got.caption_guidance,
+          got.joint_order) == (3, 1.5, 0.25, 2.5, "image_first")
+  assert mdm_jax.load(str(workdir)).run.trainer.sample_cfg.joint_order == "gibbs"
+
+
 def test_class_to_image(pipe):
   labels = [3, 1, 4, 1, 5, 9]                  # 2 batches of 4, the last padded
   images = pipe.class_to_image(labels)

@@ -58,8 +58,8 @@ def test_model_bench_skips_a_step_over_the_memory_budget(bench_flags, capsys):
 
 @pytest.mark.parametrize("cli", ["experiments.ablation", "experiments.bench"])
 def test_evaluate_imports_beside_the_clis_that_use_it(cli):
-  """ablation and bench sampler import experiments.evaluate at run time; its CLI flags
-  (--workdir, --steps, ...) must not be defined a second time (each CLI is its own process)."""
+  """bench sampler imports experiments.evaluate at run time, and ablation and evaluate share
+  flag names; evaluate's CLI flags (--workdir, --steps, ...) must not be defined a second time."""
   code = f"import {cli}, experiments.evaluate as e; assert callable(e.evaluate)"
   proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                         env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=300)

@@ -262,12 +262,14 @@ def test_guidance_changes_the_generated_image(setup):
 @pytest.mark.parametrize("order,stages", [
     ("text_first", (("text", "image absent"), ("t2i", "text clean"))),
     ("image_first", (("class2img", "text absent"), ("caption", "image clean"))),
+    ("gibbs", (("text", "image absent"), ("t2i", "text clean"), ("caption", "image clean"))),
     ("together", (("joint", "same time"),)),
 ])
 def test_joint_order_generates_one_modality_then_the_other(setup, order, stages):
   """Every network call of a joint sample, in order: (task, t_img, t_txt). ``text_first`` is
   the text task's steps + 1 calls with the image absent (t_img = 1), then t2i's with the
-  caption clean (t_txt = 0); ``together`` moves both times on one grid."""
+  caption clean (t_txt = 0); ``gibbs`` then captions that image (t_img = 0); ``together``
+  moves both times on one grid."""
   model, variables, _ = setup
   seen = []
 
