@@ -10,8 +10,7 @@ prints a markdown table (also written to ``WORKDIR/ablation.json``). A variant w
 already holds a finished run is not trained again, and one whose ``eval.json`` is newer than that
 run's last checkpoint is not evaluated again either (``--reevaluate`` does). ``--jobs=N`` trains
 and evaluates N variants at a time, each in its own processes (for machines with more cores than
-one small run keeps busy). Every run is deterministic on CPU, so the numbers do not depend on
-``--jobs``.
+one small run keeps busy).
 """
 from __future__ import annotations
 
