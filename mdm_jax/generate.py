@@ -13,7 +13,7 @@ Joint generation follows ``SampleConfig.joint_order``:
   together    image and caption on one time grid, the joint task (both noised, one call a step)
   text_first  the caption first (the text task, image absent), then the image from it (t2i):
               p(text) p(image | text), each factor a task the network is trained on, with
-              caption guidance in the second stage (default)
+              caption guidance in the second stage
   image_first the image first (class2img with the null class), then its caption (caption)
   gibbs       one Gibbs sweep from the text marginal: a caption c0 ~ p(text) (the text task),
               the image x ~ p(image | c0) (t2i, caption guidance), then the pair's caption
@@ -21,7 +21,7 @@ Joint generation follows ``SampleConfig.joint_order``:
               conditional, so (x, c) is a joint sample when the three conditionals are exact;
               c0 is discarded. The last word is the captioner's, which reads an image more
               reliably than t2i draws from a caption (README, "Text-to-image and joint
-              generation"); it costs one text pass more than text_first
+              generation"); it costs one text pass more than text_first (default)
 
 The two modalities need not move together: a digit's identity is fixed early in the image's
 reverse diffusion, while the caption's digit word can be revealed at any step, so on one grid
@@ -127,7 +127,7 @@ def generate(model: MDM, variables, task: str, rng: jax.Array, *, num: int,
   spec = check_inputs(task, dict(text=text, images=images, prompt_len=prompt_len,
                                  image_mask=image_mask), text_mask)
   if spec.name == "joint" and sample_cfg.joint_order != "together":
-    return _joint_in_two_stages(model, variables, rng, num=num, procs=procs,
+    return _joint_in_stages(model, variables, rng, num=num, procs=procs,
                                 sample_cfg=sample_cfg, text=text, text_mask=text_mask)
   image_solver, text_method = _solvers(procs, sample_cfg)
   bound = model.bind(variables)
@@ -214,20 +214,19 @@ def _model_fn(bound, spec: tasks_lib.Task, procs: Processes, start: dict, class_
   return model_fn
 
 
-def _joint_in_two_stages(model, variables, rng, *, num, procs, sample_cfg, text, text_mask):
+def _joint_in_stages(model, variables, rng, *, num, procs, sample_cfg, text, text_mask):
   """Joint samples as one modality, then the other given it, and for ``gibbs`` the caption
   again given that image (``joint_order``, module doc)."""
   k_first, k_second = jax.random.split(rng)
   kw = dict(num=num, procs=procs, sample_cfg=sample_cfg)
-  if sample_cfg.joint_order in ("text_first", "gibbs"):
+  if sample_cfg.joint_order == "image_first":
+    images, _ = generate(model, variables, "class2img", k_first, **kw)
+    k_caption = k_second
+  else:
     _, tokens = generate(model, variables, "text", k_first, text=text, text_mask=text_mask, **kw)
     images, _ = generate(model, variables, "t2i", k_second, text=tokens, **kw)
-    if sample_cfg.joint_order == "gibbs":
-      _, tokens = generate(model, variables, "caption", jax.random.fold_in(k_second, 1),
-                           images=images, text=text,
-                           text_mask=text_mask, **kw)
-  else:
-    images, _ = generate(model, variables, "class2img", k_first, **kw)
-    _, tokens = generate(model, variables, "caption", k_second, images=images, text=text,
+    k_caption = jax.random.fold_in(k_second, 1)
+  if sample_cfg.joint_order != "text_first":
+    _, tokens = generate(model, variables, "caption", k_caption, images=images, text=text,
                          text_mask=text_mask, **kw)
   return images, tokens
