@@ -24,7 +24,8 @@ Digits (the default run):
     is the VQA score against the dataset's own answer (exact match after VQA normalisation).
     Answers are decoded greedily (``--vqa_temperature=0``: each [MASK] becomes the model's most
     likely token), as VQA benchmarks decode; ``vqa_accuracy_sampled`` is the same score for
-    answers sampled at the config's ``sample.text_temperature``.
+    answers sampled at the config's ``sample.text_temperature``; ``vqa_accuracy_by_question``
+    breaks the greedy score down by question.
   * text: ``text_bits_per_token`` and ``text_perplexity`` of the held-out captions (the first
     reference of each), from SEDD's bound (``--text_draws`` Monte-Carlo draws of the noise
     level per caption; its tokens and eos count, not the padding).
@@ -301,6 +302,8 @@ def evaluate(workdir: str, *, per_class=30, num_heldout=None, batch=100, overrid
       results[name] = float(vqa.mean_vqa_accuracy(answers, references))
       if name == "vqa_accuracy":
         results["vqa_temperature"] = float(temperature)
+        results["vqa_accuracy_by_question"] = vqa.accuracy_by_question(
+            answers, references, [e["question"] for e in heldout])
         results["vqa_examples"] = [
             {"question": e["question"], "reference": e["answer"], "text": a}
             for e, a in list(zip(heldout, answers))[:10]]
@@ -338,6 +341,8 @@ def main(argv):
       print(f"| {k} | {v:.4f} |")
     elif isinstance(v, (int, str)):
       print(f"| {k} | {v} |")
+  for question, acc in results.get("vqa_accuracy_by_question", {}).items():
+    print(f"| vqa_accuracy: {question} | {acc:.4f} |")
   for k in ("caption_examples", "vqa_examples", "joint_examples"):
     for row in results.get(k, [])[:5]:
       print(f"  {k[:-9]}: {row}")

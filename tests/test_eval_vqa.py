@@ -14,6 +14,17 @@ def _answers(num_match, match="2", other="3", total=10):
   return [match] * num_match + [other] * (total - num_match)
 
 
+def test_accuracy_by_question_groups_each_question():
+  # "even?" right 2 of 3 (one "No." normalises to "no"), "which digit?" right 0 of 1.
+  got = vqa.accuracy_by_question(
+      ["yes", "No.", "yes", "three"], [["yes"], ["no"], ["no"], ["2"]],
+      ["even?", "even?", "even?", "which digit?"])
+  assert list(got) == ["even?", "which digit?"]
+  assert got["even?"] == pytest.approx(2 / 3) and got["which digit?"] == 0.0
+  with pytest.raises(ValueError, match="one question per prediction"):
+    vqa.accuracy_by_question(["yes"], [["yes"]], [])
+
+
 @pytest.mark.parametrize(
     "num_match, expected",
     [

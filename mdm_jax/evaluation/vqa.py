@@ -132,3 +132,17 @@ def mean_vqa_accuracy(predictions: Sequence[str], answers: Sequence[Sequence[str
                      f"{len(predictions)} predictions and {len(answers)} answer lists.")
   return sum(vqa_accuracy(p, a, official_gt_processing)
              for p, a in zip(predictions, answers)) / len(predictions)
+
+
+def accuracy_by_question(predictions: Sequence[str], answers: Sequence[Sequence[str]],
+                         questions: Sequence[str]) -> dict[str, float]:
+  """Mean ``vqa_accuracy`` per distinct question, in order of first appearance (VQAv2's
+  per-answer-type breakdown, for data whose questions come from a few templates)."""
+  if not len(predictions) == len(answers) == len(questions):
+    raise ValueError(f"need one answer list and one question per prediction, got "
+                     f"{len(predictions)} predictions, {len(answers)} answer lists and "
+                     f"{len(questions)} questions.")
+  scores: dict[str, list[float]] = {}
+  for p, a, q in zip(predictions, answers, questions):
+    scores.setdefault(q, []).append(vqa_accuracy(p, a))
+  return {q: sum(v) / len(v) for q, v in scores.items()}
