@@ -287,4 +287,8 @@ def test_evaluate(cli_outputs, runs):
     assert 0.0 <= result[key] <= 1.0
     assert abs(result[key] * n - round(result[key] * n)) < 1e-6, (key, result[key])
   assert [r["label"] for r in result["caption_examples"]] == _heldout_labels(10)
+  # The 10 questions cycle through the 8 templates: one score per template, each a count.
+  by_question = result["vqa_accuracy_by_question"]
+  assert sorted(by_question) == sorted(q for q, _ in text_templates.DIGIT_QA_TEMPLATES)
+  assert all(0.0 <= v <= 1.0 and (2 * v) % 1 == 0 for v in by_question.values())
   assert np.isfinite(result["diversity"]) and result["diversity"] >= 0.0
