@@ -244,26 +244,28 @@ def _total(cfg: LossConfig, task, rec_img, rec_txt, kl, img_per_ex, txt_per_ex):
 
 def text_nll_bound(model: MDM, text0: jax.Array, rng: jax.Array, cfg: LossConfig,
                    num_draws: int = 16, procs: Optional[Processes] = None):
-  """SEDD's bound on ``-log p(text)`` per token, the text task's (image absent) diffusion term.
+  """A bound on ``-log p(text)`` per token, the text task's (image absent) diffusion term.
 
-  Call through ``model.apply(variables, text0, rng, cfg, method=text_nll_bound)``. Score
-  entropy objective only (the Markov ablation's bound is its own loss).
+  Call through ``model.apply(variables, text0, rng, cfg, method=text_nll_bound)``. The score
+  entropy objective gives SEDD's bound; the Markov ablation's (the text head read as x0 logits)
+  gives the continuous-time absorbing-chain ELBO, its own training loss. Both are integrands
+  over t of the same form, so ``evaluation.perplexity.sedd_nll_bound`` integrates either.
 
   Args:
     text0: (b, T) int token ids (text, eos, pad: the whole fixed-length sequence is scored).
     num_draws: Monte-Carlo draws of (t, x_t) per sequence.
     procs: the diffusion processes (default: built from ``model.cfg`` and ``cfg``).
   Returns:
-    (num_draws, b, T) float32 ``dsigma(t) * score_entropy`` (``evaluation.perplexity.
-    sedd_nll_bound`` turns it into nats per sequence).
+    (num_draws, b, T) float32 ``dsigma(t) * score_entropy`` (or the absorbing ELBO's
+    ``dsigma / (e^sigma - 1) * CE``; ``evaluation.perplexity.sedd_nll_bound`` turns it into nats
+    per sequence).
   """
-  if cfg.objective != "score_entropy":
-    raise ValueError(f"text_nll_bound needs objective='score_entropy', not {cfg.objective!r}")
   mc = model.cfg
   b, n_txt = text0.shape
   if procs is None:
     procs = Processes.build(mc, cfg)
   noise, graph = procs.text_noise, procs.graph
+  bound = markov.absorbing_elbo_loss if procs.markov else score_entropy.score_entropy_loss
   scale = model.latent_scale()
   task = jnp.full((b,), TASK_IDS["text"], jnp.int32)
   null = jnp.full((b,), mc.num_classes, jnp.int32)
@@ -277,7 +279,6 @@ def text_nll_bound(model: MDM, text0: jax.Array, rng: jax.Array, cfg: LossConfig
     z = jax.random.normal(k_z, (b, mc.n_image_tokens, mc.latent_dim))   # the absent image
     text_latents = model.encode_text(x_t)[0] * scale[1] if cfg.grad_to_encoder else None
     _, log_score = model.denoise(z, ones, x_t, t, sigma, null, task, text_latents=text_latents)
-    return score_entropy.score_entropy_loss(log_score, sigma[:, None], dsigma[:, None], x_t,
-                                            text0, graph)
+    return bound(log_score, sigma[:, None], dsigma[:, None], x_t, text0, graph)
 
   return jnp.stack([draw(k) for k in jax.random.split(rng, num_draws)])

@@ -293,3 +293,28 @@ def test_data_without_text_trains_class2img_alone():
   for name in ("vocab_out", "token_embed"):
     assert not np.any(jax.tree.leaves(got_grads["vae"][name])[0]), name
     assert np.any(jax.tree.leaves(want_grads["vae"][name])[0]), name
+
+
+def test_markov_text_bound_of_a_uniform_denoiser_is_log_vocab():
+  """The Markov ablation's likelihood bound (the continuous-time absorbing ELBO) against its
+  closed form: at init the text head outputs zeros, so p(x0 | x_t) is uniform over the V tokens
+  and every masked token costs log V. With sigma(t) = -log(1 - (1 - eps) t) a token is masked
+  with probability 1 - e^-sigma, and dsigma / (e^sigma - 1) * (1 - e^-sigma) = 1 - eps at every
+  t, so the bound is T (1 - eps) log V per sequence whatever t is drawn."""
+  from mdm_jax.evaluation import perplexity
+  from mdm_jax.losses import text_nll_bound
+  model = MDM(tiny_config())
+  text0 = jnp.asarray(np.random.RandomState(1).randint(0, VOCAB, (16, TEXT_LEN)), jnp.int32)
+  image = jnp.zeros((1, 8, 8, 1), jnp.float32)
+  variables = nn.meta.unbox(jax.jit(model.init, compiler_options=FAST_COMPILE)(
+      key(0), image, text0[:1]))
+  variables = {"params": variables["params"], "latent_stats": {"vae": {"std": jnp.asarray(STD)}}}
+
+  lc = LossConfig(objective="markov", t_min=T_MIN, noise_eps=NOISE_EPS)
+  bound = jax.jit(lambda rng: perplexity.sedd_nll_bound(
+      model.apply(variables, text0, rng, lc, 64, method=text_nll_bound)),
+                  compiler_options=FAST_COMPILE)
+  got = np.asarray(bound(key(5)))
+  want = TEXT_LEN * (1 - NOISE_EPS) * np.log(VOCAB)
+  np.testing.assert_allclose(got.mean(), want, rtol=0.05)
+  assert np.all(got > 0.5 * want) and np.all(got < 1.5 * want)
