@@ -22,6 +22,8 @@ import sys
 
 from absl import app, flags
 
+from experiments import allocator
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "One sub-folder per variant goes here.", required=True)
 flags.DEFINE_integer("steps", None, "Training steps of every variant (the same budget); "
@@ -85,4 +87,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  allocator.reexec_with_tcmalloc()  # XLA:CPU's steps, up to a third faster
   app.run(main)

@@ -55,6 +55,7 @@ from etils import epath
 import jax
 import numpy as np
 
+from experiments import allocator
 from experiments import distributed
 from experiments.workdir import open_run, sampler_overrides, vqa_prompts
 from mdm_jax import api
@@ -349,5 +350,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  allocator.reexec_with_tcmalloc()  # XLA:CPU's steps, up to a third faster
   define_flags()
   app.run(main)

@@ -55,6 +55,7 @@ from etils import epath
 import jax
 import numpy as np
 
+from experiments import allocator
 from experiments import distributed, sample_io
 from experiments.workdir import open_run, sampler_overrides
 from mdm_jax import api
@@ -364,4 +365,5 @@ def merge(shards: Shards, task: str, num_batches: int, num: int, prompts) -> Non
 
 
 if __name__ == "__main__":
+  allocator.reexec_with_tcmalloc()  # XLA:CPU's steps, up to a third faster
   app.run(main)

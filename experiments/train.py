@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
 
+from experiments import allocator
 from experiments import configs as config_registry
 from experiments import distributed
 from mdm_jax import tasks
@@ -418,6 +419,7 @@ def _train(config, workdir: str, *, kill_at_step: int, on_log):
   return trainer, state, tokenizer
 
 if __name__ == "__main__":
+  allocator.reexec_with_tcmalloc()  # XLA:CPU's steps, up to a third faster
   # Before DEFINE_config_file, which already applies sys.argv's overrides to the default config:
   # names become paths and unknown override fields get a clear error.
   sys.argv = config_registry.rewrite_argv(sys.argv)
