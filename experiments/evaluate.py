@@ -27,8 +27,9 @@ Digits (the default run):
     answers sampled at the config's ``sample.text_temperature``; ``vqa_accuracy_by_question``
     breaks the greedy score down by question.
   * text: ``text_bits_per_token`` and ``text_perplexity`` of the held-out captions (the first
-    reference of each), from SEDD's bound (``--text_draws`` Monte-Carlo draws of the noise
-    level per caption; its tokens and eos count, not the padding).
+    reference of each), from SEDD's bound (the Markov ablation's: the absorbing-chain ELBO;
+    ``--text_draws`` Monte-Carlo draws of the noise level per caption; its tokens and eos
+    count, not the padding).
 
 Any dataset, against an ADM reference batch (ADM's protocol: ``experiments.sample
 --format=adm`` writes the samples)::

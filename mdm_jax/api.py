@@ -442,7 +442,8 @@ class Pipeline:
     return [tok.decode(t) for t in tokens]
 
   def text_nll(self, texts, *, num_draws: int = 16, seed: int = 0):
-    """SEDD's bound on each text's negative log-likelihood (the text task, image absent).
+    """SEDD's bound on each text's negative log-likelihood (the text task, image absent; the
+    Markov ablation's absorbing-chain ELBO for a model trained with it).
 
     The text's tokens and its eos count; the padding after eos is left out (as in the field's
     perplexities of padded text). Returns (nll nats per text (n,), tokens per text incl. eos
