@@ -60,3 +60,8 @@ def reexec_with_tcmalloc(argv: Sequence[str] = tuple(sys.orig_argv)) -> None:
   env = tcmalloc_environ(os.environ, find_tcmalloc())
   if env is not None:
     os.execve(sys.executable, list(argv), env)
+
+
+def in_use() -> str:
+  """"tcmalloc" when this process preloaded it, else "system"."""
+  return "tcmalloc" if "tcmalloc" in os.environ.get("LD_PRELOAD", "") else "system"

@@ -37,6 +37,7 @@ from absl import app, flags
 import jax
 import jax.numpy as jnp
 
+from experiments import allocator
 from mdm_jax.ssm.ssd import ssd
 
 FLAGS = flags.FLAGS
@@ -272,7 +273,8 @@ def bench_ssd():
 def machine() -> str:
   dev = jax.devices()[0]
   return (f"{dev.device_kind} ({jax.default_backend()}), {jax.device_count()} device(s), "
-          f"jax {jax.__version__}, {platform.processor() or platform.machine()}")
+          f"jax {jax.__version__}, {platform.processor() or platform.machine()}, "
+          f"malloc: {allocator.in_use()}")
 
 
 def flag_values() -> dict:
@@ -514,4 +516,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  allocator.reexec_with_tcmalloc()  # XLA:CPU's steps, up to a third faster
   app.run(main)

@@ -45,3 +45,10 @@ def test_a_cli_runs_itself_again_under_tcmalloc():
                        capture_output=True, text=True, timeout=60).stdout.split()
   assert out[0] == allocator.find_tcmalloc() and out[1] == "True", out
   assert out[2:] == ["['--flag=1']"]
+
+
+def test_in_use_reads_the_preload(monkeypatch):
+  monkeypatch.setenv("LD_PRELOAD", f"/usr/lib/{LIB}")
+  assert allocator.in_use() == "tcmalloc"
+  monkeypatch.delenv("LD_PRELOAD")
+  assert allocator.in_use() == "system"
