@@ -319,8 +319,19 @@ def evaluate(workdir: str, *, per_class=30, num_heldout=None, batch=100, overrid
     results["text_perplexity_draws"] = text_draws
 
   if write:
-    (epath.Path(workdir) / "eval.json").write_text(json.dumps(results, indent=1))
+    path = epath.Path(workdir) / "eval.json"
+    previous = json.loads(path.read_text()) if path.exists() else None
+    path.write_text(json.dumps(merged_results(previous, results), indent=1))
   return results
+
+
+def merged_results(previous: dict | None, results: dict) -> dict:
+  """What ``eval.json`` holds after an evaluation: ``results`` over ``previous`` when both are of
+  the same checkpoint (step and data), so that ``--tasks=vqa`` updates the VQA scores and keeps
+  the others; ``results`` alone otherwise (metrics of another checkpoint are dropped)."""
+  if previous is None or any(previous.get(k) != results.get(k) for k in ("step", "config")):
+    return dict(results)
+  return {**previous, **results}
 
 
 def main(argv):
