@@ -8,9 +8,9 @@ of the softmax form; ``markov``: D3PM/DDPM instead of score entropy)
 with the same budget (steps, batch) and seed, evaluates each with ``experiments.evaluate``, and
 prints a markdown table (also written to ``WORKDIR/ablation.json``). A variant whose workdir
 already holds a finished run is not trained again, and one whose ``eval.json`` is newer than that
-run's last checkpoint is not evaluated again either (``--reevaluate`` does). ``--jobs=N`` trains
-and evaluates N variants at a time, each in its own processes (for machines with more cores than
-one small run keeps busy).
+run's last checkpoint and has the same ``--per_class`` is not evaluated again either
+(``--reevaluate`` does). ``--jobs=N`` trains and evaluates N variants at a time, each in its own
+processes (for machines with more cores than one small run keeps busy).
 """
 from __future__ import annotations
 
@@ -48,7 +48,8 @@ METRICS = tuple(key for key, _ in COLUMNS)
 
 def _run_variant(name: str, steps: int) -> dict:
   """Trains variant `name` (unless finished) and evaluates it (unless its eval.json is newer
-  than the final checkpoint), each in a subprocess; returns its eval.json."""
+  than the final checkpoint and used the same ``--per_class``), each in a subprocess; returns
+  its eval.json."""
   wd = os.path.join(FLAGS.workdir, name)
   final = os.path.join(wd, "checkpoints", str(steps))
   if not os.path.isdir(final):
@@ -58,15 +59,20 @@ def _run_variant(name: str, steps: int) -> dict:
     subprocess.run(cmd, check=True)
   eval_json = os.path.join(wd, "eval.json")
   if (FLAGS.reevaluate or not os.path.exists(eval_json)
-      or os.path.getmtime(eval_json) < os.path.getmtime(final)):
+      or os.path.getmtime(eval_json) < os.path.getmtime(final)
+      or _read_json(eval_json).get("per_class") != FLAGS.per_class):
     cmd = [sys.executable, "-m", "experiments.evaluate", f"--workdir={wd}",
            f"--per_class={FLAGS.per_class}"]
     print(" ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-  with open(eval_json) as f:
-    row = json.load(f)
+  row = _read_json(eval_json)
   print(name, {k: row.get(k) for k in METRICS}, flush=True)
   return row
+
+
+def _read_json(path: str) -> dict:
+  with open(path) as f:
+    return json.load(f)
 
 
 def main(argv):

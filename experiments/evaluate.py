@@ -194,7 +194,7 @@ def evaluate(workdir: str, *, per_class=30, num_heldout=None, batch=100, overrid
   config, tok, mc = run.config, run.tokenizer, run.trainer.model_cfg
   weights = dict(zip(tasks_lib.TASKS, config.loss.task_weights))
   seed = 1234
-  results = {"step": run.step, "config": config.data.name}
+  results = {"step": run.step, "config": config.data.name, "per_class": per_class}
   heldout = pipeline.eval_examples(config.data.name,
                                    split=pipeline.heldout_split(config.data.name), num=num_heldout,
                                    image_size=config.data.image_size,
@@ -327,9 +327,10 @@ def evaluate(workdir: str, *, per_class=30, num_heldout=None, batch=100, overrid
 
 def merged_results(previous: dict | None, results: dict) -> dict:
   """What ``eval.json`` holds after an evaluation: ``results`` over ``previous`` when both are of
-  the same checkpoint (step and data), so that ``--tasks=vqa`` updates the VQA scores and keeps
+  the same checkpoint (step and data) and sample size (``per_class``), so that ``--tasks=vqa`` updates the VQA scores and keeps
   the others; ``results`` alone otherwise (metrics of another checkpoint are dropped)."""
-  if previous is None or any(previous.get(k) != results.get(k) for k in ("step", "config")):
+  if previous is None or any(previous.get(k) != results.get(k)
+                             for k in ("step", "config", "per_class")):
     return dict(results)
   return {**previous, **results}
 

@@ -19,3 +19,9 @@ def test_scores_of_another_checkpoint_are_dropped():
   assert merged_results({**after, "config": "cifar10"}, {**after, "fid": 3.0}) == {
       **after, "fid": 3.0}
   assert merged_results(None, after) == after
+
+
+def test_scores_from_another_sample_size_are_dropped():
+  before = {"step": 1800, "config": "digits", "per_class": 30, "class_accuracy": 0.99}
+  after = {"step": 1800, "config": "digits", "per_class": 2, "vqa_accuracy": 0.93}
+  assert merged_results(before, after) == after
