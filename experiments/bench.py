@@ -292,9 +292,8 @@ def print_table(rows):
           f"{','.join(FLAGS.peer_chunks)} (chunk per length: "
           + ", ".join(f"{r['length']}: {r['peer_chunk']}" for r in rows) + ")")
   header = "| length | " + " | ".join(f"{k} (ms)" for k in names)
-  ratio_cols = []
-  if "xla" in names:
-    ratio_cols = [k for k in names if k != "xla"]
+  ratio_cols = [k for k in names if k != "xla"] if "xla" in names else []
+  if ratio_cols:   # with xla alone there is nothing to compare it with
     header += " | " + " | ".join(f"{k} / xla" for k in ratio_cols)
   print(header + " |")
   print("|" + "---|" * (1 + len(names) + len(ratio_cols)))

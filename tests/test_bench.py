@@ -91,3 +91,19 @@ def test_load_peer_stubs_the_triton_import(tmp_path):
   assert "mamba_ssm" not in sys.modules  # the stubs are removed again
   with pytest.raises(app.UsageError, match="defines no ssd_minimal_discrete"):
     bench.load_peer("y = 2\n")
+
+
+@pytest.mark.parametrize("impls, header", [
+    (("xla",), "| length | xla (ms) |"),
+    (("xla", "scan"), "| length | xla (ms) | scan (ms) | scan / xla |"),
+    (("scan",), "| length | scan (ms) |"),
+])
+def test_ssd_table_has_one_column_per_number(bench_flags, capsys, impls, header):
+  rows = [{"length": 256, **{k: 0.002 for k in impls}},
+          {"length": 512, **{k: 0.004 for k in impls}}]
+  bench.print_table(rows)
+  lines = capsys.readouterr().out.splitlines()
+  i = lines.index(header)
+  assert lines[i + 1] == "|" + "---|" * (header.count("|") - 1)
+  assert lines[i + 2].count("|") == header.count("|")
+  assert f"{impls[0]}: 512 / 256 tokens = 2.0x the time (linear: 2x)" in lines
