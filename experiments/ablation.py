@@ -58,14 +58,14 @@ def _run_variant(name: str, steps: int) -> dict:
     print(" ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
   eval_json = os.path.join(wd, "eval.json")
-  if (FLAGS.reevaluate or not os.path.exists(eval_json)
-      or os.path.getmtime(eval_json) < os.path.getmtime(final)
-      or _read_json(eval_json).get("per_class") != FLAGS.per_class):
+  row = _read_json(eval_json) if os.path.exists(eval_json) else None
+  if (FLAGS.reevaluate or row is None or os.path.getmtime(eval_json) < os.path.getmtime(final)
+      or row.get("per_class") != FLAGS.per_class):
     cmd = [sys.executable, "-m", "experiments.evaluate", f"--workdir={wd}",
            f"--per_class={FLAGS.per_class}"]
     print(" ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-  row = _read_json(eval_json)
+    row = _read_json(eval_json)
   print(name, {k: row.get(k) for k in METRICS}, flush=True)
   return row
 

@@ -44,11 +44,10 @@ def tcmalloc_environ(environ: Mapping[str, str], library: Optional[str]
   choice = environ.get(ENV_CHOICE, "tcmalloc")
   if library is None or choice != "tcmalloc":
     return None
-  preload = environ.get("LD_PRELOAD", "")
-  if "tcmalloc" in preload:
+  if _preloaded(environ):
     return None
   env = dict(environ)
-  env["LD_PRELOAD"] = f"{library} {preload}".strip()
+  env["LD_PRELOAD"] = f"{library} {environ.get('LD_PRELOAD', '')}".strip()
   return env
 
 
@@ -64,4 +63,8 @@ def reexec_with_tcmalloc(argv: Sequence[str] = tuple(sys.orig_argv)) -> None:
 
 def in_use() -> str:
   """"tcmalloc" when this process preloaded it, else "system"."""
-  return "tcmalloc" if "tcmalloc" in os.environ.get("LD_PRELOAD", "") else "system"
+  return "tcmalloc" if _preloaded(os.environ) else "system"
+
+
+def _preloaded(environ: Mapping[str, str]) -> bool:
+  return "tcmalloc" in environ.get("LD_PRELOAD", "")

@@ -327,8 +327,9 @@ def evaluate(workdir: str, *, per_class=30, num_heldout=None, batch=100, overrid
 
 def merged_results(previous: dict | None, results: dict) -> dict:
   """What ``eval.json`` holds after an evaluation: ``results`` over ``previous`` when both are of
-  the same checkpoint (step and data) and sample size (``per_class``), so that ``--tasks=vqa`` updates the VQA scores and keeps
-  the others; ``results`` alone otherwise (metrics of another checkpoint are dropped)."""
+  the same checkpoint (step and data) and sample size (``per_class``), so that ``--tasks=vqa``
+  updates the VQA scores and keeps the others; ``results`` alone otherwise (scores of another
+  checkpoint or sample size are dropped)."""
   if previous is None or any(previous.get(k) != results.get(k)
                              for k in ("step", "config", "per_class")):
     return dict(results)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU check and benchmark in one run, for a short loan of one GPU (H100/H200 class):
-#   1. the Pallas (Triton) SSD kernel against the sequential-scan oracle on the device
-#      (tests/test_pallas_gpu.py-style check inlined below: values and gradients, bf16 and f32);
+#   1. the Pallas (Triton) SSD kernel against the "xla" path on the device, values and
+#      gradients in f32 and bf16 (``mdm_jax.ssm.kernel_check``, the training start-up check);
 #   2. `bench ssd` for pallas and xla: bf16, batch 4, 32 heads, headdim 64, state 128, 2K-64K;
 #   3. `bench model`: the Mamba-2 backbone against the Transformer at growing image lengths.
 # Results go to $OUT (default /tmp/mdm_gpu) as JSON, and the tables to stdout.
@@ -22,29 +22,15 @@ mkdir -p "$OUT"
 python -c "import jax; print('devices:', jax.devices())"
 
 if [ "${SKIP_CHECK:-0}" != 1 ]; then
-  # The kernel on hardware against the scan oracle (the same tolerances as the CPU tests).
+  # The kernel on this device against the "xla" path (itself tested against the sequential scan),
+  # values and gradients, at the bench's head dim and state size: the training start-up check.
   python - <<'EOF'
-import jax, jax.numpy as jnp, numpy as np
-from mdm_jax.ssm.ssd import ssd
-rs = np.random.RandomState(0)
-b, l, h, p, n = 2, 1000, 4, 64, 128
-x = rs.randn(b, l, h, p).astype(np.float32)
-dt = np.log1p(np.exp(rs.randn(b, l, h))).astype(np.float32) * 0.1
-A = -np.exp(rs.randn(h)).astype(np.float32)
-B = rs.randn(b, l, 1, n).astype(np.float32) / np.sqrt(n)
-C = rs.randn(b, l, 1, n).astype(np.float32) / np.sqrt(n)
-def grads(impl, dtype):
-  f = lambda *a: jnp.sum(ssd(*a, chunk_size=64, impl=impl)[0].astype(jnp.float32) ** 2)
-  args = [jnp.asarray(v, dtype) if v.ndim > 1 else jnp.asarray(v) for v in (x, dt, A, B, C)]
-  y = ssd(*args, chunk_size=64, impl=impl)[0]
-  return [np.asarray(y, np.float32)] + [np.asarray(g, np.float32) for g in
-                                       jax.grad(f, argnums=(0, 1, 2, 3, 4))(*args)]
-for dtype, tol in ((jnp.float32, 2e-3), (jnp.bfloat16, 5e-2)):
-  want, got = grads("scan", jnp.float32), grads("pallas", dtype)
-  for name, w, g in zip(("y", "dx", "ddt", "dA", "dB", "dC"), want, got):
-    err = np.max(np.abs(w - g)) / (np.max(np.abs(w)) + 1e-6)
-    print(f"pallas {jnp.dtype(dtype).name} {name}: max rel err {err:.2e}", "ok" if err < tol else "FAIL")
-    assert err < tol, (dtype, name, err)
+from mdm_jax.ssm.kernel_check import check_kernel
+for dtype in ("float32", "bfloat16"):
+  c = check_kernel(chunk_size=64, headdim=64, d_state=128, dtype=dtype)
+  print(f"pallas {dtype} on {c.backend}: max rel err {c.max_error:.2e} (tol {c.tol})",
+        "ok" if c.ok else f"FAIL {c.error or ''}")
+  assert c.ok, c
 EOF
 fi
 

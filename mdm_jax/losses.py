@@ -166,12 +166,17 @@ def corrupt_text(procs: Processes, key, text0, sigma, prompt_len, text_absent, m
   return x_t, generated
 
 
+def _text_loss_fn(procs: Processes):
+  """The per-token text loss of the objective: score entropy, or the absorbing chain's ELBO for
+  the Markov ablation (the same signature; both are bounds on -log p integrated over t)."""
+  return markov.absorbing_elbo_loss if procs.markov else score_entropy.score_entropy_loss
+
+
 def text_diffusion_loss(procs: Processes, text_out, sigma, dsigma, x_t, text0, generated):
   """(b,) per-example text diffusion loss over the generated positions, mean over all T:
   score entropy, or the absorbing chain's bound for the Markov ablation."""
-  fn = markov.absorbing_elbo_loss if procs.markov else score_entropy.score_entropy_loss
-  per_tok = fn(text_out, sigma[:, None], dsigma[:, None], x_t, text0, procs.graph,
-               mask=generated)
+  per_tok = _text_loss_fn(procs)(text_out, sigma[:, None], dsigma[:, None], x_t, text0,
+                                 procs.graph, mask=generated)
   return jnp.sum(per_tok, axis=1) / text0.shape[1]
 
 
@@ -265,7 +270,7 @@ def text_nll_bound(model: MDM, text0: jax.Array, rng: jax.Array, cfg: LossConfig
   if procs is None:
     procs = Processes.build(mc, cfg)
   noise, graph = procs.text_noise, procs.graph
-  bound = markov.absorbing_elbo_loss if procs.markov else score_entropy.score_entropy_loss
+  bound = _text_loss_fn(procs)
   scale = model.latent_scale()
   task = jnp.full((b,), TASK_IDS["text"], jnp.int32)
   null = jnp.full((b,), mc.num_classes, jnp.int32)
