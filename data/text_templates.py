@@ -16,7 +16,7 @@ DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven",
 # follows: the caption's first token is then the one the image decides, at a fixed place. With
 # the digit at a template-dependent place (e.g. "a handwritten digit seven", "the number 7
 # written by hand"), the default run learns the ten templates but not the digit within its
-# budget; see README, "How the digits run was made to work".
+# budget (docs/findings.md, "Where the image-dependent word sits").
 DIGIT_CAPTION_TEMPLATES = (
     "{word}, a handwritten digit",
     "{num} written by hand",

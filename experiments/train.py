@@ -123,6 +123,8 @@ def dry_run(config):
   mesh_cfg = dict(config.mesh)
   mesh = sharding.make_mesh(**mesh_cfg)
   trainer = Trainer(config, mesh, vocab_size=mc.vocab_size, num_classes=mc.num_classes)
+  print(f"\nSharding on mesh {dict(mesh.shape)}: "
+        f"{sharding.format_replications(trainer.replications)}")
   batch = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=trainer.batch_sharding),
       jax.eval_shape(lambda: trainer.dummy_batch(config.batch_size)))

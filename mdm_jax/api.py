@@ -74,8 +74,10 @@ def upgrade_saved_config(config):
     if key in config.model:
       del config.model[key]
   if "sharding" not in config:  # the rules lived in code; the layout does not change numbers
-    from experiments.configs import base  # pylint: disable=g-import-not-at-top
-    config.sharding = base.get_config().sharding
+    import ml_collections  # pylint: disable=g-import-not-at-top
+    from mdm_jax.training import sharding  # pylint: disable=g-import-not-at-top
+    config.sharding = ml_collections.ConfigDict(
+        dict(logical_axis_rules=sharding.DEFAULT_LOGICAL_AXIS_RULES))
   return config
 
 

@@ -20,12 +20,12 @@ Joint generation follows ``SampleConfig.joint_order``:
               c ~ p(text | x) (caption). x is drawn from its marginal through c0 and c from its
               conditional, so (x, c) is a joint sample when the three conditionals are exact;
               c0 is discarded. The last word is the captioner's, which reads an image more
-              reliably than t2i draws from a caption (README, "Text-to-image and joint
-              generation"); it costs one text pass more than text_first (default)
+              reliably than t2i draws from a caption; it costs one text pass more than
+              text_first (default)
 
 The two modalities need not move together: a digit's identity is fixed early in the image's
 reverse diffusion, while the caption's digit word can be revealed at any step, so on one grid
-the two often settle on different digits (README, "Text-to-image and joint generation").
+the two often settle on different content (docs/findings.md, "Joint samples by one Gibbs sweep").
 
 Classifier-free guidance guides the image noise prediction of the tasks with a ``dropped``
 condition with ``(1 + w) eps(cond) - w eps(uncond)``, the unconditional call using the null

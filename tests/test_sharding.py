@@ -249,3 +249,66 @@ def test_rules_read_back_from_json_and_bad_rules_are_named():
     sharding.as_rules([("embed", "model")])
   with pytest.raises(ValueError, match="not a .logical name, mesh axes. pair"):
     sharding.as_rules([("embed",)])
+
+
+# --- what the mesh could not split, said ----------------------------------------------------
+ROWS_COLS = sharding.as_rules([("rows", ("data", "fsdp")), ("cols", "tensor")])
+
+
+def _boxed(shape, dtype):
+  return {"w": nn.LogicallyPartitioned(jax.ShapeDtypeStruct(shape, dtype), ("rows", "cols"))}
+
+
+def test_a_shortened_rule_is_reported_with_the_bytes_it_costs_each_device():
+  """(6, 10) bf16 on data=2 x fsdp=2 x tensor=2: "rows" asks for 4 shards, 4 does not divide 6,
+  so only "data" (2) is kept; "cols" splits 10 in 2. Each device holds 3 x 5 values where the
+  full rule would leave 2 x 5: 5 values, 10 bytes, more."""
+  mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
+  report = []
+  shardings = sharding.param_shardings(_boxed((6, 10), jnp.bfloat16), mesh, ROWS_COLS, report)
+  assert shardings["w"].spec == P("data", "tensor")
+  [r] = report
+  assert (r.name, r.dim, r.logical, r.wanted, r.kept) == (
+      "['w']", 0, "rows", ("data", "fsdp"), ("data",))
+  assert r.replicated_bytes == 2 * (3 - 2) * 5 == 10
+
+
+def test_every_dropped_dimension_is_reported_and_the_limit_names_the_largest():
+  """(6, 9) f32 on the same mesh: rows keep "data" (3 rows a device instead of 2), cols lose
+  "tensor" (9 columns instead of 5). Per dimension, the other split as it is:
+  rows 4 bytes x 9 columns x (3 - 2) = 36, cols 4 bytes x 3 rows x (9 - 5) = 48."""
+  mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
+  report = []
+  sharding.param_shardings(_boxed((6, 9), jnp.float32), mesh, ROWS_COLS, report)
+  assert [(r.dim, r.kept, r.replicated_bytes) for r in report] == [
+      (0, ("data",), 36), (1, (), 48)]
+  text = sharding.format_replications(report)
+  assert "2 dimension(s)" in text and "84 bytes per device in all" in text
+  sharding.check_replications(report, 48)
+  sharding.check_replications(report, None)
+  with pytest.raises(ValueError, match=r"\['w'\] \(6, 9\) float32: dimension 1 \(rule 'cols'"
+                     r"[\s\S]*max_replicated_bytes=47[\s\S]*multiple of 2"):
+    sharding.check_replications(report, 47)
+
+
+def test_the_trainer_logs_replicated_dimensions_once_and_refuses_them_over_the_limit(caplog):
+  """tiny on fsdp=2 x tensor=4: the text vocabulary (vocab_size + the mask token = 65) is the
+  one "vocab" dimension 4 does not divide. The score head's kernel (d_model 32, 65) then holds
+  32/2 rows x 65 columns a device where the rule would leave 32/2 x ceil(65/4) = 17."""
+  from experiments import configs
+  from mdm_jax.training.trainer import Trainer
+  mesh = sharding.make_mesh(data=1, fsdp=2, tensor=4)
+  config = configs.load("tiny")
+  with caplog.at_level("WARNING"):
+    trainer = Trainer(config, mesh, vocab_size=64, num_classes=10)
+  logged = [r for r in caplog.records if "replicated against their sharding rule" in r.message]
+  assert len(logged) == 1
+  by_name = {r.name: r for r in trainer.replications}
+  head = by_name["['params']['denoiser']['score_head']['kernel']"]
+  d_model = config.model.d_model
+  assert head.replicated_bytes == 4 * (d_model // 2) * (65 - 17)
+  assert head.name in logged[0].message
+  assert {r.logical for r in trainer.replications} == {"vocab"}
+  config.sharding.max_replicated_bytes = head.replicated_bytes - 1
+  with pytest.raises(ValueError, match=r"score_head[\s\S]*rule \('vocab', \('tensor',\)\)"):
+    Trainer(config, mesh, vocab_size=64, num_classes=10)

@@ -8,9 +8,10 @@ its own budget (``total_steps``, ``batch_size``, ``checkpoint_every``, ``optim.l
 ``optim.warmup_steps``) and its data (``data.name``): left unset they fail with the field named.
 
 ``sharding.logical_axis_rules`` maps the model's logical axis names onto the mesh axes
-("data", "fsdp", "tensor"), MaxText style. Weights and activations have separate names, so that
-FSDP can split a weight's ``embed`` dimension while activations stay split over the batch only.
-Flax assigns rules top-down and never uses a mesh axis twice in one array.
+("data", "fsdp", "tensor"), MaxText style; the table is the library's
+(``mdm_jax.training.sharding.DEFAULT_LOGICAL_AXIS_RULES``, where it is explained) and a config
+may replace it. ``sharding.max_replicated_bytes`` is the most one dimension left unsplit by the
+mesh may cost each device before the run is refused (None: no limit).
 """
 import dataclasses
 
@@ -20,26 +21,8 @@ from ml_collections import config_dict
 from mdm_jax.generate import SampleConfig
 from mdm_jax.losses import LossConfig
 from mdm_jax.models.mdm import MDMConfig
+from mdm_jax.training import sharding
 from mdm_jax.training.trainer import DATA_FIELDS
-
-LOGICAL_AXIS_RULES = (
-    # Activations: the batch split over every data-parallel axis, features over tensor.
-    ("activation_batch", ("data", "fsdp")),
-    ("activation_length", None),
-    ("activation_embed", None),
-    ("activation_mlp", "tensor"),
-    ("activation_heads", "tensor"),
-    # Weights: FSDP splits d_model, tensor parallelism the wide dimensions.
-    ("embed", "fsdp"),
-    ("mlp", "tensor"),
-    ("heads", "tensor"),
-    ("vocab", "tensor"),
-    ("state", None),
-    ("conv", None),
-    ("layers", None),
-    ("latent", None),
-    ("patch", None),
-)
 
 
 def _defaults(cls, exclude=()) -> ml_collections.ConfigDict:
@@ -73,5 +56,8 @@ def get_config():
       grad_accum_steps=1, ema_decay=0.999))
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
-  c.sharding = ml_collections.ConfigDict(dict(logical_axis_rules=LOGICAL_AXIS_RULES))
+  c.sharding = ml_collections.ConfigDict(dict(
+      logical_axis_rules=sharding.DEFAULT_LOGICAL_AXIS_RULES,
+      max_replicated_bytes=config_dict.placeholder(int)))
+  c.sharding.max_replicated_bytes = sharding.DEFAULT_MAX_REPLICATED_BYTES
   return c

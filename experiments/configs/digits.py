@@ -3,8 +3,8 @@
 Every task trains together (class-to-image, text-to-image, captioning, VQA, joint, text) with
 captions and VQA pairs made from the labels through varied templates; a BPE tokenizer is trained
 on the fly and saved in the workdir. Budgeted for a 2-core CPU: finishes with its samples in
-15 to 19 minutes including compilation, measured on different days (the README records the
-measured run and its quality). Lists only what it changes from ``base``.
+8 to 17 minutes including compilation (docs/results.md has the measured runs and their
+quality). Lists only what it changes from ``base``.
 """
 from experiments.configs import base
 

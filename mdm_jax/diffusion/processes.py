@@ -72,8 +72,8 @@ def absorbing_log_score(raw, sigma, ids_t, vocab_size, form="conditional"):
 
   * ``form="conditional"`` builds exactly that: ``log_softmax(raw[..., :V]) - log(e^sigma - 1)``
     (RADD's form). The score entropy then equals the absorbing ELBO's weighted cross-entropy,
-    and the token entries compete through the softmax. On the digits run this is what makes
-    the yes/no VQA answers learnable (README, "VQA and the score parameterisation").
+    and the token entries compete through the softmax (on digits this is what makes the yes/no
+    VQA answers learnable: docs/findings.md, "The softmax form of the text head's score").
   * ``form="sedd"`` is SEDD's: ``raw - log(e^sigma - 1) - log V``, each entry free (the
     log-ratio of an uninformed model at init; the normaliser must be learnt).
 

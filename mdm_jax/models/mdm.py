@@ -19,22 +19,19 @@ task shares one sequence layout and one compiled step.
 The conditioning (each modality's time, the class and the task) enters twice: as the paper's
 prefix tokens, and as DiT-style adaLN-Zero modulation of every block (per segment: image tokens
 are modulated by t_img, text tokens by t_txt). Prefix tokens alone are not enough: a token far
-from the prefix only sees it through the SSM's decaying state, and on digits class-to-image and
-captions ignored their condition that way (README, "How the digits run was made to work").
+from the prefix sees them only through the SSM's decaying state.
 
 The caption also enters the adaLN conditioning of every block as one pooled vector
 (``text_pool_cond``, on by default), as SD3 adds a pooled text embedding to its time
 embedding: the sum of a learned embedding of each revealed token (``PooledTextEmbedding``).
 Without it the caption reaches the image only through the layers that scan the text first,
-and on digits text-to-image then mostly ignored its prompt while class-to-image, conditioned
-through adaLN, did not (README, "Text-to-image and joint generation").
+where the class reaches every block (docs/findings.md has the measurements).
 
 Each text token enters as its VAE latent plus a learned embedding of its noised id
 (``text_id_embed``, on by default; off is the paper's latents-only input). With latents alone
-the network must tell [MASK] and every word apart from a ``latent_dim``-channel point (4 on
-digits), and the [MASK] row of the VAE's table is never trained by reconstruction; SEDD's own
-networks embed the ids. (Not ablated separately: it went in with the changes that made the
-digits run work, see the README.)
+the network must tell [MASK] and every word apart from a ``latent_dim``-channel point, and the
+[MASK] row of the VAE's table is never trained by reconstruction; SEDD's own networks embed the
+ids.
 
 The backbone is a stack of ``n_layers`` residual blocks run with ``nn.scan`` (and ``nn.remat``)
 so compile time does not grow with depth. Layer ``l`` permutes image tokens into scan order
@@ -43,11 +40,14 @@ before the image, so information flows both ways between modalities), runs its M
 and permutes back. ``backbone="transformer"`` swaps the mixer for bidirectional softmax attention
 (a DiT-style baseline with the same interface; no permutation needed).
 
-Heads: ``eps`` (the image latents' noise) and text log-scores over vocab + [MASK] in SEDD's
-absorbing parameterisation: raw outputs minus log(e^sigma - 1) + log V (so an untrained network
-starts near the true ratio scale) and the entry of the current token fixed to log-score 0
-(``diffusion.processes.absorbing_log_score``). The task ids and their meaning are the task
-table's (``mdm_jax.tasks``).
+Heads: ``eps`` (the image latents' noise) and text log-scores over vocab + [MASK]
+(``diffusion.processes.absorbing_log_score``), in the form of the true absorbing score by default
+(``text_score="conditional"``): ``log_softmax(raw[..., :V]) - log(e^sigma - 1)``, the clean-token
+conditional over the vocabulary times the analytic factor 1 / (e^sigma - 1), so the vocabulary
+entries compete through the softmax. ``text_score="sedd"`` is SEDD's free form, ``raw -
+log(e^sigma - 1) - log V`` (every entry free; an untrained network starts near the ratio scale
+of an uninformed model). Either way the current token's own entry is fixed to log-score 0. The
+task ids and their meaning are the task table's (``mdm_jax.tasks``).
 """
 from __future__ import annotations
 
@@ -199,8 +199,8 @@ class PooledTextEmbedding(nn.Module):
   (not the sequence input's), summed rather than averaged so one token that matters (a digit
   word among template words) is not diluted T-fold, initialised at 1/sqrt(T) so that a whole
   caption's sum starts at unit scale per channel like the class and time embeddings. A learned
-  pooling of the sequence's own input embeddings (mean or attention, through an MLP) stayed
-  dominated by the template words on digits (README, "Text-to-image and joint generation").
+  pooling of the sequence's own input embeddings (mean or attention, through an MLP) is
+  dominated by the words every caption shares and dilutes the one that differs.
   No positions enter: it is a bag of the caption's tokens, word order reaches the image
   through the sequence.
   """

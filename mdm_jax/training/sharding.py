@@ -7,8 +7,9 @@ Model code names array dimensions with *logical* axes only, weights and activati
   x = nn.with_logical_constraint(x, ("activation_batch", "activation_length",
                                      "activation_embed"))
 
-and the config's ``sharding.logical_axis_rules`` (experiments/configs/base.py; every function
-here takes it as ``rules``) maps logical axes onto the mesh axes ("data", "fsdp", "tensor"):
+and a table of rules maps logical axes onto the mesh axes ("data", "fsdp", "tensor"):
+``DEFAULT_LOGICAL_AXIS_RULES`` below, which a config's ``sharding.logical_axis_rules`` starts from
+and may override (every function here takes the table as ``rules``):
 
   * "data"   - pure data parallelism: the batch is split, parameters replicated.
   * "fsdp"   - fully-sharded data parallelism (ZeRO-3): the batch is split *and*
@@ -16,13 +17,17 @@ here takes it as ``rules``) maps logical axes onto the mesh axes ("data", "fsdp"
   * "tensor" - tensor (model) parallelism over the mlp / heads / vocab dims.
 
 A dimension that the mesh axes do not divide (or a parameter too small to split) is
-replicated along that dimension instead of failing, so tiny configurations run on any
-mesh unchanged.
+replicated along that dimension instead of failing, so tiny configurations run on any mesh
+unchanged. It is not silent: ``param_shardings`` (and ``abstract_sharded``) can report every
+such dimension as a ``Replication`` with the bytes it costs each device, the ``Trainer`` logs
+the list once and refuses one above ``sharding.max_replicated_bytes`` (at 7B a replicated
+``embed`` or ``mlp`` dimension is an out-of-memory on the pod, not a convenience).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -42,6 +47,35 @@ MESH_AXES = ("data", "fsdp", "tensor")
 
 Rules = Sequence[tuple[str, Any]]   # (logical name, mesh axes or None) pairs
 PyTree = Any
+
+# The model's logical axis names onto the mesh axes, MaxText's ``logical_axis_rules``. Weights
+# and activations have separate names, so that FSDP can split a weight's ``embed`` dimension
+# while activations stay split over the batch only. Flax assigns rules top-down and never uses
+# a mesh axis twice in one array. A config's ``sharding.logical_axis_rules`` starts from this.
+DEFAULT_LOGICAL_AXIS_RULES = (
+    # Activations: the batch split over every data-parallel axis, features over tensor.
+    ("activation_batch", ("data", "fsdp")),
+    ("activation_length", None),
+    ("activation_embed", None),
+    ("activation_mlp", "tensor"),
+    ("activation_heads", "tensor"),
+    # Weights: FSDP splits d_model, tensor parallelism the wide dimensions.
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("vocab", "tensor"),
+    ("state", None),
+    ("conv", None),
+    ("layers", None),
+    ("latent", None),
+    ("patch", None),
+)
+
+# Bytes per device that one dimension left unsplit (its rule dropped or shortened because the
+# mesh axes do not divide it) may cost before the Trainer refuses the run; a config's
+# ``sharding.max_replicated_bytes`` overrides it (None: no limit). Tiny models on any mesh stay
+# far below it; one layer-stacked 7B weight replicated over fsdp is gigabytes above it.
+DEFAULT_MAX_REPLICATED_BYTES = 64 * 2**20
 
 
 def as_rules(table: Sequence[Sequence[Any]]) -> tuple[tuple[str, Any], ...]:
@@ -143,8 +177,58 @@ def _check_names(names: Sequence[str | None], rules) -> None:
   if unknown:
     raise ValueError(
         f"Unknown logical axis name(s) {unknown} in {tuple(names)}; known names are"
-        f" {sorted(known)}. Fix the name or add a rule to sharding.logical_axis_rules in"
-        " experiments/configs/base.py.")
+        f" {sorted(known)}. Fix the name or add a rule to the config's"
+        " sharding.logical_axis_rules (the defaults: mdm_jax.training.sharding."
+        "DEFAULT_LOGICAL_AXIS_RULES).")
+
+
+@dataclasses.dataclass(frozen=True)
+class Replication:
+  """One dimension of one array that its rule asked to split but the mesh could not.
+
+  ``replicated_bytes`` is what this dimension costs each device beyond its rule:
+  ``itemsize * prod_{i != dim} ceil(shape[i] / split[i]) * (ceil(shape[dim] / kept) -
+  ceil(shape[dim] / wanted))``, with the other dimensions split as they are (``split``),
+  ``kept`` the product of the mesh axes the dimension is still split over and ``wanted`` that
+  of the axes its rule names.
+  """
+  name: str                   # the array's path in the tree, e.g. "['params']['w']['kernel']"
+  shape: tuple[int, ...]
+  dtype: str
+  dim: int                    # which dimension of ``shape``
+  logical: str | None         # its logical axis name (None for an ``nn.Partitioned`` leaf)
+  wanted: tuple[str, ...]     # the mesh axes its rule maps it to (those the mesh has)
+  kept: tuple[str, ...]       # the mesh axes it is split over: a prefix of ``wanted``
+  mesh_shape: tuple[tuple[str, int], ...]
+  replicated_bytes: int
+
+  def describe(self) -> str:
+    sizes = dict(self.mesh_shape)
+    dropped = self.wanted[len(self.kept):]
+    rule = f"{self.logical!r} -> {self.wanted}" if self.logical else f"{self.wanted}"
+    return (f"{self.name} {self.shape} {self.dtype}: dimension {self.dim} (rule {rule}, size "
+            f"{self.shape[self.dim]}) not split over {dropped} "
+            f"({math.prod(sizes[a] for a in self.wanted)} shards do not divide it; kept "
+            f"{self.kept or 'none'}): {self.replicated_bytes:,} bytes per device replicated")
+
+
+def _fit_axes(spec: Sequence[Any], shape: Sequence[int], mesh: Mesh):
+  """(wanted, kept) mesh axes per dimension: `spec`'s axes that `mesh` has, and the longest
+  prefix of them whose size product divides the dimension (("data", "fsdp") may become
+  ("data",), or nothing)."""
+  fitted = []
+  for dim, axes in zip(shape, spec):
+    axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+    wanted = tuple(a for a in axes if a in mesh.shape)
+    kept = wanted
+    while kept and dim % math.prod(mesh.shape[a] for a in kept):
+      kept = kept[:-1]
+    fitted.append((wanted, kept))
+  return fitted
+
+
+def _as_spec(fitted) -> P:
+  return P(*(None if not kept else kept[0] if len(kept) == 1 else kept for _, kept in fitted))
 
 
 def _fit_spec(spec: Sequence[Any], shape: Sequence[int], mesh: Mesh) -> P:
@@ -153,20 +237,27 @@ def _fit_spec(spec: Sequence[Any], shape: Sequence[int], mesh: Mesh) -> P:
   For a dimension mapped to several mesh axes, the longest prefix of them whose
   size product divides the dimension is kept (("data", "fsdp") may become ("data",)).
   """
-  fitted = []
-  for dim, axes in zip(shape, spec):
-    if axes is None:
-      fitted.append(None)
+  return _as_spec(_fit_axes(spec, shape, mesh))
+
+
+def _replications(name: str, logical: Sequence[Any] | None, shape: Sequence[int], dtype,
+                  fitted, mesh: Mesh) -> list[Replication]:
+  """A `Replication` for every dimension of `fitted` whose kept axes are fewer than wanted."""
+  sizes = dict(mesh.shape)
+  split = lambda axes: math.prod(sizes[a] for a in axes)
+  per_dim = [-(-d // split(kept)) for d, (_, kept) in zip(shape, fitted)]
+  itemsize = np.dtype(dtype).itemsize
+  found = []
+  for i, (d, (wanted, kept)) in enumerate(zip(shape, fitted)):
+    if kept == wanted:
       continue
-    axes = (axes,) if isinstance(axes, str) else tuple(axes)
-    axes = tuple(a for a in axes if a in mesh.shape)
-    while axes and dim % math.prod(mesh.shape[a] for a in axes):
-      axes = axes[:-1]
-    if not axes:
-      fitted.append(None)
-    else:
-      fitted.append(axes[0] if len(axes) == 1 else axes)
-  return P(*fitted)
+    others = math.prod(per_dim[:i] + per_dim[i + 1:])
+    extra = itemsize * others * (-(-d // split(kept)) - -(-d // split(wanted)))
+    found.append(Replication(
+        name=name, shape=tuple(int(x) for x in shape), dtype=np.dtype(dtype).name, dim=i,
+        logical=None if logical is None else logical[i], wanted=wanted, kept=kept,
+        mesh_shape=tuple(sizes.items()), replicated_bytes=int(extra)))
+  return found
 
 
 def logical_sharding(
@@ -177,15 +268,20 @@ def logical_sharding(
 ) -> NamedSharding:
   """NamedSharding for an array of `shape` whose dims have logical `names`.
 
-  Dims that the mapped mesh axes do not divide are replicated.
+  Dims that the mapped mesh axes do not divide are replicated (``param_shardings`` reports
+  them).
   """
+  return NamedSharding(mesh, _as_spec(_logical_fit(names, shape, mesh, rules)))
+
+
+def _logical_fit(names, shape, mesh, rules):
   if len(names) != len(shape):
     raise ValueError(
         f"Logical names {tuple(names)} have {len(names)} entries but the array has"
         f" shape {tuple(shape)}; give one name (or None) per dimension.")
   _check_names(names, rules)
   spec = nn.logical_to_mesh_axes(tuple(names), tuple(rules))
-  return NamedSharding(mesh, _fit_spec(tuple(spec), shape, mesh))
+  return _fit_axes(tuple(spec), shape, mesh)
 
 
 def unbox(tree: PyTree) -> PyTree:
@@ -197,6 +293,7 @@ def param_shardings(
     abstract_variables: PyTree,
     mesh: Mesh,
     rules: Rules,
+    report: list[Replication] | None = None,
 ) -> PyTree:
   """NamedShardings for a (boxed) variable or train-state pytree.
 
@@ -207,6 +304,8 @@ def param_shardings(
       states built from boxed params (`tx.init(boxed_params)`) carry the boxes too.
     mesh: the device mesh.
     rules: logical -> mesh axis rules.
+    report: if given, a `Replication` is appended to it for every dimension whose rule was
+      dropped or shortened because the mesh axes do not divide it.
 
   Returns:
     A pytree with the structure of `unbox(abstract_variables)` holding a
@@ -215,20 +314,61 @@ def param_shardings(
   """
   replicated = NamedSharding(mesh, P())
 
-  def leaf_sharding(leaf):
+  def leaf_sharding(path, leaf):
     if isinstance(leaf, nn.LogicallyPartitioned):
-      return logical_sharding(leaf.names, np.shape(leaf.value), mesh, rules)
-    if isinstance(leaf, nn.Partitioned):
-      shape = np.shape(leaf.value)
+      shape, logical = np.shape(leaf.value), tuple(leaf.names)
+      fitted = _logical_fit(leaf.names, shape, mesh, rules)
+    elif isinstance(leaf, nn.Partitioned):
+      shape, logical = np.shape(leaf.value), None
       if len(leaf.names) != len(shape):
         raise ValueError(
             f"Partitioned names {leaf.names} do not match shape {shape}.")
-      return NamedSharding(mesh, _fit_spec(leaf.names, shape, mesh))
-    return replicated
+      fitted = _fit_axes(leaf.names, shape, mesh)
+    else:
+      return replicated
+    if report is not None:
+      report.extend(_replications(jax.tree_util.keystr(path), logical, shape,
+                                  leaf.value.dtype, fitted, mesh))
+    return NamedSharding(mesh, _as_spec(fitted))
 
-  return jax.tree.map(
+  return jax.tree_util.tree_map_with_path(
       leaf_sharding, abstract_variables,
       is_leaf=lambda x: isinstance(x, meta.AxisMetadata))
+
+
+def format_replications(replications: Sequence[Replication]) -> str:
+  """One line per replicated dimension, largest first, and the total per device."""
+  if not replications:
+    return "every sharding rule applied in full: no dimension replicated against its rule"
+  ordered = sorted(replications, key=lambda r: -r.replicated_bytes)
+  total = sum(r.replicated_bytes for r in ordered)
+  return "\n".join(
+      [f"{len(ordered)} dimension(s) replicated against their sharding rule (the mesh axes do "
+       f"not divide them), {total:,} bytes per device in all:"]
+      + [f"  {r.describe()}" for r in ordered])
+
+
+def check_replications(replications: Sequence[Replication], max_bytes: int | None) -> None:
+  """Refuses a dimension replicated against its rule that costs more than `max_bytes`.
+
+  Raises:
+    ValueError: naming the largest such array, its rule and the fixes.
+  """
+  if max_bytes is None:
+    return
+  over = [r for r in replications if r.replicated_bytes > max_bytes]
+  if not over:
+    return
+  r = max(over, key=lambda r: r.replicated_bytes)
+  sizes = dict(r.mesh_shape)
+  shards = math.prod(sizes[a] for a in r.wanted)
+  rule = f"({r.logical!r}, {r.wanted})" if r.logical else f"the names {r.wanted}"
+  raise ValueError(
+      f"{r.describe()}, more than sharding.max_replicated_bytes={max_bytes:,}"
+      f" ({len(over)} dimension(s) over it). Fix: make that dimension a multiple of {shards}"
+      f" (the model config), choose a mesh whose {r.wanted} sizes divide "
+      f"{r.shape[r.dim]}, map the rule {rule} to other mesh axes in "
+      "sharding.logical_axis_rules, or raise sharding.max_replicated_bytes (None: no limit).")
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -290,15 +430,16 @@ def abstract_sharded(
     mesh: Mesh,
     *args: Any,
     rules: Rules,
+    report: list[Replication] | None = None,
 ) -> PyTree:
   """Shapes, dtypes and shardings of `unbox(init_fn(rng, *args))`, computing nothing.
 
   The result (ShapeDtypeStructs with `.sharding`) is the restore target for a
-  checkpoint and gives the train step's in/out shardings.
+  checkpoint and gives the train step's in/out shardings. `report`: as in `param_shardings`.
   """
   with mesh_context(mesh, rules):
     boxed = jax.eval_shape(init_fn, rng, *args)
-  shardings = param_shardings(boxed, mesh, rules)
+  shardings = param_shardings(boxed, mesh, rules, report)
   return jax.tree.map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
       unbox(boxed), shardings)

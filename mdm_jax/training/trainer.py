@@ -5,6 +5,7 @@ notebook build it directly. Needs no data pipeline (the batch is a dict of array
 from __future__ import annotations
 
 import functools
+import logging
 import math
 
 import jax
@@ -82,12 +83,22 @@ class Trainer:
     self._samplers = {}  # compiled generate functions, one per (task, num, given inputs)
     self.rng = jax.random.PRNGKey(config.seed)
     if "sharding" not in config:
-      raise ValueError("the config has no sharding.logical_axis_rules: derive it from "
-                       "experiments/configs/base.py (a checkpoint's saved config gets them from "
+      raise ValueError("the config has no sharding.logical_axis_rules: set config.sharding."
+                       "logical_axis_rules = mdm_jax.training.sharding.DEFAULT_LOGICAL_AXIS_RULES"
+                       " (or your own table; a checkpoint's saved config gets them from "
                        "mdm_jax.api.upgrade_saved_config)")
     self.rules = sharding.as_rules(config.sharding.logical_axis_rules)
+    # Every dimension the mesh could not split as its rule asks: logged once, here, and
+    # refused above the config's limit (the dry run prints the list).
+    self.replications = []
     self.abstract_state = sharding.abstract_sharded(self._init_state, self.rng, mesh,
-                                                    rules=self.rules)
+                                                    rules=self.rules, report=self.replications)
+    if self.replications:
+      logging.getLogger(__name__).warning(
+          "%s", sharding.format_replications(self.replications))
+    sharding.check_replications(
+        self.replications,
+        config.sharding.get("max_replicated_bytes", sharding.DEFAULT_MAX_REPLICATED_BYTES))
     self.state_shardings = jax.tree.map(lambda x: x.sharding, self.abstract_state)
     self.batch_sharding = sharding.batch_sharding(mesh, self.rules)
     # From the abstract state: the model's size is known before anything is allocated.
