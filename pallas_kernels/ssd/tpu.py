@@ -5,20 +5,28 @@ Grid ``(batch, groups, chunks, heads_per_group)``: the chunk axis is sequential
 ``(heads_per_group, p, n)``. Heads are the innermost axis so that the group's B and C blocks
 stay resident while its heads run (fetched once per group and chunk), and the backward can
 accumulate dB and dC over the group's heads in the output block instead of writing one copy
-per head. Blocks (all padded by the caller to the TPU tile: p and n to multiples of 128, the
-chunk to a multiple of 8):
+per head. x and its kin are transposed, time on the 128 lanes and the head dim on sublanes, so
+that Mamba-2's head dim 64 is not padded to a full lane tile (see ``chunk_math``). Blocks
+(padded by the caller to the TPU tile: the chunk to a multiple of 128 lanes, or the whole
+length when it fits in one chunk; n to a multiple of 128 lanes; p to a multiple of 8 sublanes,
+16 for bf16):
 
-  x, y, dy, dx          (chunk, p)      one head, one chunk
+  x, y, dy, dx          (p, chunk)      one head, one chunk, transposed
   dt, dt * A, ddt, da   (1, chunk)      lane-dense rows
   B, C, dB, dC          (chunk, n)      one group, one chunk
   entering states       (p, n)          one head, one chunk (written by forward, read backward)
   h0, h_last, dh_last, dh0   (heads_per_group, p, n)  resident per (batch, group)
+
+Matmul operands are in the dtype of x, B and C (bf16 stays bf16 into the MXU), accumulation
+and everything else float32.
 
 The backward walks the chunks in reverse (index maps read chunk ``nc - 1 - i``), carrying the
 state cotangent in VMEM scratch; the only stored intermediates are the states entering each
 chunk (O(l / chunk) states), everything inside a chunk is recomputed.
 """
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -30,8 +38,13 @@ from pallas_kernels.ssd import chunk_math
 _SEMANTICS = ("parallel", "parallel", "arbitrary", "arbitrary")
 
 
+def _mm_dtype(*arrays):
+  """The MXU operand dtype: the inputs' promoted dtype (bf16 when x, B and C all are)."""
+  return jnp.result_type(*arrays)
+
+
 def _fwd_kernel(x_ref, dt_ref, a_ref, b_ref, c_ref, h0_ref,
-                y_ref, h_enter_ref, h_last_ref, state_ref):
+                y_ref, h_enter_ref, h_last_ref, state_ref, *, mm_dtype):
   ci, ri = pl.program_id(2), pl.program_id(3)
 
   @pl.when(ci == 0)
@@ -40,8 +53,8 @@ def _fwd_kernel(x_ref, dt_ref, a_ref, b_ref, c_ref, h0_ref,
 
   h = state_ref[ri]
   h_enter_ref[...] = h
-  y, h_out = chunk_math.chunk_forward(x_ref[...], dt_ref[...], a_ref[...], b_ref[...],
-                                      c_ref[...], h)
+  y, h_out = chunk_math.chunk_forward_t(x_ref[...], dt_ref[...], a_ref[...], b_ref[...],
+                                        c_ref[...], h, mm_dtype)
   y_ref[...] = y.astype(y_ref.dtype)
   state_ref[ri] = h_out
 
@@ -51,16 +64,16 @@ def _fwd_kernel(x_ref, dt_ref, a_ref, b_ref, c_ref, h0_ref,
 
 
 def _bwd_kernel(x_ref, dt_ref, a_ref, b_ref, c_ref, h_enter_ref, dy_ref, dh_last_ref,
-                dx_ref, db_ref, dc_ref, ddt_ref, da_ref, dh0_ref, dh_ref):
+                dx_ref, db_ref, dc_ref, ddt_ref, da_ref, dh0_ref, dh_ref, *, mm_dtype):
   ci, ri = pl.program_id(2), pl.program_id(3)
 
   @pl.when(ci == 0)  # Step 0 of the reverse walk is the last chunk.
   def _():
     dh_ref[ri] = dh_last_ref[ri]
 
-  dx, db, dc, ddt, da, dh_in = chunk_math.chunk_backward(
+  dx, db, dc, ddt, da, dh_in = chunk_math.chunk_backward_t(
       x_ref[...], dt_ref[...], a_ref[...], b_ref[...], c_ref[...], h_enter_ref[...],
-      dy_ref[...], dh_ref[ri])
+      dy_ref[...], dh_ref[ri], mm_dtype)
   dx_ref[...] = dx.astype(dx_ref.dtype)
   ddt_ref[...] = ddt
   da_ref[...] = da
@@ -86,8 +99,8 @@ def _specs(r, nc, q, pp, np_, reverse):
   """BlockSpecs for the (batch, group, chunk, head-in-group) grid; ``reverse`` walks chunks back."""
   chunk = (lambda i: nc - 1 - i) if reverse else (lambda i: i)
   return dict(
-      head_seq=pl.BlockSpec((None, None, q, pp),
-                            lambda bi, gi, ci, ri: (bi, gi * r + ri, chunk(ci), 0)),
+      head_seq=pl.BlockSpec((None, None, pp, q),
+                            lambda bi, gi, ci, ri: (bi, gi * r + ri, 0, chunk(ci))),
       head_row=pl.BlockSpec((None, None, None, 1, q),
                             lambda bi, gi, ci, ri: (bi, gi * r + ri, chunk(ci), 0, 0)),
       group_seq=pl.BlockSpec((None, None, q, np_),
@@ -103,25 +116,25 @@ def forward(xk, dtk, ak, bk, ck, h0, *, interpret):
   """Chunked SSD forward on kernel-layout arrays (made by ``ops._kernel_inputs``).
 
   Args:
-    xk: (b, h, lp, pp) inputs; dtk, ak: (b, h, nc, 1, q) f32 dt and dt * A;
+    xk: (b, h, pp, lp) inputs, transposed; dtk, ak: (b, h, nc, 1, q) f32 dt and dt * A;
     bk, ck: (b, g, lp, np) projections; h0: (b, h, pp, np) f32 initial state.
     interpret: passed to ``pallas_call``.
 
   Returns:
-    y (b, h, lp, pp) in xk.dtype, entering states (b, h, nc, pp, np) f32, h_last (b, h, pp, np).
+    y (b, h, pp, lp) in xk.dtype, entering states (b, h, nc, pp, np) f32, h_last (b, h, pp, np).
   """
-  b, h, lp, pp = xk.shape
+  b, h, pp, lp = xk.shape
   nc, q = dtk.shape[2], dtk.shape[4]
   g, np_ = bk.shape[1], bk.shape[3]
   r = h // g
   s = _specs(r, nc, q, pp, np_, reverse=False)
   y, h_enter, h_last = pl.pallas_call(
-      _fwd_kernel,
+      functools.partial(_fwd_kernel, mm_dtype=_mm_dtype(xk, bk, ck)),
       grid=(b, g, nc, r),
       in_specs=[s["head_seq"], s["head_row"], s["head_row"], s["group_seq"], s["group_seq"],
                 s["group_states"]],
       out_specs=[s["head_seq"], s["head_state"], s["group_states"]],
-      out_shape=[jax.ShapeDtypeStruct((b, h, lp, pp), xk.dtype),
+      out_shape=[jax.ShapeDtypeStruct((b, h, pp, lp), xk.dtype),
                  jax.ShapeDtypeStruct((b, h, nc, pp, np_), jnp.float32),
                  jax.ShapeDtypeStruct((b, g, r, pp, np_), jnp.float32)],
       scratch_shapes=[pltpu.VMEM((r, pp, np_), jnp.float32)],
@@ -135,10 +148,13 @@ def forward(xk, dtk, ak, bk, ck, h0, *, interpret):
 def backward(xk, dtk, ak, bk, ck, h_enter, dyk, dh_last, *, interpret):
   """Reverse pass over chunks.
 
-  Returns dx (b, h, lp, pp) in xk.dtype, dB and dC per group (b, g, lp, np) f32, ddt and da
-  (b, h, nc, 1, q) f32 (see ``chunk_math.chunk_backward``) and dh0 (b, h, pp, np) f32.
+  Args as ``forward``, plus h_enter (b, h, nc, pp, np) from it, dyk (b, h, pp, lp) and
+  dh_last (b, h, pp, np) f32.
+
+  Returns dx (b, h, pp, lp) in xk.dtype, dB and dC per group (b, g, lp, np) f32, ddt and da
+  (b, h, nc, 1, q) f32 (see ``chunk_math.chunk_backward_t``) and dh0 (b, h, pp, np) f32.
   """
-  b, h, lp, pp = xk.shape
+  b, h, pp, lp = xk.shape
   nc, q = dtk.shape[2], dtk.shape[4]
   g, np_ = bk.shape[1], bk.shape[3]
   r = h // g
@@ -146,13 +162,13 @@ def backward(xk, dtk, ak, bk, ck, h_enter, dyk, dh_last, *, interpret):
   row = jax.ShapeDtypeStruct((b, h, nc, 1, q), jnp.float32)
   group_seq = jax.ShapeDtypeStruct((b, g, lp, np_), jnp.float32)
   dx, db, dc, ddt, da, dh0 = pl.pallas_call(
-      _bwd_kernel,
+      functools.partial(_bwd_kernel, mm_dtype=_mm_dtype(xk, bk, ck)),
       grid=(b, g, nc, r),
       in_specs=[s["head_seq"], s["head_row"], s["head_row"], s["group_seq"], s["group_seq"],
                 s["head_state"], s["head_seq"], s["group_states"]],
       out_specs=[s["head_seq"], s["group_seq"], s["group_seq"], s["head_row"], s["head_row"],
                  s["group_states"]],
-      out_shape=[jax.ShapeDtypeStruct((b, h, lp, pp), xk.dtype), group_seq, group_seq, row, row,
+      out_shape=[jax.ShapeDtypeStruct((b, h, pp, lp), xk.dtype), group_seq, group_seq, row, row,
                  jax.ShapeDtypeStruct((b, g, r, pp, np_), jnp.float32)],
       scratch_shapes=[pltpu.VMEM((r, pp, np_), jnp.float32)],
       compiler_params=pltpu.CompilerParams(dimension_semantics=_SEMANTICS),
