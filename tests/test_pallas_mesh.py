@@ -115,7 +115,8 @@ def _mosaic_operands(stablehlo: str) -> dict:
 def test_tpu_lowering_per_device_shapes():
   """Lowered for TPU under a data=2 x fsdp=2 x tensor=2 mesh, each Mosaic kernel gets one
   device's batch rows and heads, x transposed to (batch, heads, head dim, length) with the head
-  dim 64 unpadded (not 128 lanes) and the length 200 padded to two 128-token chunks."""
+  dim 64 unpadded (not 128 lanes) and the length 200 unpadded: two 128-token chunks, the
+  second overhanging it (only dt's per-step rows are padded to whole chunks)."""
   mesh = sharding.make_mesh(2, 2, 2)
   b, l, h, p, g, n = 8, 200, 4, 64, 2, 128
   spec = jax.ShapeDtypeStruct
@@ -132,7 +133,7 @@ def test_tpu_lowering_per_device_shapes():
     text = jax.jit(fwd_bwd).trace(*args).lower(lowering_platforms=("tpu",)).as_text()
   calls = _mosaic_operands(text)
   # Per device: batch 8 / (data x fsdp) = 2, heads 4 / tensor = 2, groups 2 / tensor = 1.
-  x, rows, groups = (2, 2, 64, 256), (2, 2, 2, 1, 128), (2, 1, 256, 128)
+  x, rows, groups = (2, 2, 64, 200), (2, 2, 2, 1, 128), (2, 1, 200, 128)
   states = (2, 1, 2, 64, 128)  # h0, dh_last: per group, its 2 heads
   assert calls["ssd_fwd_tpu"] == [x, rows, rows, groups, groups, states]
   assert calls["ssd_bwd_tpu"] == [x, rows, rows, groups, groups, (2, 2, 2, 64, 128), x, states]

@@ -12,8 +12,9 @@ The caller's arrays are rearranged once into the kernels' layout (heads before l
 scalars as (chunk count, 1, chunk) rows; on TPU x, y and their cotangents transposed to
 (b, h, p, length), time on lanes, so that the head dim is not padded to 128 lanes) and
 zero-padded: the length to a multiple of the chunk with dt = 0 (decay 1, no input: the state
-passes through unchanged, so h_last is exact), p and n to the target's tile. All padding is
-sliced off again. dt, its cumulative sums and the states are float32 whatever the input dtype.
+passes through unchanged, so h_last is exact; on TPU only dt's rows and a sequence shorter
+than one chunk, longer ones overhang the last chunk instead), p and n to the target's tile.
+All padding is sliced off again. dt, its cumulative sums and the states are float32 whatever the input dtype.
 
 The backward is a second pair of Pallas kernels (``jax.custom_vjp``): a reverse walk over chunks
 carrying the state cotangent; the forward saves only the state entering each chunk
@@ -102,6 +103,14 @@ def _from_head_layout(v, l, p, plan):
   return _from_seq_layout(v, l, p)
 
 
+def _seq_length(l, plan):
+  """Length of the kernels' x, B and C: on TPU l itself (the last chunk's blocks overhang it,
+  see ``tpu.py``) unless it is one chunk; else whole chunks."""
+  if plan.lowering == "tpu" and l > plan.chunk:
+    return l
+  return _round_up(l, plan.chunk)
+
+
 def _kernel_inputs(x, dt, A, B, C, plan):
   """The kernels' layout: see ``tpu.forward`` and ``gpu.forward``."""
   b, l, h, _ = x.shape
@@ -109,8 +118,9 @@ def _kernel_inputs(x, dt, A, B, C, plan):
   lp = _round_up(l, q)
   dtk = _pad_to(jnp.swapaxes(dt.astype(_F32), 1, 2), (b, h, lp)).reshape(b, h, lp // q, 1, q)
   ak = dtk * A.astype(_F32)[None, :, None, None, None]
-  return (_head_layout(x, lp, plan), dtk, ak, _seq_layout(B, lp, plan.state_dim),
-          _seq_layout(C, lp, plan.state_dim))
+  ls = _seq_length(l, plan)
+  return (_head_layout(x, ls, plan), dtk, ak, _seq_layout(B, ls, plan.state_dim),
+          _seq_layout(C, ls, plan.state_dim))
 
 
 def _kernels(plan):

@@ -7,9 +7,11 @@ stay resident while its heads run (fetched once per group and chunk), and the ba
 accumulate dB and dC over the group's heads in the output block instead of writing one copy
 per head. x and its kin are transposed, time on the 128 lanes and the head dim on sublanes, so
 that Mamba-2's head dim 64 is not padded to a full lane tile (see ``chunk_math``). Blocks
-(padded by the caller to the TPU tile: the chunk to a multiple of 128 lanes, or the whole
-length when it fits in one chunk; n to a multiple of 128 lanes; p to a multiple of 8 sublanes,
-16 for bf16):
+(the chunk a multiple of 128 lanes, or the whole length, padded to the sublane tile, when it
+fits in one chunk; n padded by the caller to a multiple of 128 lanes; p to a multiple of 8
+sublanes, 16 for bf16). The length itself is not padded: the last chunk's blocks overhang the
+arrays, the kernels zero what they read there (dt is zero-padded, a small array) and Pallas
+drops what they write there.
 
   x, y, dy, dx          (p, chunk)      one head, one chunk, transposed
   dt, dt * A, ddt, da   (1, chunk)      lane-dense rows
@@ -30,6 +32,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
@@ -43,9 +46,25 @@ def _mm_dtype(*arrays):
   return jnp.result_type(*arrays)
 
 
+def _chunk(ref, steps_left, axis):
+  """A block with the steps at or past ``steps_left`` along ``axis`` zeroed: the last chunk's
+  block overhangs the unpadded length and what it holds there is undefined (None: none does)."""
+  v = ref[...]
+  if steps_left is None:
+    return v
+  keep = lax.broadcasted_iota(jnp.int32, v.shape, axis) < steps_left
+  return jnp.where(keep, v, jnp.zeros_like(v))
+
+
+def _steps_left(chunk, q, length):
+  """Steps of the sequence from the start of ``chunk`` on; None when the chunks tile it."""
+  return None if length % q == 0 else length - chunk * q
+
+
 def _fwd_kernel(x_ref, dt_ref, a_ref, b_ref, c_ref, h0_ref,
-                y_ref, h_enter_ref, h_last_ref, state_ref, *, mm_dtype):
+                y_ref, h_enter_ref, h_last_ref, state_ref, *, mm_dtype, length):
   ci, ri = pl.program_id(2), pl.program_id(3)
+  left = _steps_left(ci, dt_ref.shape[-1], length)
 
   @pl.when(ci == 0)
   def _():
@@ -53,8 +72,9 @@ def _fwd_kernel(x_ref, dt_ref, a_ref, b_ref, c_ref, h0_ref,
 
   h = state_ref[ri]
   h_enter_ref[...] = h
-  y, h_out = chunk_math.chunk_forward_t(x_ref[...], dt_ref[...], a_ref[...], b_ref[...],
-                                        c_ref[...], h, mm_dtype)
+  y, h_out = chunk_math.chunk_forward_t(_chunk(x_ref, left, 1), dt_ref[...], a_ref[...],
+                                        _chunk(b_ref, left, 0), _chunk(c_ref, left, 0), h,
+                                        mm_dtype)
   y_ref[...] = y.astype(y_ref.dtype)
   state_ref[ri] = h_out
 
@@ -64,16 +84,17 @@ def _fwd_kernel(x_ref, dt_ref, a_ref, b_ref, c_ref, h0_ref,
 
 
 def _bwd_kernel(x_ref, dt_ref, a_ref, b_ref, c_ref, h_enter_ref, dy_ref, dh_last_ref,
-                dx_ref, db_ref, dc_ref, ddt_ref, da_ref, dh0_ref, dh_ref, *, mm_dtype):
+                dx_ref, db_ref, dc_ref, ddt_ref, da_ref, dh0_ref, dh_ref, *, mm_dtype, length):
   ci, ri = pl.program_id(2), pl.program_id(3)
+  left = _steps_left(pl.num_programs(2) - 1 - ci, dt_ref.shape[-1], length)
 
   @pl.when(ci == 0)  # Step 0 of the reverse walk is the last chunk.
   def _():
     dh_ref[ri] = dh_last_ref[ri]
 
   dx, db, dc, ddt, da, dh_in = chunk_math.chunk_backward_t(
-      x_ref[...], dt_ref[...], a_ref[...], b_ref[...], c_ref[...], h_enter_ref[...],
-      dy_ref[...], dh_ref[ri], mm_dtype)
+      _chunk(x_ref, left, 1), dt_ref[...], a_ref[...], _chunk(b_ref, left, 0),
+      _chunk(c_ref, left, 0), h_enter_ref[...], _chunk(dy_ref, left, 1), dh_ref[ri], mm_dtype)
   dx_ref[...] = dx.astype(dx_ref.dtype)
   ddt_ref[...] = ddt
   da_ref[...] = da
@@ -116,8 +137,10 @@ def forward(xk, dtk, ak, bk, ck, h0, *, interpret):
   """Chunked SSD forward on kernel-layout arrays (made by ``ops._kernel_inputs``).
 
   Args:
-    xk: (b, h, pp, lp) inputs, transposed; dtk, ak: (b, h, nc, 1, q) f32 dt and dt * A;
-    bk, ck: (b, g, lp, np) projections; h0: (b, h, pp, np) f32 initial state.
+    xk: (b, h, pp, lp) inputs, transposed; dtk, ak: (b, h, nc, 1, q) f32 dt and dt * A, zero
+      past the sequence; bk, ck: (b, g, lp, np) projections; h0: (b, h, pp, np) f32 initial
+      state. The length lp need not be a multiple of the chunk q: the last chunk's blocks
+      overhang it and the kernels zero what they read there.
     interpret: passed to ``pallas_call``.
 
   Returns:
@@ -129,7 +152,7 @@ def forward(xk, dtk, ak, bk, ck, h0, *, interpret):
   r = h // g
   s = _specs(r, nc, q, pp, np_, reverse=False)
   y, h_enter, h_last = pl.pallas_call(
-      functools.partial(_fwd_kernel, mm_dtype=_mm_dtype(xk, bk, ck)),
+      functools.partial(_fwd_kernel, mm_dtype=_mm_dtype(xk, bk, ck), length=lp),
       grid=(b, g, nc, r),
       in_specs=[s["head_seq"], s["head_row"], s["head_row"], s["group_seq"], s["group_seq"],
                 s["group_states"]],
@@ -162,7 +185,7 @@ def backward(xk, dtk, ak, bk, ck, h_enter, dyk, dh_last, *, interpret):
   row = jax.ShapeDtypeStruct((b, h, nc, 1, q), jnp.float32)
   group_seq = jax.ShapeDtypeStruct((b, g, lp, np_), jnp.float32)
   dx, db, dc, ddt, da, dh0 = pl.pallas_call(
-      functools.partial(_bwd_kernel, mm_dtype=_mm_dtype(xk, bk, ck)),
+      functools.partial(_bwd_kernel, mm_dtype=_mm_dtype(xk, bk, ck), length=lp),
       grid=(b, g, nc, r),
       in_specs=[s["head_seq"], s["head_row"], s["head_row"], s["group_seq"], s["group_seq"],
                 s["head_state"], s["head_seq"], s["group_states"]],
