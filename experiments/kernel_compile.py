@@ -8,7 +8,10 @@ batch 4, 64 heads of ``model.headdim``, 1192 tokens, ``model.ngroups`` groups of
 the compiled program's memory (arguments, outputs, temporaries: ``memory_analysis``), and for
 each ``tpu_custom_call`` (the Mosaic kernels) its operand and result shapes as the kernel pads
 them, with the tiled layouts the TPU compiler chose, and the scoped VMEM it reserved for the
-kernel (``used_scoped_memory_configs`` in the compiled HLO's backend config).
+kernel (``used_scoped_memory_configs`` in the compiled HLO's backend config), and the
+compiled program's "bytes accessed" from XLA's cost analysis (dominated by the layout copies and
+pads around the kernels: a layout change that is a pure transpose can become a bitcast, a pad
+cannot).
 
 It imports only ``pallas_kernels.ssd.ssd`` and the config, so it measures whichever checkout is
 first on ``PYTHONPATH`` (run it from this file's path to compare another checkout)::
@@ -94,6 +97,8 @@ def compile_ssd(topology: str, dtype: str, *, b: int, l: int, h: int, p: int, g:
   compiled = lowered.compile()
   seconds = time.perf_counter() - t0
   mem = compiled.memory_analysis()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return dict(
       topology=topology, device_kind=device.device_kind, dtype=dtype.name,
       shapes=dict(b=b, l=l, h=h, p=p, g=g, n=n, chunk=chunk),
@@ -101,6 +106,7 @@ def compile_ssd(topology: str, dtype: str, *, b: int, l: int, h: int, p: int, g:
       memory=dict(arguments=mem.argument_size_in_bytes, outputs=mem.output_size_in_bytes,
                   temporaries=mem.temp_size_in_bytes,
                   generated_code=mem.generated_code_size_in_bytes),
+      xla_bytes_accessed=int(cost.get("bytes accessed", 0)),
       kernels=[dataclasses.asdict(c) for c in kernel_calls(compiled.as_text())])
 
 
@@ -111,6 +117,7 @@ def print_result(r: dict):
         f"{s['p']}), B/C groups {s['g']} x d_state {s['n']}, chunk {s['chunk']}; "
         f"compile {r['compile_seconds']} s")
   print("  memory: " + ", ".join(f"{k} {mib(v)}" for k, v in r["memory"].items()))
+  print(f"  bytes accessed (XLA cost analysis): {mib(r['xla_bytes_accessed'])}")
   true_x = s["b"] * s["l"] * s["h"] * s["p"]
   for k in r["kernels"]:
     x = [int(d) for d in re.search(r"\[([\d,]*)\]", k["operands"][0]).group(1).split(",")]
