@@ -105,12 +105,13 @@ def test_matches_scan_oracle_bf16(l, chunk_size, g, with_init):
 
 # Mamba-2's head dims (64: a half lane tile, which the TPU layout keeps unpadded on sublanes;
 # 128) with d_state 128, over lengths that are (256) and are not (300) whole 128-token chunks;
-# dtype x head dim x length x groups pairwise-covering.
-@pytest.mark.parametrize("dtype, p, l, g, with_init", [
-    (jnp.float32, 64, 300, 2, True), (jnp.float32, 128, 256, 1, False),
-    (jnp.bfloat16, 64, 256, 2, False), (jnp.bfloat16, 128, 300, 1, True)])
-def test_mamba2_head_dims_match_scan_oracle(dtype, p, l, g, with_init):
-  _check_against_oracle(l=l, g=g, with_init=with_init, chunk_size=128, dtype=dtype, b=1, h=2 * g,
+# dtype x head dim x length x groups pairwise-covering. h = 8, p = 128 runs a group's heads in
+# two blocks of 4 (tpu.head_block), dB and dC summed over both.
+@pytest.mark.parametrize("dtype, p, l, h, g, with_init", [
+    (jnp.float32, 64, 300, 4, 2, True), (jnp.float32, 128, 256, 8, 1, False),
+    (jnp.bfloat16, 64, 256, 4, 2, False), (jnp.bfloat16, 128, 300, 8, 1, True)])
+def test_mamba2_head_dims_match_scan_oracle(dtype, p, l, h, g, with_init):
+  _check_against_oracle(l=l, g=g, with_init=with_init, chunk_size=128, dtype=dtype, b=1, h=h,
                         p=p, n=128, seed=4)
 
 
@@ -121,12 +122,13 @@ def test_gpu_kernel_matches_scan_oracle(l, chunk_size, g, with_init):
                         lowering="gpu")
 
 
-@pytest.mark.parametrize("dtype, l, p", [(jnp.float32, 20, 8), (jnp.bfloat16, 300, 64)])
-def test_tpu_memory_semantics(dtype, l, p):
+@pytest.mark.parametrize("dtype, l, h, p", [(jnp.float32, 20, 2, 8), (jnp.bfloat16, 300, 8, 128)])
+def test_tpu_memory_semantics(dtype, l, h, p):
   """pltpu.InterpretParams emulates TPU VMEM/HBM: NaN-filled uninitialized buffers, bounds
   checks, and write-back only when a block index changes (resident h0/h_last, dB/dC
-  accumulated over a group's heads, the state carried across chunks: l = 300 is three)."""
-  _check_against_oracle(l=l, g=1, with_init=True, chunk_size=8, b=1, h=2, p=p, n=8, seed=3,
+  accumulated over a group's heads: h = 8, p = 128 in two head blocks; the state carried
+  across chunks and the last chunk overhanging the sequence: l = 300 is three)."""
+  _check_against_oracle(l=l, g=1, with_init=True, chunk_size=8, b=1, h=h, p=p, n=8, seed=3,
                         dtype=dtype, interpret=pltpu.InterpretParams())
 
 

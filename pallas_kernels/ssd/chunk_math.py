@@ -146,13 +146,18 @@ def chunk_backward(x, dt_row, a_row, b, c, h, dy, dh):
 
 
 
-def chunk_forward_t(xt, dt_row, a_row, b, c, h, mm_dtype):
+def scores(b, c, mm_dtype):
+  """(q, q) ``[t, s] = C_t . B_s`` of one group's chunk, shared by the group's heads."""
+  return _dot(c, b, (1, 1), mm_dtype)
+
+
+def chunk_forward_t(xt, dt_row, a_row, b, c, cb, h, mm_dtype):
   """One chunk forward with time on lanes (the TPU layout).
 
   Args:
     xt: (p, q) inputs, transposed.
     dt_row, a_row: (1, q) float32 step sizes (0 on padding) and log-decays ``dt * A``.
-    b, c: (q, n) input and output projections.
+    b, c: (q, n) input and output projections; cb: their ``scores``.
     h: (p, n) float32 state entering the chunk.
     mm_dtype: dtype of the matmul operands (accumulation is float32).
 
@@ -165,18 +170,18 @@ def chunk_forward_t(xt, dt_row, a_row, b, c, h, mm_dtype):
   acum_row = _col_to_row(acum_col, eye)
   dot = lambda u, v, contract: _dot(u, v, contract, mm_dtype)
   xdt = xt.astype(_F32) * dt_row                              # (p, q)
-  cb = dot(c, b, (1, 1))                                      # (q, q) [t, s] = C_t . B_s
   y = (dot(xdt, cb * decay, (1, 1))                           # intra-chunk
        + jnp.exp(acum_row) * dot(h, c, (1, 1)))               # state-to-output
   h_out = jnp.exp(total) * h + dot(xdt * jnp.exp(total - acum_row), b, (1, 0))
   return y, h_out
 
 
-def chunk_backward_t(xt, dt_row, a_row, b, c, h, dyt, dh, mm_dtype):
+def chunk_backward_t(xt, dt_row, a_row, b, c, cb, h, dyt, dh, mm_dtype):
   """One chunk backward with time on lanes, given the cotangents of its outputs.
 
   Args:
-    xt, dt_row, a_row, b, c, h, mm_dtype: as in ``chunk_forward_t`` (h *enters* the chunk).
+    xt, dt_row, a_row, b, c, cb, h, mm_dtype: as in ``chunk_forward_t`` (h *enters* the
+      chunk).
     dyt: (p, q) cotangent of y, transposed.
     dh: (p, n) float32 cotangent of the state leaving the chunk.
 
@@ -194,7 +199,6 @@ def chunk_backward_t(xt, dt_row, a_row, b, c, h, dyt, dh, mm_dtype):
   xt = xt.astype(_F32)
   dyt = dyt.astype(_F32)
   xdt = xt * dt_row                            # (p, q)
-  cb = dot(c, b, (1, 1))                       # (q, q)
 
   m = dot(dyt, xdt, (0, 0)) * decay            # (q, q) [t, s] = decay * (dy_t . xdt_s)
   g = m * cb                                   # cotangent of the segment sum acum_t - acum_s
