@@ -14,7 +14,8 @@ scalars as (chunk count, 1, chunk) rows; on TPU x, y and their cotangents transp
 zero-padded: the length to a multiple of the chunk with dt = 0 (decay 1, no input: the state
 passes through unchanged, so h_last is exact; on TPU only dt's rows and a sequence shorter
 than one chunk, longer ones overhang the last chunk instead), p and n to the target's tile.
-All padding is sliced off again. dt, its cumulative sums and the states are float32 whatever the input dtype.
+All padding is sliced off again. dt, its cumulative sums and the states are float32 whatever
+the input dtype.
 
 The backward is a second pair of Pallas kernels (``jax.custom_vjp``): a reverse walk over chunks
 carrying the state cotangent; the forward saves only the state entering each chunk
