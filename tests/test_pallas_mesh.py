@@ -1,11 +1,14 @@
 """The Pallas SSD kernel under a device mesh (``mdm_jax.ssm.kernel``: ``shard_map`` over batch and
-heads), on the 8 fake CPU devices with the kernel in interpret mode.
+heads), on the 8 fake CPU devices with the kernel in interpret mode, and lowered for TPU (the
+Mosaic kernels' per-device operand shapes).
 
 Oracles are 1-device results that share no partitioning code: ``ssd_scan`` (the sequential
 recurrence) for the SSD itself and the whole model with ``ssd_impl="xla"`` for MDM. Relative
 error = max|a - b| / max|b|.
 """
 from __future__ import annotations
+
+import re
 
 import flax.linen as nn
 import jax
@@ -95,6 +98,45 @@ def test_kernel_sees_per_shard_shapes(monkeypatch):
     jax.eval_shape(lambda *a: ssd(*a[:5], chunk_size=8, impl="pallas"), *args)
   jax.eval_shape(lambda *a: ssd(*a[:5], chunk_size=8, impl="pallas"), *args)  # no mesh
   assert seen == [((2, 8, 2, 8), (2, 8, 1, 8)), ((8, 8, 4, 8), (8, 8, 2, 8))]
+
+
+def _mosaic_operands(stablehlo: str) -> dict:
+  """{kernel name: [operand shape, ...]} of the Mosaic ``tpu_custom_call``s in lowered text."""
+  calls = {}
+  for line in stablehlo.splitlines():
+    if "@tpu_custom_call" in line:
+      name = re.search(r'kernel_name = "([^"]+)"', line).group(1)
+      types = re.search(r"\} : \((.*?)\) ->", line).group(1)
+      calls[name] = [tuple(int(d) for d in t.split("x")[:-1])
+                     for t in re.findall(r"tensor<([^>]*)>", types)]
+  return calls
+
+
+def test_tpu_lowering_per_device_shapes():
+  """Lowered for TPU under a data=2 x fsdp=2 x tensor=2 mesh, each Mosaic kernel gets one
+  device's batch rows and heads, x transposed to (batch, heads, head dim, length) with the head
+  dim 64 unpadded (not 128 lanes) and the length 200 unpadded: two 128-token chunks, the
+  second overhanging it (only dt's per-step rows are padded to whole chunks)."""
+  mesh = sharding.make_mesh(2, 2, 2)
+  b, l, h, p, g, n = 8, 200, 4, 64, 2, 128
+  spec = jax.ShapeDtypeStruct
+  args = (spec((b, l, h, p), jnp.bfloat16), spec((b, l, h), jnp.float32),
+          spec((h,), jnp.float32), spec((b, l, g, n), jnp.bfloat16),
+          spec((b, l, g, n), jnp.bfloat16), spec((b, l, h, p), jnp.bfloat16))
+
+  def fwd_bwd(x, dt, A, B, C, dy):
+    y, vjp = jax.vjp(lambda *a: ssd(*a, chunk_size=128, impl="pallas", pallas_target="tpu")[0],
+                     x, dt, A, B, C)
+    return y, vjp(dy)
+
+  with sharding.mesh_context(mesh, RULES):
+    text = jax.jit(fwd_bwd).trace(*args).lower(lowering_platforms=("tpu",)).as_text()
+  calls = _mosaic_operands(text)
+  # Per device: batch 8 / (data x fsdp) = 2, heads 4 / tensor = 2, groups 2 / tensor = 1.
+  x, rows, groups = (2, 2, 64, 200), (2, 2, 2, 1, 128), (2, 1, 200, 128)
+  states = (2, 1, 2, 64, 128)  # h0, dh_last: per group, its 2 heads
+  assert calls["ssd_fwd_tpu"] == [x, rows, rows, groups, groups, states]
+  assert calls["ssd_bwd_tpu"] == [x, rows, rows, groups, groups, (2, 2, 2, 64, 128), x, states]
 
 
 # ----------------------------------------------------------------------------- the model

@@ -9,6 +9,7 @@ from __future__ import annotations
 import chex
 import jax
 import jax.numpy as jnp
+from jax.extend import core as jax_core
 import numpy as np
 import pytest
 from jax.experimental.pallas import tpu as pltpu
@@ -84,7 +85,9 @@ def _check_against_oracle(*, l, g, with_init, chunk_size, dtype=jnp.float32, b=2
 
 
 # Lengths x groups x initial state, pairwise-covering (every pair of values of any two factors
-# appears): each case costs a ~3 s XLA compile of the interpreted kernels on this CPU.
+# appears): each case costs a ~3 s XLA compile of the interpreted kernels on this CPU. On the
+# TPU layout the chunk is a multiple of 128 lanes (or the whole length when shorter): l = 1 and
+# 65 run one chunk, 1000 eight (the last one padded).
 @pytest.mark.parametrize("l, chunk_size, g, with_init", [
     (1, 16, 1, False), (1, 16, 2, True), (65, 16, 1, True), (65, 16, 2, False),
     (1000, 64, 1, False), (1000, 64, 2, True)])
@@ -100,6 +103,18 @@ def test_matches_scan_oracle_bf16(l, chunk_size, g, with_init):
                         dtype=jnp.bfloat16, b=1, seed=1)
 
 
+# Mamba-2's head dims (64: a half lane tile, which the TPU layout keeps unpadded on sublanes;
+# 128) with d_state 128, over lengths that are (256) and are not (300) whole 128-token chunks;
+# dtype x head dim x length x groups pairwise-covering. h = 8, p = 128 runs a group's heads in
+# two blocks of 4 (tpu.head_block), dB and dC summed over both.
+@pytest.mark.parametrize("dtype, p, l, h, g, with_init", [
+    (jnp.float32, 64, 300, 4, 2, True), (jnp.float32, 128, 256, 8, 1, False),
+    (jnp.bfloat16, 64, 256, 4, 2, False), (jnp.bfloat16, 128, 300, 8, 1, True)])
+def test_mamba2_head_dims_match_scan_oracle(dtype, p, l, h, g, with_init):
+  _check_against_oracle(l=l, g=g, with_init=with_init, chunk_size=128, dtype=dtype, b=1, h=h,
+                        p=p, n=128, seed=4)
+
+
 @pytest.mark.parametrize("l, chunk_size, g, with_init", [(65, 16, 2, True), (1000, 64, 1, False)])
 def test_gpu_kernel_matches_scan_oracle(l, chunk_size, g, with_init):
   """The Triton-formulated kernels (loop over chunks in-kernel), run in interpret mode."""
@@ -107,12 +122,45 @@ def test_gpu_kernel_matches_scan_oracle(l, chunk_size, g, with_init):
                         lowering="gpu")
 
 
-def test_tpu_memory_semantics():
+@pytest.mark.parametrize("dtype, l, h, p", [(jnp.float32, 20, 2, 8), (jnp.bfloat16, 300, 8, 128)])
+def test_tpu_memory_semantics(dtype, l, h, p):
   """pltpu.InterpretParams emulates TPU VMEM/HBM: NaN-filled uninitialized buffers, bounds
   checks, and write-back only when a block index changes (resident h0/h_last, dB/dC
-  accumulated over a group's heads)."""
-  _check_against_oracle(l=20, g=1, with_init=True, chunk_size=8, b=1, h=2, p=8, n=8, seed=3,
-                        interpret=pltpu.InterpretParams())
+  accumulated over a group's heads: h = 8, p = 128 in two head blocks; the state carried
+  across chunks and the last chunk overhanging the sequence: l = 300 is three)."""
+  _check_against_oracle(l=l, g=1, with_init=True, chunk_size=8, b=1, h=h, p=p, n=8, seed=3,
+                        dtype=dtype, interpret=pltpu.InterpretParams())
+
+
+def _kernel_dots(jaxpr, in_kernel=False):
+  """Every dot_general inside the pallas_calls of a jaxpr (and their control flow)."""
+  dots = []
+  for eqn in jaxpr.eqns:
+    if in_kernel and eqn.primitive.name == "dot_general":
+      dots.append(eqn)
+    for sub in jax_core.jaxprs_in_params(eqn.params):
+      dots += _kernel_dots(sub, in_kernel or eqn.primitive.name == "pallas_call")
+  return dots
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
+def test_mosaic_matmuls_take_input_dtype_accumulate_f32(dtype):
+  """The compiled TPU kernels (forward and backward) feed the MXU the inputs' dtype and
+  accumulate in float32."""
+  args, cotangents = _inputs(0, b=1, l=200, h=2, p=64, g=1, n=128, dtype=dtype,
+                             with_init=False)
+
+  def fwd_bwd(*args):
+    out, vjp = jax.vjp(lambda *a: ssd(*a, chunk_size=128, lowering="tpu", interpret=False),
+                       *args)
+    return out, vjp(cotangents)
+
+  dots = _kernel_dots(jax.make_jaxpr(fwd_bwd)(*args).jaxpr)
+  # forward: 4 matmuls; backward: 10 (see chunk_math.chunk_backward_t).
+  assert len(dots) == 14, len(dots)
+  for eqn in dots:
+    assert [v.aval.dtype for v in eqn.invars] == [dtype, dtype], eqn
+    assert eqn.outvars[0].aval.dtype == jnp.float32, eqn
 
 
 def test_bad_inputs_raise():

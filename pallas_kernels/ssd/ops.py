@@ -9,10 +9,13 @@ Contract (that of ``mdm_jax.ssm.ssd``), per head with state ``h_t`` of shape (p,
     -> y (b, l, h, p) in x.dtype, h_last (b, h, p, n) float32
 
 The caller's arrays are rearranged once into the kernels' layout (heads before length, per-step
-scalars as (chunk count, 1, chunk) rows) and zero-padded: the length to a multiple of the
-chunk with dt = 0 (decay 1, no input: the state passes through unchanged, so h_last is exact),
-p and n to the target's tile. All padding is sliced off again. dt, its cumulative sums and the
-states are float32 whatever the input dtype.
+scalars as (chunk count, 1, chunk) rows; on TPU x, y and their cotangents transposed to
+(b, h, p, length), time on lanes, so that the head dim is not padded to 128 lanes) and
+zero-padded: the length to a multiple of the chunk with dt = 0 (decay 1, no input: the state
+passes through unchanged, so h_last is exact; on TPU only dt's rows and a sequence shorter
+than one chunk, longer ones overhang the last chunk instead), p and n to the target's tile.
+All padding is sliced off again. dt, its cumulative sums and the states are float32 whatever
+the input dtype.
 
 The backward is a second pair of Pallas kernels (``jax.custom_vjp``): a reverse walk over chunks
 carrying the state cotangent; the forward saves only the state entering each chunk
@@ -55,13 +58,16 @@ def _next_pow2(v):
   return 1 << max(v - 1, 0).bit_length()
 
 
-def _make_plan(chunk_size, p, n, itemsize, lowering, interpret):
+def _make_plan(chunk_size, l, p, n, itemsize, lowering, interpret):
   if lowering == "tpu":
     # TPU tile: minor (lane) dims multiples of 128; second-minor dims multiples of 8 rows of
-    # 32 bits, i.e. 16 for bf16 (``itemsize`` is the narrowest of x, B and C).
+    # 32 bits, i.e. 16 for bf16 (``itemsize`` is the narrowest of x, B and C). The chunk is
+    # on lanes (x transposed) and on sublanes (B, C): a multiple of 128, or, when the whole
+    # length fits in one chunk, that length (a block spanning a whole dimension may be any
+    # multiple of the sublane tile). p is on sublanes, n on lanes.
     sublanes = 8 * max(1, 4 // itemsize)
-    return _Plan(_round_up(chunk_size, sublanes), _round_up(p, 128), _round_up(n, 128),
-                 lowering, interpret)
+    chunk = min(_round_up(chunk_size, 128), _round_up(l, sublanes))
+    return _Plan(chunk, _round_up(p, sublanes), _round_up(n, 128), lowering, interpret)
   # Triton: every loaded tensor a power of two per dimension, and >= 16 for tl.dot.
   return _Plan(max(16, _next_pow2(chunk_size)), max(16, _next_pow2(p)), max(16, _next_pow2(n)),
                lowering, interpret)
@@ -82,15 +88,40 @@ def _from_seq_layout(v, l, d):
   return jnp.swapaxes(v[:, :, :l, :d], 1, 2)
 
 
+def _head_layout(v, length, plan):
+  """x, dy (b, l, h, p) -> the kernels' layout: (b, h, p, length) on TPU (time on lanes), else
+  (b, h, length, p); zero-padded."""
+  if plan.lowering == "tpu":
+    v = jnp.transpose(v, (0, 2, 3, 1))
+    return _pad_to(v, v.shape[:2] + (plan.head_dim, length))
+  return _seq_layout(v, length, plan.head_dim)
+
+
+def _from_head_layout(v, l, p, plan):
+  """Inverse of ``_head_layout``: -> (b, l, h, p)."""
+  if plan.lowering == "tpu":
+    return jnp.transpose(v[:, :, :p, :l], (0, 3, 1, 2))
+  return _from_seq_layout(v, l, p)
+
+
+def _seq_length(l, plan):
+  """Length of the kernels' x, B and C: on TPU l itself (the last chunk's blocks overhang it,
+  see ``tpu.py``) unless it is one chunk; else whole chunks."""
+  if plan.lowering == "tpu" and l > plan.chunk:
+    return l
+  return _round_up(l, plan.chunk)
+
+
 def _kernel_inputs(x, dt, A, B, C, plan):
-  """The kernels' layout: see ``tpu.forward``."""
+  """The kernels' layout: see ``tpu.forward`` and ``gpu.forward``."""
   b, l, h, _ = x.shape
   q = plan.chunk
   lp = _round_up(l, q)
   dtk = _pad_to(jnp.swapaxes(dt.astype(_F32), 1, 2), (b, h, lp)).reshape(b, h, lp // q, 1, q)
   ak = dtk * A.astype(_F32)[None, :, None, None, None]
-  return (_seq_layout(x, lp, plan.head_dim), dtk, ak, _seq_layout(B, lp, plan.state_dim),
-          _seq_layout(C, lp, plan.state_dim))
+  ls = _seq_length(l, plan)
+  return (_head_layout(x, ls, plan), dtk, ak, _seq_layout(B, ls, plan.state_dim),
+          _seq_layout(C, ls, plan.state_dim))
 
 
 def _kernels(plan):
@@ -103,7 +134,7 @@ def _forward(x, dt, A, B, C, h0, plan):
   inputs = _kernel_inputs(x, dt, A, B, C, plan)
   h0k = _pad_to(h0, (b, h, plan.head_dim, plan.state_dim))
   y, h_enter, h_last = _kernels(plan).forward(*inputs, h0k, interpret=plan.interpret)
-  return (_from_seq_layout(y, l, p), h_last[:, :, :p, :n]), h_enter
+  return (_from_head_layout(y, l, p, plan), h_last[:, :, :p, :n]), h_enter
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
@@ -122,7 +153,7 @@ def _ssd_bwd(plan, residuals, cotangents):
   b, l, h, p = x.shape
   g, n = B.shape[2], B.shape[3]
   xk, dtk, ak, bk, ck = _kernel_inputs(x, dt, A, B, C, plan)
-  dyk = _seq_layout(dy, xk.shape[2], plan.head_dim)
+  dyk = _head_layout(dy, bk.shape[2], plan)
   dhk = _pad_to(dh_last.astype(_F32), (b, h, plan.head_dim, plan.state_dim))
   dx, db, dc, ddt, da, dh0 = _kernels(plan).backward(
       xk, dtk, ak, bk, ck, h_enter, dyk, dhk, interpret=plan.interpret)
@@ -133,7 +164,8 @@ def _ssd_bwd(plan, residuals, cotangents):
   ddt = ddt + da * A.astype(_F32)[None, :, None, None, None]
   dA = jnp.sum(da * dtk, axis=(0, 2, 3, 4))
   ddt = jnp.swapaxes(ddt.reshape(b, h, -1)[:, :, :l], 1, 2)
-  return (_from_seq_layout(dx, l, p).astype(x.dtype), ddt.astype(dt.dtype), dA.astype(A.dtype),
+  return (_from_head_layout(dx, l, p, plan).astype(x.dtype), ddt.astype(dt.dtype),
+          dA.astype(A.dtype),
           _from_seq_layout(db, l, n).astype(B.dtype), _from_seq_layout(dc, l, n).astype(C.dtype),
           dh0[:, :, :p, :n])
 
@@ -150,8 +182,9 @@ def ssd(x, dt, A, B, C, *, chunk_size: int, initial_state: Optional[jax.Array] =
     dt: (b, l, h) positive step sizes.
     A: (h,) negative decay rates.
     B, C: (b, l, g, n) input and output projections; h % g == 0.
-    chunk_size: tokens per chunk (rounded up to the target's tile; the result does not depend
-      on it beyond float rounding).
+    chunk_size: tokens per chunk (rounded up to the target's tile: on TPU a multiple of 128,
+      or the whole length when shorter; the result does not depend on it beyond float
+      rounding).
     initial_state: (b, h, p, n) state before the first token, or None for zeros.
     interpret: None (interpret on CPU, compile elsewhere), a bool, or a
       ``pltpu.InterpretParams()`` to emulate TPU memory semantics (TPU lowering only).
@@ -174,9 +207,9 @@ def ssd(x, dt, A, B, C, *, chunk_size: int, initial_state: Optional[jax.Array] =
   if isinstance(interpret, pltpu.InterpretParams) and lowering != "tpu":
     raise ValueError("ssd: pltpu.InterpretParams emulates TPU memory; use lowering='tpu' with it,"
                      " or interpret=True for the GPU kernel")
-  b, _, h, p = x.shape
+  b, l, h, p = x.shape
   itemsize = min(jnp.dtype(v.dtype).itemsize for v in (x, B, C))
-  plan = _make_plan(chunk_size, p, B.shape[3], itemsize, lowering, interpret)
+  plan = _make_plan(chunk_size, l, p, B.shape[3], itemsize, lowering, interpret)
   h0 = (jnp.zeros((b, h, p, B.shape[3]), _F32) if initial_state is None
         else initial_state.astype(_F32))
   return _ssd(x, dt, A, B, C, h0, plan)
