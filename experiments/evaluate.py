@@ -50,6 +50,7 @@ import dataclasses
 import json
 import os
 import time
+import zipfile
 
 from absl import app, flags, logging
 from etils import epath
@@ -95,20 +96,30 @@ def define_flags():
                     "empty: only the --samples file against the reference).")
   flags.DEFINE_string("inception_weights", None, "InceptionV3 weights (.npz or .safetensors, "
                       "PyTorch state_dict keys; see mdm_jax.evaluation.inception).")
+  flags.DEFINE_string("out_dir", None, "Where eval.json, the reference statistics and the "
+                      "digits classifier are cached and written (default: the workdir; pass a "
+                      "writable folder to evaluate a read-only workdir).")
   flags.DEFINE_string("samples", None, "With --ref_batch or --ref_split: the samples to score (an .npz of "
                       "experiments.sample, arr_0 or images); default: the class2img samples "
                       "generated here.")
 
-REFERENCE_CACHE = "reference_stats"   # under the workdir
+REFERENCE_CACHE = "reference_stats"   # under the output folder
+EVAL_JSON = "eval.json"
+K = 3   # precision / recall's k-NN: each set needs more than K images
 
 
-def reference_statistics(workdir, extractor, inception_weights: str, *, config,
+class EvaluateUsageError(ValueError):
+  """A bad input, option or output folder, found before any sample is drawn."""
+
+
+def reference_statistics(out_dir, extractor, inception_weights: str, *, config,
                          ref_batch: str | None = None, ref_split: str | None = None,
-                         ref_num: int | None = None, batch: int = 100):
+                         ref_num: int | None = None, batch: int = 100, workdir=None):
   """InceptionV3 statistics of the reference set: an ADM reference batch (its own mu/sigma
   when it has them, as ADM's evaluator) or the first ``ref_num`` images of a split of the
-  run's dataset at the model's resolution. Computed once, then read from
-  ``workdir/reference_stats/`` (keyed by the reference and the weights file's digest).
+  run's dataset at the model's resolution. Computed once and cached in
+  ``out_dir/reference_stats/`` (keyed by the reference and the weights file's digest); a cache
+  in ``workdir/reference_stats/`` is read too (a read-only workdir evaluated with --out_dir).
 
   Returns (ReferenceStats, a dict of what was used, for eval.json)."""
   from data import pipeline
@@ -136,13 +147,32 @@ def reference_statistics(workdir, extractor, inception_weights: str, *, config,
         data_dir=d.data_dir, batch_size=batch))
     compute = lambda: reference_stats.stats_from_batches(extract, batches)
     info = {"reference": f"{d.name}/{ref_split}"}
-  path = epath.Path(workdir) / REFERENCE_CACHE / name
   t0 = time.time()
-  stats, was_cached = reference_stats.cached(path, key, compute)
+  path = epath.Path(out_dir) / REFERENCE_CACHE / name
+  stats = None
+  for folder in dict.fromkeys(f for f in (out_dir, workdir) if f is not None):
+    stats = reference_stats.load(epath.Path(folder) / REFERENCE_CACHE / name, key)
+    if stats is not None:
+      path = epath.Path(folder) / REFERENCE_CACHE / name
+      break
+  was_cached = stats is not None
+  if not was_cached:
+    stats = compute()
+    _try_to_cache(lambda: reference_stats.save(path, key, stats), path)
   logging.info("reference statistics of %s (%d images): %s in %.1fs", info["reference"],
                stats.count, "read from " + os.fspath(path) if was_cached else "computed",
                time.time() - t0)
   return stats, dict(info, reference_cache=os.fspath(path), reference_cached=was_cached)
+
+
+def _try_to_cache(save, path) -> None:
+  """A cache that cannot be written (disk full, ...) costs the next run time, not this one's
+  results: a warning, not an error."""
+  try:
+    save()
+  except OSError as e:
+    logging.warning("could not cache %s (%s: %s); it is computed again next time", path,
+                    type(e).__name__, e)
 
 
 def reference_metrics(samples: np.ndarray, ref: reference_stats.ReferenceStats, extractor, *,
@@ -158,38 +188,165 @@ def reference_metrics(samples: np.ndarray, ref: reference_stats.ReferenceStats, 
           "num_reference": ref.count}
 
 
-def classifier(workdir):
-  path = os.fspath(epath.Path(workdir) / "digits_classifier.npz")
-  if epath.Path(path).exists():
-    return digits_classifier.load_digits_classifier(path)
+DIGITS_CLASSIFIER = "digits_classifier.npz"
+
+
+def classifier(out_dir, workdir=None):
+  """The digits classifier cached in ``out_dir`` (or ``workdir``), else trained (seed 0) and
+  cached in ``out_dir``; an unreadable cache is trained again."""
+  for folder in dict.fromkeys(f for f in (out_dir, workdir) if f is not None):
+    path = epath.Path(folder) / DIGITS_CLASSIFIER
+    if path.exists():
+      try:
+        return digits_classifier.load_digits_classifier(os.fspath(path))
+      except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        logging.warning("%s is unreadable (%s: %s): training the classifier again", path,
+                        type(e).__name__, e)
   params = digits_classifier.train_digits_classifier(seed=0)
-  digits_classifier.save_digits_classifier(params, path)
+  path = epath.Path(out_dir) / DIGITS_CLASSIFIER
+  tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+  _try_to_cache(lambda: (digits_classifier.save_digits_classifier(params, os.fspath(tmp)),
+                         tmp.replace(path)), path)
   return params
 
 
 EVAL_TASKS = tasks_lib.TASKS   # every trained task has its metrics
 
 
+def check_options(*, per_class, num_heldout, batch, tasks, text_draws, vqa_temperature,
+                  ref_batch, ref_split, ref_num, inception_weights, samples) -> None:
+  """The option combinations that cannot work, refused before anything is loaded."""
+  def bad(message):
+    raise EvaluateUsageError(message)
+  unknown = [t for t in tasks if t not in EVAL_TASKS]
+  if unknown:
+    bad(f"unknown --tasks {unknown}; choose from {','.join(EVAL_TASKS)}")
+  for name, value in (("per_class", per_class), ("batch", batch), ("text_draws", text_draws),
+                      ("num_heldout", num_heldout)):
+    if value is not None and value < 1:
+      bad(f"--{name}={value} must be >= 1")
+  if vqa_temperature < 0:
+    bad(f"--vqa_temperature={vqa_temperature} must be >= 0 (0: greedy)")
+  if ref_batch is not None and ref_split is not None:
+    bad("pass one reference: --ref_batch (an ADM .npz) or --ref_split (a split of the run's "
+        "dataset), not both")
+  has_ref = ref_batch is not None or ref_split is not None
+  if has_ref != (inception_weights is not None):
+    bad("--inception_weights goes with --ref_batch or --ref_split: FID against a reference "
+        "needs both the reference and the InceptionV3 weights file")
+  if samples is not None and not has_ref:
+    bad("--samples is scored against --ref_batch or --ref_split: pass one (and "
+        "--inception_weights)")
+  if ref_num is not None and ref_split is None:
+    bad(f"--ref_num={ref_num} counts the images of --ref_split; pass --ref_split too, or leave "
+        "--ref_num out")
+  if ref_num is not None and ref_num <= K:
+    bad(f"--ref_num={ref_num}: precision / recall (k={K}) need more than {K} reference images")
+  if has_ref and samples is None and "class2img" not in tasks:
+    bad("nothing to score against the reference: pass --samples, or keep class2img in --tasks")
+
+
+def check_files(*, inception_weights, ref_batch, samples):
+  """The input files, read (the reference batch and samples: their headers only). Returns the
+  InceptionV3 feature extractor (None without --inception_weights)."""
+  extractor = None
+  if inception_weights is not None:
+    try:
+      extractor = inception.InceptionFeatureExtractor(inception_weights)
+    except (OSError, ValueError, ImportError) as e:
+      raise EvaluateUsageError(f"--inception_weights={inception_weights}: {e}") from None
+  for flag, path in (("ref_batch", ref_batch), ("samples", samples)):
+    if path is None:
+      continue
+    try:
+      n = reference_batch.check_reference_batch(path)[0]
+    except (OSError, ValueError) as e:
+      raise EvaluateUsageError(f"--{flag}={path}: {e}") from None
+    if n <= K:
+      raise EvaluateUsageError(f"--{flag}={path} holds {n} images: precision / recall "
+                               f"(k={K}) need more than {K}")
+  return extractor
+
+
+def check_writable(out_dir) -> None:
+  """Writes and removes a probe file in ``out_dir``: the only test that holds for root, for
+  read-only mounts and for object stores alike (permission bits and os.access say neither)."""
+  folder = epath.Path(out_dir)
+  probe = folder / f".eval-write-probe-{os.getpid()}"
+  try:
+    folder.mkdir(parents=True, exist_ok=True)
+    probe.write_text("")
+    probe.unlink()
+  except Exception as e:  # noqa: BLE001  (object stores raise their own error types)
+    raise EvaluateUsageError(
+        f"cannot write to {os.fspath(folder)} ({type(e).__name__}: {e}): eval.json and the "
+        "cached reference statistics / classifier go there. Pass --out_dir=A_WRITABLE_FOLDER "
+        "(the workdir is then only read), or make the folder writable") from None
+
+
+def check_run(run, *, tasks, per_class, num_heldout, samples, ref_split, ref_num,
+              has_ref) -> None:
+  """What depends on the reopened run: the reference split and the sample counts the metrics
+  need."""
+  from data import pipeline
+  config = run.config
+  weights = dict(zip(tasks_lib.TASKS, config.loss.task_weights))
+  num_classes = run.trainer.model_cfg.num_classes
+  if ref_split is not None:
+    try:
+      n = pipeline.split_size(config.data.name, split=ref_split, data_dir=config.data.data_dir)
+    except Exception as e:  # noqa: BLE001  (tfds, folder and digits each raise their own)
+      raise EvaluateUsageError(f"--ref_split={ref_split}: the run's dataset "
+                               f"{config.data.name} cannot open it ({type(e).__name__}: {e}); "
+                               "pass one of its splits (e.g. test, validation)") from None
+    n = n if ref_num is None else min(ref_num, n)
+    if n <= K:
+      raise EvaluateUsageError(f"--ref_split={ref_split} has {n} images: precision / recall "
+                               f"(k={K}) need more than {K}")
+  sampled = "class2img" in tasks and weights["class2img"] > 0 and samples is None
+  if has_ref and samples is None and not sampled:
+    raise EvaluateUsageError("nothing to score against the reference: this run did not train "
+                             "class2img (its task weight is 0); pass --samples")
+  if sampled and (has_ref or config.data.name == "digits") and per_class * num_classes <= K:
+    raise EvaluateUsageError(f"--per_class={per_class} x {num_classes} classes: precision / "
+                             f"recall (k={K}) need more than {K} samples")
+  if sampled and config.data.name == "digits":
+    if per_class < 2:
+      raise EvaluateUsageError(f"--per_class={per_class}: the digits' within-class diversity "
+                               "is a spread over each digit's samples and needs >= 2; pass "
+                               "--per_class=2 or more")
+    if num_heldout is not None and num_heldout <= K:
+      raise EvaluateUsageError(f"--num_heldout={num_heldout}: the digits' FID / precision / "
+                               f"recall compare the samples with the held-out images and need "
+                               f"more than {K}")
+
+
 def evaluate(workdir: str, *, per_class=30, num_heldout=None, batch=100, overrides=None,
              tasks=EVAL_TASKS, write=True, vqa_temperature=0.0,
              text_draws=16,
              ref_batch=None, ref_split=None, ref_num=None, inception_weights=None,
-             samples=None):
+             samples=None, out_dir=None, show=None):
+  """Samples what ``tasks`` need from ``workdir``'s checkpoint and scores them (module
+  docstring). Every input, option and the output folder is checked before the first sample
+  (EvaluateUsageError). ``show(results)`` (the CLI's table) runs before anything is written;
+  ``write`` merges the results into ``out_dir/eval.json`` (default: the workdir's)."""
   from data import pipeline
-  if ref_batch is not None and ref_split is not None:
-    raise ValueError("pass one reference: --ref_batch (an ADM .npz) or --ref_split (a split of "
-                     "the run's dataset), not both")
+  tasks = tuple(tasks)
+  check_options(per_class=per_class, num_heldout=num_heldout, batch=batch, tasks=tasks,
+                text_draws=text_draws, vqa_temperature=vqa_temperature, ref_batch=ref_batch,
+                ref_split=ref_split, ref_num=ref_num, inception_weights=inception_weights,
+                samples=samples)
   has_ref = ref_batch is not None or ref_split is not None
-  if has_ref != (inception_weights is not None):
-    raise ValueError("--inception_weights goes with --ref_batch or --ref_split: FID against a "
-                     "reference needs both the reference and the InceptionV3 weights file")
-  if samples is not None and not has_ref:
-    raise ValueError("--samples is scored against --ref_batch or --ref_split: pass one (and "
-                     "--inception_weights)")
-  unknown = [t for t in tasks if t not in EVAL_TASKS]
-  if unknown:
-    raise ValueError(f"unknown --tasks {unknown}; choose from {EVAL_TASKS}")
+  extractor = check_files(inception_weights=inception_weights, ref_batch=ref_batch,
+                          samples=samples)
+  out_dir = workdir if out_dir is None else out_dir
+  if write or has_ref:
+    check_writable(out_dir)
+  if write:
+    read_eval_json(out_dir)   # an unreadable one is set aside now, with its warning
   run = open_run(workdir, overrides)
+  check_run(run, tasks=tasks, per_class=per_class, num_heldout=num_heldout, samples=samples,
+            ref_split=ref_split, ref_num=ref_num, has_ref=has_ref)
   pipe = api.Pipeline(run, batch_size=batch)
   config, tok, mc = run.config, run.tokenizer, run.trainer.model_cfg
   weights = dict(zip(tasks_lib.TASKS, config.loss.task_weights))
@@ -211,11 +368,11 @@ def evaluate(workdir: str, *, per_class=30, num_heldout=None, batch=100, overrid
     images, _ = pipe.generate("class2img", len(labels), seed=seed, labels=labels)
     results["class2img_seconds"] = time.time() - t0
     if is_digits:
-      params = classifier(workdir)
-      extractor = digits_classifier.DigitsFeatureExtractor(params)
+      params = classifier(out_dir, workdir)
+      digits_features = digits_classifier.DigitsFeatureExtractor(params)
       results["class_accuracy"] = float(digits_classifier.digits_accuracy(params, images, labels))
-      f_fake, logits = extractor.features(images)
-      f_real, _ = extractor.features(heldout_images)
+      f_fake, logits = digits_features.features(images)
+      f_real, _ = digits_features.features(heldout_images)
       results["fid_digits"] = image_metrics.frechet_distance_from_features(f_real, f_fake)
       results["is_digits"] = image_metrics.inception_score(np.asarray(jax.nn.softmax(logits)))
       p, r = image_metrics.precision_recall(f_real, f_fake, k=3)
@@ -233,7 +390,7 @@ def evaluate(workdir: str, *, per_class=30, num_heldout=None, batch=100, overrid
     # Prompts: the held-out captions, and separately every caption template of every digit
     # (repeated to about per_class samples per digit).
     from data import text_templates
-    params = classifier(workdir)
+    params = classifier(out_dir, workdir)
     t0 = time.time()
     templates = text_templates.DIGIT_CAPTION_TEMPLATES
     repeats = max(1, per_class // len(templates))
@@ -249,7 +406,7 @@ def evaluate(workdir: str, *, per_class=30, num_heldout=None, batch=100, overrid
     results["t2i_seconds"] = time.time() - t0
 
   if is_digits and tok is not None and weights["joint"] > 0 and "joint" in tasks:
-    params = classifier(workdir)
+    params = classifier(out_dir, workdir)
     t0 = time.time()
     images_joint, captions_joint = pipe.joint(per_class * mc.num_classes, seed=seed)
     predicted = digits_classifier.digits_predict(params, images_joint)
@@ -263,13 +420,9 @@ def evaluate(workdir: str, *, per_class=30, num_heldout=None, batch=100, overrid
       scored = reference_batch.load_reference_batch(samples).images
     elif images is not None:
       scored = api.to_uint8(images)
-    else:
-      raise ValueError("no samples to score against the reference: pass --samples, or keep "
-                       "class2img in --tasks")
-    extractor = inception.InceptionFeatureExtractor(inception_weights)
-    ref, info = reference_statistics(workdir, extractor, inception_weights, config=config,
+    ref, info = reference_statistics(out_dir, extractor, inception_weights, config=config,
                                      ref_batch=ref_batch, ref_split=ref_split, ref_num=ref_num,
-                                     batch=batch)
+                                     batch=batch, workdir=workdir)
     results.update(info)
     results.update(reference_metrics(scored, ref, extractor, batch=batch))
 
@@ -318,11 +471,45 @@ def evaluate(workdir: str, *, per_class=30, num_heldout=None, batch=100, overrid
     results["text_perplexity"] = perplexity.perplexity_from_elbo(nll, counts)
     results["text_perplexity_draws"] = text_draws
 
+  if show is not None:
+    show(results)
   if write:
-    path = epath.Path(workdir) / "eval.json"
-    previous = json.loads(path.read_text()) if path.exists() else None
-    path.write_text(json.dumps(merged_results(previous, results), indent=1))
+    write_eval_json(out_dir, results)
   return results
+
+
+def read_eval_json(out_dir) -> dict | None:
+  """``out_dir/eval.json``, or None when there is none. One that cannot be read (a truncated
+  write, hand edits) is set aside as ``eval.json.unreadable-<time>`` with a warning, so that it
+  never breaks an evaluation."""
+  path = epath.Path(out_dir) / EVAL_JSON
+  if not path.exists():
+    return None
+  try:
+    previous = json.loads(path.read_text())
+    if isinstance(previous, dict):
+      return previous
+    problem = f"holds a JSON {type(previous).__name__}, not an object"
+  except (ValueError, UnicodeDecodeError) as e:
+    problem = f"is not valid JSON ({e})"
+  aside = path.parent / f"{EVAL_JSON}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}"
+  path.replace(aside)
+  logging.warning("%s %s: set aside as %s; this evaluation writes a new %s", os.fspath(path),
+                  problem, os.fspath(aside), EVAL_JSON)
+  return None
+
+
+def write_eval_json(out_dir, results: dict) -> epath.Path:
+  """Merges ``results`` into ``out_dir/eval.json`` (``merged_results``), atomically: written to
+  a temporary file, then renamed over it, so a killed write leaves the old file whole. On an
+  object store (gs://) the rename is a copy + delete, still never a half-written eval.json (an
+  object appears only when its upload completes)."""
+  path = epath.Path(out_dir) / EVAL_JSON
+  merged = merged_results(read_eval_json(out_dir), results)
+  tmp = path.parent / f".{EVAL_JSON}.tmp-{os.getpid()}"
+  tmp.write_text(json.dumps(merged, indent=1))
+  tmp.replace(path)
+  return path
 
 
 def merged_results(previous: dict | None, results: dict) -> dict:
@@ -343,13 +530,19 @@ def main(argv):
   distributed.refuse_multiple_processes("experiments.evaluate")
   overrides = sampler_overrides(FLAGS.steps, FLAGS.cfg, caption_guidance=FLAGS.caption_cfg,
                                 joint_order=FLAGS.joint_order)
-  results = evaluate(FLAGS.workdir, per_class=FLAGS.per_class, num_heldout=FLAGS.num_heldout,
-                     batch=FLAGS.batch, overrides=overrides,
-                     vqa_temperature=FLAGS.vqa_temperature, ref_batch=FLAGS.ref_batch,
-                     ref_split=FLAGS.ref_split, ref_num=FLAGS.ref_num,
-                     tasks=tuple(FLAGS.tasks), inception_weights=FLAGS.inception_weights,
-                     samples=FLAGS.samples,
-                     text_draws=FLAGS.text_draws)
+  try:
+    evaluate(FLAGS.workdir, per_class=FLAGS.per_class, num_heldout=FLAGS.num_heldout,
+             batch=FLAGS.batch, overrides=overrides, vqa_temperature=FLAGS.vqa_temperature,
+             ref_batch=FLAGS.ref_batch, ref_split=FLAGS.ref_split, ref_num=FLAGS.ref_num,
+             tasks=tuple(FLAGS.tasks), inception_weights=FLAGS.inception_weights,
+             samples=FLAGS.samples, text_draws=FLAGS.text_draws, out_dir=FLAGS.out_dir,
+             show=print_table)
+  except EvaluateUsageError as e:
+    raise app.UsageError(str(e)) from None
+
+
+def print_table(results: dict) -> None:
+  """The results as a markdown table, then a few examples of each generated text."""
   print(f"\n| metric | value |\n|---|---|")
   for k, v in results.items():
     if isinstance(v, float):
@@ -360,7 +553,7 @@ def main(argv):
     print(f"| vqa_accuracy: {question} | {acc:.4f} |")
   for k in ("caption_examples", "vqa_examples", "joint_examples"):
     for row in results.get(k, [])[:5]:
-      print(f"  {k[:-9]}: {row}")
+      print(f"  {k[:-9]}: {row}", flush=True)
 
 
 if __name__ == "__main__":
