@@ -314,8 +314,8 @@ def no_sampling(monkeypatch):
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(per_class=1), "--per_class=1: the digits' within-class diversity .* needs >= 2"),
-    (dict(per_class=2, num_heldout=3), "--num_heldout=3: the digits' FID"),
+    (dict(per_class=1), "--per_class=1: the within-class diversity .* needs >= 2"),
+    (dict(per_class=2, num_heldout=3), "--num_heldout=3: the classifier's FID"),
     (dict(tasks=(), ref_split="validation", samples="SAMPLES"),
      "--ref_split=validation: the run's dataset digits cannot open it .*Unknown digits split"),
     (dict(tasks=(), ref_split="test", ref_num=4, samples="SAMPLES", out_dir="FILE/out"),
@@ -338,7 +338,7 @@ def test_evaluate_refuses_before_sampling(workdir, tmp_path, no_sampling, kwargs
 def test_evaluate_per_class_1_is_a_usage_error_before_any_sample(workdir, cache):
   proc = run_module("experiments.evaluate", f"--workdir={workdir}", "--per_class=1",
                     cache=cache)
-  assert proc.returncode != 0 and "--per_class=1: the digits' within-class" in proc.stderr
+  assert proc.returncode != 0 and "--per_class=1: the within-class" in proc.stderr
   assert "Traceback" not in proc.stderr and "class2img_seconds" not in proc.stdout
 
 

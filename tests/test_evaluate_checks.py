@@ -17,9 +17,6 @@ from experiments import evaluate as ev
 from experiments import sample_io
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OK = dict(per_class=30, num_heldout=None, batch=100, tasks=ev.EVAL_TASKS, text_draws=16,
-          vqa_temperature=0.0, ref_batch=None, ref_split=None, ref_num=None,
-          inception_weights=None, samples=None)
 
 
 @pytest.mark.parametrize("change,match", [
@@ -41,13 +38,13 @@ OK = dict(per_class=30, num_heldout=None, batch=100, tasks=ev.EVAL_TASKS, text_d
 ])
 def test_option_combinations_that_cannot_work_are_refused(change, match):
   with pytest.raises(ev.EvaluateUsageError, match=match):
-    ev.check_options(**{**OK, **change})
+    ev.check_options(ev.Options(**change))
 
 
 def test_the_default_options_and_a_reference_run_pass():
-  ev.check_options(**OK)
-  ev.check_options(**{**OK, "ref_split": "test", "ref_num": 4, "inception_weights": "w.npz",
-                      "tasks": (), "samples": "s.npz"})
+  ev.check_options(ev.Options())
+  ev.check_options(ev.Options(ref_split="test", ref_num=4, inception_weights="w.npz", tasks=(),
+                              samples="s.npz"))
 
 
 def test_input_files_are_read_before_any_work(tmp_path):
