@@ -34,8 +34,8 @@ gives ``fid``, ``inception_score``, ``precision_inception`` and ``recall_incepti
 from InceptionV3 pool_3 features; without ``--samples`` the class2img samples generated here are
 scored. ``--ref_split=validation`` (with ``--ref_num=N`` for its first N images) takes the
 reference from a split of the run's own dataset instead, at the model's resolution. Either
-way the reference's features and statistics are computed once and cached in the workdir's
-``reference_stats/``; ``--tasks=`` (empty) skips sampling to score only a ``--samples`` file.
+way the reference's features and statistics are computed once and cached in
+``reference_stats/`` of ``--out_dir`` (default: the workdir); ``--tasks=`` (empty) skips sampling to score only a ``--samples`` file.
 
 Every option, input file (weights, reference,
 samples) and the output folder is checked before the first sample is drawn; the table is
@@ -87,7 +87,7 @@ def define_flags():
   flags.DEFINE_string("ref_split", None, "A split of the run's own dataset (e.g. validation) "
                       "as the reference, at the model's resolution: FID / IS / precision / "
                       "recall against it, with --inception_weights. Its statistics are cached "
-                      "in the workdir's reference_stats/.")
+                      "in reference_stats/ of --out_dir (default: the workdir).")
   flags.DEFINE_integer("ref_num", None, "With --ref_split: its first N images (default: all).")
   flags.DEFINE_list("tasks", list(EVAL_TASKS), "The tasks to sample and score (comma-separated; "
                     "empty: only the --samples file against the reference).")
