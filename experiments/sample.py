@@ -137,8 +137,28 @@ def spec(task: str) -> tasks.Task:
   return tasks.SPECS["text" if task == INFILL else task]
 
 
+def outputs(task: str, out: str) -> tuple[str, ...]:
+  """The files ``--out`` names for ``task`` (beside them, images get a ``.png`` grid); a
+  UsageError when its suffix does not fit the task (image tasks: .npz; text tasks: .jsonl;
+  joint: a stem, or either suffix, for both files)."""
+  stem, suffix = os.path.splitext(os.fspath(out))
+  want = tuple(s for s, kinds in ((".npz", IMAGE_TASKS), (".jsonl", TEXT_TASKS))
+               if task in kinds)
+  if len(want) == 1 and suffix.lower() == want[0]:
+    return (os.fspath(out),)
+  if len(want) > 1 and suffix.lower() in ("", *want):
+    return tuple(stem + s for s in want)
+  if len(want) > 1:
+    fix = f"--out={stem} (writes {stem}.npz and {stem}.jsonl)"
+  else:
+    fix = f"--out={stem}{want[0]}"
+  raise app.UsageError(f"--out={out}: --task={FLAGS.task} writes "
+                       f"{' and '.join(want)} files; pass {fix}")
+
+
 def check_flags(task: str) -> None:
   """What can be checked before anything is loaded or compiled."""
+  outputs(task, FLAGS.out)
   if FLAGS.num < 1:
     raise app.UsageError(f"--num={FLAGS.num}: ask for at least one sample")
   if FLAGS.batch_size is not None and FLAGS.batch_size < 1:
@@ -192,9 +212,9 @@ class Shards:
   def write(self, b: int, arrays: dict) -> None:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    tmp = self.dir / f".batch_{b:06d}.npz.tmp"
+    tmp = self.dir / f".batch_{b:06d}.npz.tmp-{os.getpid()}"
     tmp.write_bytes(buf.getvalue())
-    tmp.rename(self.path(b))        # a killed write never leaves a batch that looks finished
+    tmp.replace(self.path(b))       # a killed write never leaves a batch that looks finished
 
   def read(self, b: int) -> dict:
     with np.load(io.BytesIO(self.path(b).read_bytes()), allow_pickle=False) as f:
@@ -263,6 +283,20 @@ def main(argv):
   task = TASK_NAMES[FLAGS.task]
   check_flags(task)
   distributed.maybe_initialize("auto")
+  lock = sample_io.OutputLock(_stem(FLAGS.out) + ".lock")
+  if jax.process_index() == 0:   # the one writer
+    try:
+      lock.acquire()
+    except sample_io.OutputLockedError as e:
+      raise app.UsageError(str(e)) from None
+  try:
+    _sample(task)
+  finally:
+    lock.release()
+
+
+def _sample(task: str) -> None:
+  """Generates the samples in batches (resuming finished ones), then merges them."""
   run = open_run(FLAGS.workdir, sampler_overrides(FLAGS.steps, FLAGS.cfg, FLAGS.temperature,
                                                   FLAGS.caption_cfg, FLAGS.joint_order))
   pipe = api.Pipeline(run, batch_size=FLAGS.batch_size)
@@ -348,7 +382,7 @@ def merge(shards: Shards, task: str, num_batches: int, num: int, prompts) -> Non
     rows += json.loads(str(part["rows"]))
     at += len(part["images"]) if "images" in part else len(json.loads(str(part["rows"])))
   if task in IMAGE_TASKS:
-    path = stem + ".npz"
+    path = outputs(task, FLAGS.out)[0]
     if FLAGS.format == "adm":
       with epath.Path(path).open("wb") as f:
         np.savez(f, arr_0=images, **({"arr_1": labels} if labels is not None else {}))
@@ -357,7 +391,7 @@ def merge(shards: Shards, task: str, num_batches: int, num: int, prompts) -> Non
     sample_io.save_grid(images[:GRID_MAX], stem + ".png", upscale=4)
     print(f"wrote {path} ({len(images)} images) and {stem}.png")
   if task in TEXT_TASKS:
-    path = stem + ".jsonl"
+    path = outputs(task, FLAGS.out)[-1]
     sample_io.save_jsonl(path, rows)
     print(f"wrote {path}")
     for row in rows[:8]:

@@ -1,4 +1,5 @@
-"""Writing what people look at: PNG sample grids, and the sample file formats.
+"""Writing what people look at: PNG sample grids, the sample file formats, and the lock that
+keeps one sampling process per output.
 
 Image outputs: ``.npz`` with ``images`` (uint8 NHWC) plus ``labels`` and/or ``prompts``.
 Text outputs: ``.jsonl``, one object per sample: ``index``, ``label``, ``question`` and
@@ -6,14 +7,21 @@ Text outputs: ``.jsonl``, one object per sample: ``index``, ``label``, ``questio
 """
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import math
+import os
+import socket
+import time
 from typing import Optional, Sequence
 
+from absl import logging
 from etils import epath
 import numpy as np
 from PIL import Image
+
+from mdm_jax.training.paths import is_local
 
 # Every writer takes a local path or any `etils.epath` path (gs://, ...) and creates its folder.
 
@@ -72,3 +80,71 @@ def _write(path: str, data: bytes) -> None:
   path = epath.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_bytes(data)
+
+
+class OutputLockedError(RuntimeError):
+  """Another live process writes the same output."""
+
+
+class OutputLock:
+  """One writer per output: ``<stem>.lock`` beside it, held with ``fcntl.flock`` while the
+  process samples (``with OutputLock(path): ...``).
+
+  The kernel releases a flock when its holder dies, so a killed run leaves no stale lock to
+  clear (the file itself is removed on release; a file left by a SIGKILL is simply taken).
+  Object stores (gs://) have no locks: there none is taken, with a warning.
+  """
+
+  def __init__(self, path):
+    self.path = epath.Path(path)
+    self._fd = None
+
+  def _holder(self, fd) -> str:
+    try:
+      return os.pread(fd, 400, 0).decode(errors="replace").strip() or "unknown"
+    except OSError:
+      return "unknown"
+
+  def acquire(self) -> None:
+    if not is_local(self.path):
+      logging.warning("%s is on an object store, which has no file locks: nothing stops a "
+                      "second sampling process writing the same --out there", self.path)
+      return
+    local = os.fspath(self.path)
+    os.makedirs(os.path.dirname(local) or ".", exist_ok=True)
+    for _ in range(3):
+      fd = os.open(local, os.O_RDWR | os.O_CREAT, 0o644)
+      try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except BlockingIOError:
+        holder = self._holder(fd)
+        os.close(fd)
+        raise OutputLockedError(
+            f"another sampling process writes this output (lock {local}, held by {holder}): "
+            "two writers of one --out would overwrite each other's batches. Wait for it to "
+            "finish, stop it, or pass another --out") from None
+      try:   # the holder we waited on may have removed the file: lock the one at the path
+        same = os.stat(local).st_ino == os.fstat(fd).st_ino
+      except FileNotFoundError:
+        same = False
+      if same:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                                  "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode(), 0)
+        self._fd = fd
+        return
+      os.close(fd)
+    raise OutputLockedError(f"could not take the output lock {local}; try again")
+
+  def release(self) -> None:
+    if self._fd is not None:
+      os.unlink(os.fspath(self.path))   # while still held: a waiter then retries on a new file
+      os.close(self._fd)
+      self._fd = None
+
+  def __enter__(self) -> "OutputLock":
+    self.acquire()
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.release()

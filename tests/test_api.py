@@ -303,6 +303,112 @@ def test_evaluate_against_a_dataset_split_caches_its_statistics(workdir, cache, 
   np.testing.assert_allclose(second["fid"], first["fid"] + 2048.0, rtol=1e-6)
 
 
+
+# ----------------------------------------------------------------------------- evaluate: checks first
+@pytest.fixture
+def no_sampling(monkeypatch):
+  """Building the sampling pipeline fails: a refusal must come before it."""
+  def refuse(*args, **kwargs):
+    raise AssertionError("evaluate reached sampling")
+  monkeypatch.setattr(api.Pipeline, "__init__", refuse)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(per_class=1), "--per_class=1: the within-class diversity .* needs >= 2"),
+    (dict(per_class=2, num_heldout=3), "--num_heldout=3: the classifier's FID"),
+    (dict(tasks=(), ref_split="validation", samples="SAMPLES"),
+     "--ref_split=validation: the run's dataset digits cannot open it .*Unknown digits split"),
+    (dict(tasks=(), ref_split="test", ref_num=4, samples="SAMPLES", out_dir="FILE/out"),
+     "cannot write to .*FILE/out .*--out_dir="),
+])
+def test_evaluate_refuses_before_sampling(workdir, tmp_path, no_sampling, kwargs, match):
+  from experiments import evaluate as ev
+  weights, samples = tmp_path / "w.npz", tmp_path / "s.npz"
+  if "samples" in kwargs:
+    _random_inception_weights(weights)
+    np.savez(samples, arr_0=np.zeros((8, *SIZE), np.uint8))
+    kwargs = dict(kwargs, samples=str(samples), inception_weights=str(weights))
+  if "out_dir" in kwargs:
+    (tmp_path / "FILE").write_text("")   # no folder can be made under a file, even by root
+    kwargs["out_dir"] = str(tmp_path / kwargs["out_dir"])
+  with pytest.raises(ev.EvaluateUsageError, match=match):
+    ev.evaluate(str(workdir), batch=BATCH, **kwargs)
+
+
+def test_evaluate_per_class_1_is_a_usage_error_before_any_sample(workdir, cache):
+  proc = run_module("experiments.evaluate", f"--workdir={workdir}", "--per_class=1",
+                    cache=cache)
+  assert proc.returncode != 0 and "--per_class=1: the within-class" in proc.stderr
+  assert "Traceback" not in proc.stderr and "class2img_seconds" not in proc.stdout
+
+
+def test_evaluate_prints_the_table_before_writing(workdir, monkeypatch):
+  """A write that fails (disk full) after the scoring: the results were shown first."""
+  from experiments import evaluate as ev
+  shown = []
+
+  def full(*args):
+    raise OSError(28, "No space left on device")
+  monkeypatch.setattr(ev, "write_eval_json", full)
+  with pytest.raises(OSError, match="No space left"):
+    ev.evaluate(str(workdir), tasks=("text",), num_heldout=2, text_draws=1, batch=2,
+                show=shown.append, overrides={"sample.steps": STEPS})
+  assert len(shown) == 1 and shown[0]["text_perplexity"] > 1.0
+
+
+def _tree(path):
+  return {os.path.relpath(os.path.join(d, f), path): os.stat(os.path.join(d, f)).st_mtime_ns
+          for d, _, files in os.walk(path) for f in files}
+
+
+def test_evaluate_a_read_only_workdir_with_out_dir(workdir, cache, tmp_path):
+  """The workdir bind-mounted read-only (a user and mount namespace: root cannot write there
+  either): refused before sampling with the fix named; with --out_dir, evaluated, eval.json
+  written there, a truncated eval.json found there set aside, and the workdir untouched."""
+  out = tmp_path / "out"
+  out.mkdir()
+  (out / "eval.json").write_text('{"step": 6, "conf')          # a killed plain write
+  args = (f"--workdir={workdir} --tasks=text --num_heldout=2 --text_draws=1 --batch=2 "
+          f"--steps={STEPS}")
+  py = f"{sys.executable} -m experiments.evaluate {args}"
+  script = (f"mount --bind {workdir} {workdir} && mount -o remount,ro,bind {workdir} && "
+            f"{{ touch {workdir}/probe && echo WRITABLE; "
+            f"{py}; echo RC1=$?; {py} --out_dir={out}; echo RC2=$?; }}")
+  before = _tree(workdir)
+  proc = subprocess.run(["unshare", "--map-root-user", "--mount", "sh", "-c", script], cwd=REPO,
+                        env=_env(cache), capture_output=True, text=True, timeout=600)
+  assert "RC2=" in proc.stdout, proc.stderr[-3000:]
+  assert "WRITABLE" not in proc.stdout and "RC1=0" not in proc.stdout
+  assert f"cannot write to {workdir}" in proc.stderr and "--out_dir=" in proc.stderr
+  assert "RC2=0" in proc.stdout, proc.stderr[-3000:]
+  assert "| text_perplexity |" in proc.stdout
+  import json
+  result = json.loads((out / "eval.json").read_text())
+  assert result["step"] == 6 and result["text_perplexity"] > 1.0
+  aside = [f for f in os.listdir(out) if f.startswith("eval.json.unreadable-")]
+  assert len(aside) == 1 and "set aside as" in proc.stderr
+  assert _tree(workdir) == before
+
+
+# ----------------------------------------------------------------------------- sample: one writer, its file name
+def test_sample_refuses_a_wrong_suffix_and_a_second_writer(workdir, cache, tmp_path):
+  from experiments import sample_io
+  proc = run_module("experiments.sample", f"--workdir={workdir}", "--task=class",
+                    f"--out={tmp_path / 'c.txt'}", cache=cache)
+  assert proc.returncode != 0, proc.stderr[-2000:]
+  assert f"--task=class writes .npz files; pass --out={tmp_path / 'c.npz'}" in proc.stderr
+  text = run_module("experiments.sample", f"--workdir={workdir}", "--task=caption",
+                    f"--out={tmp_path / 'c.npz'}", cache=cache)
+  assert text.returncode != 0 and "writes .jsonl files" in text.stderr
+  assert os.listdir(tmp_path) == []
+  with sample_io.OutputLock(tmp_path / "x.lock"):    # another writer of x.npz
+    proc = run_module("experiments.sample", f"--workdir={workdir}", "--task=class",
+                      f"--out={tmp_path / 'x.npz'}", cache=cache)
+  assert proc.returncode != 0 and "another sampling process writes this output" in proc.stderr
+  assert f'"pid": {os.getpid()}' in proc.stderr and "Traceback" not in proc.stderr
+  assert os.listdir(tmp_path) == []
+
+
 def test_text_nll(pipe):
   from mdm_jax.evaluation import perplexity
   texts = ["seven, a handwritten digit", "two", "zero, number zero", "one", "five"]

@@ -12,7 +12,7 @@ its readings with the digit a text names:
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -40,15 +40,17 @@ def _readings(predicted, texts, what):
   return predicted
 
 
-def text_to_image_accuracy(predicted: np.ndarray, prompts: Sequence[str]) -> float:
+def text_to_image_accuracy(predicted: np.ndarray, prompts: Sequence[str], *,
+                           text_class: Callable[[str], int | None] | None = None) -> float:
   """Fraction of images read as the digit their prompt names.
 
   Args:
     predicted: int (n,), the classifier's reading of each image.
     prompts: n prompts, each naming exactly one digit.
+    text_class: the class a text names (None: none or several); default ``digit_named``.
   """
   predicted = _readings(predicted, prompts, "text_to_image_accuracy")
-  wanted = [digit_named(p) for p in prompts]
+  wanted = [(text_class or digit_named)(p) for p in prompts]
   bad = [p for p, w in zip(prompts, wanted) if w is None]
   if bad:
     raise ValueError(f"prompt {bad[0]!r} names no digit or several: text-to-image accuracy "
@@ -56,16 +58,19 @@ def text_to_image_accuracy(predicted: np.ndarray, prompts: Sequence[str]) -> flo
   return float(np.mean(predicted == np.asarray(wanted)))
 
 
-def joint_consistency(predicted: np.ndarray, captions: Sequence[str]) -> float:
+def joint_consistency(predicted: np.ndarray, captions: Sequence[str], *,
+                      text_class: Callable[[str], int | None] | None = None) -> float:
   """Fraction of joint samples whose image is read as the one digit its caption names.
 
   Args:
     predicted: int (n,), the classifier's reading of each joint image.
     captions: the n captions generated with them; one naming no digit or several counts as
       inconsistent.
+    text_class: the class a text names (None: none or several); default ``digit_named``.
   """
   predicted = _readings(predicted, captions, "joint_consistency")
-  return float(np.mean([digit_named(c) == int(p) for p, c in zip(predicted, captions)]))
+  text_class = text_class or digit_named
+  return float(np.mean([text_class(c) == int(p) for p, c in zip(predicted, captions)]))
 
 
 def _class_std(images: np.ndarray) -> float:

@@ -1,0 +1,316 @@
+"""Each evaluator of experiments.evaluators on its own, with a stand-in run, pipeline and class
+reader whose outputs are chosen here, so every score has a hand-counted value. The driver on a
+real trained run: tests/test_api.py."""
+from __future__ import annotations
+
+import dataclasses
+import types
+
+import numpy as np
+import pytest
+
+from experiments import evaluators as ev
+from mdm_jax import tasks as tasks_lib
+
+DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleCfg:
+  text_temperature: float = 1.0
+
+
+class Tokenizer:
+  """Token ids are word indices of a fixed vocabulary; decode joins the non-zero ones."""
+  vocab = ("", "a", "digit", "<sep>", *DIGITS)
+
+  def decode(self, ids):
+    return " ".join(self.vocab[i] for i in ids if i)
+
+  def ids(self, text, n=6):
+    out = [self.vocab.index(w) for w in text.split()]
+    return out + [0] * (n - len(out))
+
+  def encode_vqa(self, question, answer, max_len):
+    return np.asarray(self.ids("a a", max_len), np.int32), 2, None
+
+
+def make_run(data="digits", weights=None, tokenizer=True, num_classes=10):
+  weights = weights or {t: 1.0 for t in tasks_lib.TASKS}
+  config = types.SimpleNamespace(
+      data=types.SimpleNamespace(name=data, data_dir=None),
+      loss=types.SimpleNamespace(task_weights=[weights.get(t, 0.0) for t in tasks_lib.TASKS]))
+  trainer = types.SimpleNamespace(
+      model_cfg=types.SimpleNamespace(num_classes=num_classes, max_text_len=6),
+      sample_cfg=SampleCfg())
+  return types.SimpleNamespace(config=config, trainer=trainer, step=6,
+                               tokenizer=Tokenizer() if tokenizer else None)
+
+
+class Reader(ev.ClassReader):
+  """Reads an image's class from its first pixel (class / 10 in [0, 1)); features: the pixels."""
+
+  def predict(self, images):
+    return np.round(np.asarray(images, np.float64)[:, 0, 0, 0] * 10).astype(int)
+
+  def features(self, images):
+    x = np.asarray(images, np.float32).reshape(len(images), -1)
+    return x, np.zeros((len(images), 10), np.float32)
+
+  def text_class(self, text):
+    named = {DIGITS.index(w) for w in text.split() if w in DIGITS}
+    return next(iter(named)) if len(named) == 1 else None
+
+  def template_prompts(self, per_class):
+    return [f"{DIGITS[d]} digit" for d in range(10) for _ in range(per_class)]
+
+
+def image_of(label, rng, size=4):
+  x = rng.uniform(0, 1, (size, size, 1)).astype(np.float32)
+  x[0, 0, 0] = label / 10
+  return x
+
+
+def context(run=None, reader=True, heldout=None, **options):
+  ctx = ev.Context(run or make_run(), ev.Options(**options), workdir="/nonexistent",
+                   out_dir="/nonexistent")
+  ctx.heldout = heldout if heldout is not None else []
+  if reader:
+    ctx.reader = Reader()
+  else:
+    ctx.run.config.data.name = "no_reader_data"
+  return ctx
+
+
+def heldout_examples(n, rng):
+  return [{"index": i, "image": image_of(i % 10, rng), "label": i % 10,
+           "captions": [f"{DIGITS[i % 10]} digit", f"a {DIGITS[i % 10]}"],
+           "question": "a digit", "answer": DIGITS[i % 10]} for i in range(n)]
+
+
+# ----------------------------------------------------------------------------- which apply
+def test_each_evaluator_is_chosen_by_what_the_run_and_its_data_provide():
+  def names(ctx):
+    return [e.name for e in ev.EVALUATORS if e.applies(ctx)]
+  rng = np.random.default_rng(0)
+  full = context(heldout=heldout_examples(4, rng))
+  assert names(full) == ["class2img_samples", "class_accuracy", "t2i_accuracy",
+                         "joint_consistency", "captions", "vqa", "text_likelihood"]
+  # No class reader for the data: the classifier-read metrics drop out, captions stay.
+  assert names(context(reader=False, heldout=heldout_examples(4, rng))) == [
+      "class2img_samples", "captions", "vqa", "text_likelihood"]
+  # No tokenizer (class-to-image data): text tasks drop out whatever --tasks says.
+  assert names(context(run=make_run(tokenizer=False), heldout=heldout_examples(4, rng))) == [
+      "class2img_samples", "class_accuracy"]
+  # No questions in the data; a task weight of 0; --tasks; a reference; --samples.
+  no_q = [dict(e, question=None) for e in heldout_examples(4, rng)]
+  assert "vqa" not in names(context(heldout=no_q))
+  assert "captions" not in names(context(run=make_run(weights={"class2img": 1.0,
+                                                               "text": 1.0}),
+                                         heldout=heldout_examples(4, rng)))
+  assert names(context(heldout=heldout_examples(4, rng), tasks=("text",))) == [
+      "text_likelihood"]
+  assert names(context(tasks=("class2img",), ref_split="test",
+                       inception_weights="w.npz")) == [
+      "class2img_samples", "class_accuracy", "image_quality"]
+  assert names(context(tasks=("class2img",), ref_split="test", inception_weights="w.npz",
+                       samples="s.npz")) == ["image_quality"]
+
+
+# ----------------------------------------------------------------------------- class2img
+class Pipe:
+  """Records the calls; each output is made from what the test asks for."""
+
+  def __init__(self, rng, wrong=()):
+    self.rng, self.wrong, self.calls = rng, set(wrong), []
+
+  def generate(self, task, n, *, seed, labels=None, images=None, text=None, prompt_len=None,
+               sample_cfg=None):
+    self.calls.append((task, n, seed))
+    if task == "class2img":   # sample i shows class labels[i], except those in `wrong`
+      return np.stack([image_of((l + (i in self.wrong)) % 10, self.rng)
+                       for i, l in enumerate(labels)]), None
+    return None, self.tokens(task, n, sample_cfg)
+
+  def tokens(self, task, n, sample_cfg):
+    raise NotImplementedError
+
+
+def test_class_samples_and_their_accuracy():
+  rng = np.random.default_rng(0)
+  ctx = context(heldout=heldout_examples(40, rng), per_class=3)
+  ctx.pipe = Pipe(rng, wrong=(0, 7, 29))
+  out = ev.ClassSamples()(ctx)
+  assert ctx.pipe.calls == [("class2img", 30, ev.base.SEED)] and out["class2img_seconds"] >= 0
+  images, labels = ctx.products["class2img"]
+  np.testing.assert_array_equal(labels, np.repeat(np.arange(10), 3))
+  scores = ev.ClassAccuracy()(ctx)
+  assert scores["class_accuracy"] == pytest.approx(27 / 30)
+  for key in ("fid_digits", "is_digits", "precision", "recall", "diversity"):
+    assert np.isfinite(scores[key])
+  assert scores["is_digits"] == pytest.approx(1.0)        # uniform logits: IS = 1
+
+
+def test_class_accuracy_against_its_own_held_out_images_is_perfect():
+  """The held-out images as the samples: FID 0, precision = recall = 1, diversity 1."""
+  rng = np.random.default_rng(1)
+  heldout = heldout_examples(40, rng)
+  ctx = context(heldout=heldout, per_class=4)
+  ctx.products["class2img"] = (np.stack([e["image"] for e in heldout]),
+                               np.asarray([e["label"] for e in heldout]))
+  scores = ev.ClassAccuracy()(ctx)
+  assert scores["class_accuracy"] == 1.0 and abs(scores["fid_digits"]) < 1e-6
+  assert scores["precision"] == scores["recall"] == 1.0
+  assert scores["diversity"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("options,match", [(dict(per_class=1), "--per_class=1: the within"),
+                                           (dict(num_heldout=3), "--num_heldout=3")])
+def test_class_accuracy_refuses_counts_its_metrics_cannot_use(options, match):
+  with pytest.raises(ev.EvaluateUsageError, match=match):
+    ev.ClassAccuracy().check(context(**options))
+
+
+# ----------------------------------------------------------------------------- t2i, joint
+class ImagePipe:
+  """t2i: the image of the class the prompt names, except for the prompts in `wrong` (class
+  + 1); joint: images of classes `joint_classes` with `joint_captions`."""
+
+  def __init__(self, rng, reader, wrong=(), joint_classes=(), joint_captions=()):
+    self.rng, self.reader, self.wrong = rng, reader, set(wrong)
+    self.joint_classes, self.joint_captions = joint_classes, joint_captions
+
+  def text_to_image(self, prompts, seed):
+    return np.stack([image_of((self.reader.text_class(p) + (p in self.wrong)) % 10, self.rng)
+                     for p in prompts])
+
+  def joint(self, n, seed):
+    assert n == len(self.joint_classes)
+    return (np.stack([image_of(c, self.rng) for c in self.joint_classes]),
+            list(self.joint_captions))
+
+
+def test_text_to_image_accuracy():
+  rng = np.random.default_rng(2)
+  heldout = heldout_examples(4, rng)       # prompts: "zero digit" ... "three digit"
+  ctx = context(heldout=heldout, per_class=2)
+  ctx.pipe = ImagePipe(rng, ctx.reader, wrong=("one digit", "five digit"))
+  out = ev.TextToImageAccuracy()(ctx)
+  assert out["t2i_accuracy"] == pytest.approx(3 / 4)
+  assert out["t2i_accuracy_templates"] == pytest.approx(16 / 20)   # five and one wrong, twice each
+
+
+def test_joint_consistency():
+  rng = np.random.default_rng(3)
+  captions = ["seven digit", "two digit", "a digit", "one two", "nine"] * 2
+  classes = [7, 3, 2, 1, 9] * 2            # consistent: 1st and 5th of each five
+  ctx = context(per_class=1)
+  ctx.pipe = ImagePipe(rng, ctx.reader, joint_classes=classes, joint_captions=captions)
+  out = ev.JointConsistency()(ctx)
+  assert out["joint_consistency"] == pytest.approx(4 / 10)
+  assert out["joint_examples"][0] == {"read_as": 7, "text": "seven digit"}
+
+
+# ----------------------------------------------------------------------------- text tasks
+class TextPipe(Pipe):
+  """caption / vqa: the image's class word, except for the indices in `wrong`; text_nll:
+  the given bounds."""
+
+  def __init__(self, rng, heldout, wrong=(), nll=None):
+    super().__init__(rng, wrong)
+    self.heldout, self.nll, self.temperatures = heldout, nll, []
+
+  def tokens(self, task, n, sample_cfg):
+    tok = Tokenizer()
+    words = [DIGITS[(e["label"] + (i in self.wrong)) % 10] for i, e in enumerate(self.heldout)]
+    if task == "caption":   # the first reference, or a caption of the wrong digit
+      return np.stack([tok.ids(e["captions"][0] if i not in self.wrong else f"a {w} digit")
+                       for i, (e, w) in enumerate(zip(self.heldout, words))])
+    self.temperatures.append(sample_cfg.text_temperature)
+    return np.stack([tok.ids(f"a a {w}") for w in words])   # the answer after the prompt
+
+  def text_nll(self, texts, num_draws, seed):
+    assert texts == [e["captions"][0] for e in self.heldout]
+    return self.nll
+
+
+def test_captions():
+  rng = np.random.default_rng(4)
+  heldout = [dict(e, captions=[f"a {DIGITS[e['label']]} digit a digit"])   # BLEU-4: >= 4 words
+             for e in heldout_examples(5, rng)]
+  ctx = context(heldout=heldout)
+  ctx.heldout_images = np.stack([e["image"] for e in heldout])
+  ctx.pipe = TextPipe(rng, heldout)
+  out = ev.Captions()(ctx)                  # every caption is its first reference
+  assert out["bleu4"] == pytest.approx(1.0) and out["caption_accuracy"] == 1.0
+  ctx.pipe = TextPipe(rng, heldout, wrong=(1, 3))
+  assert ev.Captions()(ctx)["caption_accuracy"] == pytest.approx(3 / 5)
+  no_reader = context(reader=False, heldout=heldout)
+  no_reader.heldout_images, no_reader.pipe = ctx.heldout_images, ctx.pipe
+  assert "caption_accuracy" not in ev.Captions()(no_reader)
+
+
+@pytest.mark.parametrize("vqa_temperature,sampled", [(0.0, True), (1.0, False)])
+def test_vqa(vqa_temperature, sampled):
+  rng = np.random.default_rng(5)
+  heldout = heldout_examples(4, rng)
+  ctx = context(heldout=heldout, vqa_temperature=vqa_temperature)
+  ctx.heldout_images = np.stack([e["image"] for e in heldout])
+  ctx.pipe = TextPipe(rng, heldout, wrong=(2,))
+  out = ev.VQA()(ctx)
+  assert out["vqa_accuracy"] == pytest.approx(3 / 4)
+  assert out["vqa_accuracy_by_question"] == {"a digit": pytest.approx(3 / 4)}
+  assert out["vqa_examples"][2] == {"question": "a digit", "reference": "two", "text": "three"}
+  assert ("vqa_accuracy_sampled" in out) == sampled
+  assert ctx.pipe.temperatures == ([vqa_temperature, 1.0] if sampled else [vqa_temperature])
+
+
+def test_text_likelihood():
+  rng = np.random.default_rng(6)
+  heldout = heldout_examples(2, rng)
+  ctx = context(heldout=heldout, text_draws=3)
+  ctx.pipe = TextPipe(rng, heldout, nll=(np.array([2.0, 4.0]), np.array([1, 3])))
+  out = ev.TextLikelihood()(ctx)
+  assert out["text_bits_per_token"] == pytest.approx(6 / 4 / np.log(2))
+  assert out["text_perplexity"] == pytest.approx(np.exp(6 / 4))
+  assert out["text_perplexity_draws"] == 3
+
+
+# ----------------------------------------------------------------------------- image quality
+class PixelFeatures:
+  """A stand-in InceptionV3: the pixels as features (uint8 images), uniform logits."""
+
+  def features(self, images):
+    x = np.asarray(images, np.float32).reshape(len(images), -1) / 255
+    return x, np.zeros((len(images), 10), np.float32)
+
+
+def test_image_quality_against_a_reference_batch_and_its_cache(tmp_path):
+  """The reference scored against itself: FID ~0, precision = recall = 1; its statistics are
+  cached in out_dir, and a cache in the (read-only) workdir is read, not recomputed."""
+  rng = np.random.default_rng(7)
+  ref = tmp_path / "ref.npz"
+  np.savez(ref, arr_0=rng.integers(0, 256, (12, 4, 4, 1), dtype=np.uint8))
+  weights = tmp_path / "weights.npz"
+  np.savez(weights, w=np.zeros(1))
+  out_dir, workdir = tmp_path / "out", tmp_path / "wd"
+  ctx = ev.Context(make_run(), ev.Options(tasks=(), ref_batch=str(ref), samples=str(ref),
+                                          inception_weights=str(weights), batch=5),
+                   workdir=str(workdir), out_dir=str(out_dir), inception=PixelFeatures())
+  first = ev.ImageQuality()(ctx)
+  assert abs(first["fid"]) < 1e-6 and first["inception_score"] == pytest.approx(1.0)
+  assert first["precision_inception"] == first["recall_inception"] == 1.0
+  assert first["num_samples"] == first["num_reference"] == 12
+  assert not first["reference_cached"] and first["reference_cache"].startswith(str(out_dir))
+  workdir.mkdir()
+  (out_dir / "reference_stats").rename(workdir / "reference_stats")
+  second = ev.ImageQuality()(ctx)
+  assert second["reference_cached"] and second["reference_cache"].startswith(str(workdir))
+  assert second["fid"] == first["fid"]
+
+
+def test_image_quality_refuses_a_run_with_nothing_to_score():
+  ctx = context(run=make_run(weights={"caption": 1.0}), tasks=("class2img",),
+                ref_split="test", inception_weights="w.npz")
+  with pytest.raises(ev.EvaluateUsageError, match="did not train class2img"):
+    ev.ImageQuality().check(ctx)
