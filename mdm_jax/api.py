@@ -96,6 +96,10 @@ def open_run(path, overrides: dict | None = None, *, full_state: bool = False) -
     overrides: {"sample.steps": 50, ...} applied to the saved config.
     full_state: restore the whole train state (optimizer included); by default only
       ``SAMPLING_KEYS``.
+
+  The run's ``tokenizer.model`` must be the one its checkpoint recorded
+  (``mdm_jax.training.run_tokenizer``): a missing, corrupt or different file is an error
+  naming it.
   """
   import ml_collections
   from data import pipeline
