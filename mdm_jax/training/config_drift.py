@@ -29,8 +29,8 @@ RULES: tuple[tuple[str, str, str], ...] = (
     # (field pattern, kind, what the field is / what a change does)
     ("batch_size", REFUSED, "the data position is saved in batches of the saved size: another "
      "batch size would repeat or skip examples"),
-    ("total_steps", SETTING, "the run's length (the learning-rate schedule decays over the new "
-     "total from here on)"),
+    ("total_steps", SETTING, "the run's length; the learning-rate schedule decays over the new "
+     "total from here on"),
     ("log_every", SETTING, "logging"),
     ("sample_every", SETTING, "periodic samples"),
     ("checkpoint_every", SETTING, "checkpointing"),
