@@ -14,7 +14,8 @@ Accepted layouts of the source folder:
 OUT/<split>.array_record (one record per image) and OUT/metadata.json. A record
 is `uint32 little-endian header length | JSON header | PNG bytes`, the header
 holding {"label": int, "captions": [str, ...], "file": str}: PNG keeps the
-images lossless and the format needs neither TensorFlow nor pickle.
+images lossless and the format needs neither TensorFlow nor pickle. Images with
+an EXIF orientation tag (photos from cameras and phones) are stored upright.
 """
 
 from __future__ import annotations
@@ -206,6 +207,7 @@ def prepare(src: str, out: str, *, image_size: int | None = None,
     stats: {'images': written, 'converted': images whose channels changed,
     'converted_from': {mode: count}, 'unreadable': [(file, reason)],
     'uncaptioned': images in SRC that captions.jsonl does not list (left out),
+    'transposed': images turned upright by their EXIF orientation tag,
     'splits': {split: count}, 'layout': ..., 'num_classes': ...}; also
     written to OUT/metadata.json.
   """
@@ -223,7 +225,7 @@ def prepare(src: str, out: str, *, image_size: int | None = None,
                       src, CAPTIONS_FILE)
   os.makedirs(out, exist_ok=True)
   writers, counts = {}, collections.Counter()
-  converted_from, unreadable = collections.Counter(), []
+  converted_from, unreadable, transposed = collections.Counter(), [], 0
   try:
     for e in entries:
       path = os.path.join(src, e["file"])
@@ -231,6 +233,7 @@ def prepare(src: str, out: str, *, image_size: int | None = None,
         with Image.open(path) as img:
           img.load()
           mode = img.mode
+          img, turned = images_lib.upright(img)
           img, changed = images_lib.convert_mode(img, channels)
       except (OSError, ValueError, Image.DecompressionBombError) as err:
         unreadable.append((e["file"], f"{type(err).__name__}: {err}"))
@@ -238,6 +241,7 @@ def prepare(src: str, out: str, *, image_size: int | None = None,
         continue
       if changed:
         converted_from[mode] += 1
+      transposed += turned
       if image_size:
         img = images_lib.center_square(img).resize(
             (image_size, image_size), Image.Resampling.BICUBIC)
@@ -263,11 +267,14 @@ def prepare(src: str, out: str, *, image_size: int | None = None,
       "converted_from": dict(converted_from),
       "unreadable": unreadable,
       "uncaptioned": uncaptioned,
+      "transposed": transposed,
       "splits": dict(counts),
       "layout": layout,
       "num_classes": (len(class_names) if class_names else
                       max(labels) + 1 if max(labels) >= 0 else 0),
   }
+  if transposed:
+    logging.info("Turned %d images upright as their EXIF orientation tag says.", transposed)
   if stats["converted"]:
     logging.warning("Converted %d images to %d channels (from %s).",
                     stats["converted"], channels, dict(converted_from))

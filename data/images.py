@@ -7,7 +7,7 @@ of any size with 1, 3 or 4 channels.
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
+from PIL import ExifTags, Image, ImageOps
 
 _MODES = {1: "L", 3: "RGB"}
 
@@ -57,6 +57,16 @@ def convert_mode(img: Image.Image, channels: int) -> tuple[Image.Image, bool]:
     background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
     img = Image.alpha_composite(background, rgba)
   return img.convert(mode), True
+
+
+def upright(img: Image.Image) -> tuple[Image.Image, bool]:
+  """`img` turned as its EXIF orientation tag says (cameras and phones store pixels as the
+  sensor read them and record the turn there), and whether it had to turn. PIL's
+  `ImageOps.exif_transpose` does the turn; no tag, or orientation 1, leaves `img` as it is."""
+  orientation = img.getexif().get(ExifTags.Base.Orientation, 1)
+  if orientation in (None, 1):
+    return img, False
+  return ImageOps.exif_transpose(img), True
 
 
 def center_square(img: Image.Image) -> Image.Image:

@@ -16,6 +16,7 @@ the 256 byte pieces would otherwise crowd out the real ones.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+import hashlib
 import io
 import os
 
@@ -97,14 +98,28 @@ class Tokenizer:
   @classmethod
   def load(cls, path: str | os.PathLike) -> Tokenizer:
     """Reads the serialized model at `path` (local or any `etils.epath` path:
-    gs://, ...)."""
+    gs://, ...). A file that is not a SentencePiece model of this project's
+    special ids is a ValueError naming it."""
     path = epath.Path(path)
     if not path.exists():
       raise ValueError(
           f"No tokenizer model at {path}. Train one with "
           "data.tokenizer.Tokenizer.train(texts, path, vocab_size) (the train "
           "run does this in its workdir).")
-    return cls(path.read_bytes())
+    proto = path.read_bytes()
+    try:
+      return cls(proto)
+    except (RuntimeError, ValueError) as e:  # sentencepiece: RuntimeError on bytes it cannot parse
+      raise ValueError(
+          f"{path} is not a usable tokenizer model ({len(proto)} bytes; {e}): the file is "
+          "corrupt, truncated or another kind of file. Put back the tokenizer.model saved "
+          "with the run (experiments.train writes it into the workdir; experiments.export "
+          "copies it).") from e
+
+  @property
+  def sha256(self) -> str:
+    """Hex SHA-256 of the serialized model: the bytes `save` writes."""
+    return hashlib.sha256(self._proto).hexdigest()
 
   def save(self, path: str | os.PathLike) -> None:
     """Writes the serialized model to `path` (local or any `etils.epath` path), atomically:

@@ -7,7 +7,8 @@ r"""Export what generation needs from a training workdir: the EMA parameters alo
                         optimizer state, no training parameters), with its config and digests;
   ema.safetensors       the same arrays as named tensors ("ema/<module>/<param>", ...), when
                         the ``safetensors`` package is installed;
-  config.json           the run's config;  run_info.json  what its data offers (classes, text);
+  config.json           the run's config;  run_info.json  what its data offers (classes, text)
+                        and the tokenizer's digest (checked when the export is opened);
   tokenizer.model       the run's tokenizer, when it has text.
 
 ``mdm_jax.load(out)`` and ``experiments.sample --workdir=out`` open it like a workdir; with the
@@ -23,6 +24,7 @@ from etils import epath
 from experiments import distributed
 from mdm_jax import api
 from mdm_jax.training import checkpoint as ckpt_lib
+from mdm_jax.training import run_tokenizer
 
 FLAGS = flags.FLAGS
 def define_flags():
@@ -38,11 +40,12 @@ def export(workdir, out) -> dict:
   if out.exists() and any(out.iterdir()):
     raise FileExistsError(f"{out} is not empty: export into a new folder")
   run = api.open_run(workdir)       # EMA parameters, latent statistics and step only
-  saver = ckpt_lib.Checkpointer(out, max_to_keep=None, async_save=False)
+  assets = run_tokenizer.record(run.tokenizer)   # the tokenizer was checked against the run's
+  saver = ckpt_lib.Checkpointer(out, max_to_keep=None, async_save=False, assets=assets)
   saver.save(run.step, run.state, config_dict=run.config, force=True)
   saver.close()
   (out / api.CONFIG_FILE).write_text(json.dumps(run.config.to_dict(), indent=1))
-  (out / api.INFO_FILE).write_text(json.dumps(run.info, indent=1))
+  (out / api.INFO_FILE).write_text(json.dumps({**run.info, "assets": assets}, indent=1))
   if run.tokenizer is not None:
     run.tokenizer.save(out / api.TOKENIZER_FILE)
   try:

@@ -5,7 +5,10 @@ the loop (update step, logs, samples, checkpoints), each a short function or sec
   python -m experiments.train --config=imagenet256 --workdir=gs://... --config.data.data_dir=...
   python -m experiments.train --config=imagenet256 --dry_run     # AOT check, no data, no TPU
 
-The same command resumes from the workdir's latest good checkpoint. The workdir (local or
+The same command resumes from the workdir's latest good checkpoint. Resuming compares the config
+with the checkpoint's: every difference is logged, and one that changes the run (the network,
+objective, optimizer, data; see ``mdm_jax.training.config_drift``) needs
+``--allow_config_change``; the batch size never changes on resume. The workdir (local or
 ``gs://``, every file through etils.epath; ``pip install 'mdm-jax[gcs]'``) holds ``checkpoints/``
 (orbax: train state, data iterator state, config), ``metrics.jsonl``, TensorBoard event files
 (``tb/``), ``samples/`` and ``tokenizer.model`` (data with text only: data without text, e.g.
@@ -35,6 +38,7 @@ from mdm_jax.ssm import kernel_check
 from mdm_jax.training import checkpoint as ckpt_lib
 from mdm_jax.training import metrics_log
 from mdm_jax.training import run_lock
+from mdm_jax.training import run_tokenizer
 from mdm_jax.training import sharding
 from mdm_jax.training.trainer import Trainer, model_config
 
@@ -54,6 +58,10 @@ def define_flags():
                     "mesh of fake CPU devices (see --dry_run_devices), then lower it for TPU with "
                     "the Pallas kernels; no data, no training.")
   flags.DEFINE_integer("dry_run_devices", 64, "Simulated chips for --dry_run.")
+  flags.DEFINE_bool("allow_config_change", False, "Resume although the config differs from "
+                    "the checkpoint's in a field that changes the run (the network, objective, "
+                    "optimizer or data; mdm_jax.training.config_drift has the table). Every "
+                    "difference is logged either way.")
   flags.DEFINE_integer("kill_at_step", 0, "Testing: SIGKILL this process after this step (and "
                        "after pending checkpoint writes), to simulate preemption.")
   flags.DEFINE_enum("distributed", "auto", ["auto", "yes", "no"],
@@ -231,7 +239,8 @@ def main(argv):
     raise app.UsageError("--workdir is required (it holds checkpoints, metrics and samples)")
   distributed.maybe_initialize(FLAGS.distributed, FLAGS.coordinator_address,
                               FLAGS.num_processes, FLAGS.process_id)
-  train(config, FLAGS.workdir, kill_at_step=FLAGS.kill_at_step)
+  train(config, FLAGS.workdir, kill_at_step=FLAGS.kill_at_step,
+        allow_config_change=FLAGS.allow_config_change)
 
 
 def _kill_every_process():
@@ -247,7 +256,8 @@ def _kill_every_process():
   os.kill(os.getpid(), signal.SIGKILL)
 
 
-def train(config, workdir: str, *, kill_at_step: int = 0, on_log=None):
+def train(config, workdir: str, *, kill_at_step: int = 0, on_log=None,
+          allow_config_change: bool = False):
   """Trains ``config`` in ``workdir``, resuming from its latest good checkpoint, then writes the
   final samples: the command's work, callable in-process (the notebook does).
 
@@ -255,6 +265,7 @@ def train(config, workdir: str, *, kill_at_step: int = 0, on_log=None):
     kill_at_step: testing: SIGKILL this process after that step (see --kill_at_step).
     on_log: called on process 0 with each logged step's record (metrics.jsonl's fields and
       ``eta_s``), e.g. to show progress.
+    allow_config_change: resume although the config changes the run (see --allow_config_change).
 
   Returns:
     (trainer, final train state, tokenizer).
@@ -264,7 +275,8 @@ def train(config, workdir: str, *, kill_at_step: int = 0, on_log=None):
   config_registry.check_run_values(config)
   # One trainer per workdir (process 0 holds the lock for the whole run).
   with run_lock.WorkdirLock(workdir, enabled=jax.process_index() == 0):
-    return _train(config, workdir, kill_at_step=kill_at_step, on_log=on_log)
+    return _train(config, workdir, kill_at_step=kill_at_step, on_log=on_log,
+                  allow_config_change=allow_config_change)
 
 
 def itstime(step: int, every: int, total: int, *, first: int | None = None) -> bool:
@@ -274,9 +286,41 @@ def itstime(step: int, every: int, total: int, *, first: int | None = None) -> b
   return bool(every and step % every == 0) or step == total or step == first
 
 
-def setup_text(config, workdir: str, info: dict):
-  """The run's tokenizer (loaded from the workdir, or trained once on the data's text and
-  saved there by process 0) and the model's vocabulary size. Data without text (e.g.
+def check_resume(config, workdir: str, *, allow_change: bool):
+  """Before anything is built: the newest checkpoint's (step, assets record), or None on a fresh
+  start, after comparing the config it was saved with to ``config``
+  (``mdm_jax.training.config_drift``): every difference is logged, one that changes the run
+  needs ``allow_change``, and a batch size change is refused."""
+  import ml_collections
+  from etils import epath
+  from mdm_jax import api
+  from mdm_jax.training import config_drift
+  if not (epath.Path(workdir) / "checkpoints").is_dir():
+    return None
+  reader = ckpt_lib.Checkpointer(workdir, read_only=True)
+  try:
+    step = reader.latest_step()
+    if step is None:
+      return None
+    saved, recorded = reader.restore_config(), reader.restore_assets(step)
+  finally:
+    reader.close()
+  if saved is not None:
+    saved = api.upgrade_saved_config(ml_collections.ConfigDict(saved))
+    for change in config_drift.check(saved, config, allow=allow_change,
+                                     where=f"checkpoint {step} of {workdir}"):
+      if change.kind == config_drift.SETTING:
+        logging.info("Resuming with a changed setting: %s", change)
+      else:
+        logging.warning("Resuming with a changed config (--allow_config_change): %s", change)
+  return step, recorded
+
+
+def setup_text(config, workdir: str, info: dict, resume=None):
+  """The run's tokenizer and the model's vocabulary size. On a fresh start it is loaded from
+  the workdir, or trained once on the data's text and saved there by process 0; on resume
+  (``resume``: ``check_resume``'s (step, assets record)) the workdir's file must be the one the
+  checkpoint recorded, and a missing one is an error, never trained again. Data without text (e.g.
   ImageNet's synset labels) has no tokenizer: text positions stay absent, class2img alone
   trains, and the text side keeps ``data.vocab_size`` ids (never fed)."""
   from data import pipeline, tokenizer as tokenizer_lib
@@ -294,7 +338,11 @@ def setup_text(config, workdir: str, info: dict):
                  f"; skipping the text tasks {', '.join(text_tasks)}" if text_tasks else "")
     return None, dc.vocab_size
   tok_path = epath.Path(workdir) / workdir_lib.TOKENIZER_FILE
-  if tok_path.exists():
+  if resume is not None:
+    step, recorded = resume
+    tokenizer = run_tokenizer.open_tokenizer(tok_path, recorded,
+                                             where=f"checkpoint {step} of {workdir}")
+  elif tok_path.exists():
     tokenizer = tokenizer_lib.Tokenizer.load(tok_path)
   else:
     corpus = pipeline.text_corpus(dc.name, data_dir=dc.data_dir)
@@ -340,13 +388,14 @@ def check_ssd_kernel(config) -> None:
   config.model.ssd_impl = impl
 
 
-def _train(config, workdir: str, *, kill_at_step: int, on_log):
+def _train(config, workdir: str, *, kill_at_step: int, on_log, allow_config_change: bool):
   from data import pipeline
   from etils import epath
   from experiments import workdir as workdir_lib
   logging.info("Config:\n%s", config)
+  resume = check_resume(config, workdir, allow_change=allow_config_change)
   info = pipeline.describe(config.data.name, data_dir=config.data.data_dir)
-  tokenizer, vocab_size = setup_text(config, workdir, info)
+  tokenizer, vocab_size = setup_text(config, workdir, info, resume)
   data_keys = tuple(k for k, has in (("caption", info["has_caption"]), ("vqa", info["has_vqa"]))
                     if has)
 
@@ -359,8 +408,13 @@ def _train(config, workdir: str, *, kill_at_step: int, on_log):
   # --- Model, train state and the sharded update step ---------------------------------------
   trainer = Trainer(config, mesh, vocab_size=vocab_size,
                     num_classes=max(info["num_classes"], 1), data_keys=data_keys)
-  checkpointer = ckpt_lib.Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
+  checkpointer = ckpt_lib.Checkpointer(workdir, max_to_keep=config.keep_checkpoints,
+                                       assets=run_tokenizer.record(tokenizer))
   restored = checkpointer.restore_latest(trainer.abstract_state, data_iter=train_iter)
+  if restored is not None and tokenizer is not None and resume and restored[1] != resume[0]:
+    run_tokenizer.verify(tokenizer, epath.Path(workdir) / workdir_lib.TOKENIZER_FILE,
+                         checkpointer.restore_assets(restored[1]),
+                         where=f"checkpoint {restored[1]} of {workdir}")
   if restored is None:
     state, start = trainer.init_state(), 0
     logging.info("Started from scratch")

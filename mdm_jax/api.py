@@ -98,10 +98,15 @@ def open_run(path, overrides: dict | None = None, *, full_state: bool = False) -
     overrides: {"sample.steps": 50, ...} applied to the saved config.
     full_state: restore the whole train state (optimizer included); by default only
       ``SAMPLING_KEYS``.
+
+  The run's ``tokenizer.model`` must be the one its checkpoint recorded
+  (``mdm_jax.training.run_tokenizer``): a missing, corrupt or different file is an error
+  naming it.
   """
   import ml_collections
-  from data import pipeline, tokenizer as tokenizer_lib
+  from data import pipeline
   from mdm_jax.training import checkpoint as ckpt_lib
+  from mdm_jax.training import run_tokenizer
   from mdm_jax.training import sharding
   from mdm_jax.training.trainer import Trainer
   root = epath.Path(path)
@@ -112,6 +117,8 @@ def open_run(path, overrides: dict | None = None, *, full_state: bool = False) -
     saved = checkpointer.restore_config()
     if saved is None:
       raise FileNotFoundError(f"no checkpoint in {ckpt_dir}")
+    newest = checkpointer.latest_step()
+    recorded = checkpointer.restore_assets(newest)
   elif (root / SAFETENSORS_FILE).exists() and (root / CONFIG_FILE).exists():
     if full_state:
       raise ValueError(f"{root} is an export (EMA parameters only): it has no train state")
@@ -125,8 +132,11 @@ def open_run(path, overrides: dict | None = None, *, full_state: bool = False) -
     info = json.loads((root / INFO_FILE).read_text())
   else:
     info = pipeline.describe(config.data.name, data_dir=config.data.data_dir)
+  if checkpointer is None:
+    recorded, newest = info.get("assets"), None   # an export's copy of the record
+  where = f"checkpoint {newest} of {root}" if newest is not None else f"the export {root}"
   if info["has_caption"]:
-    tokenizer = tokenizer_lib.Tokenizer.load(root / TOKENIZER_FILE)
+    tokenizer = run_tokenizer.open_tokenizer(root / TOKENIZER_FILE, recorded, where=where)
     vocab_size = tokenizer.vocab_size
   else:
     tokenizer, vocab_size = None, config.data.vocab_size
@@ -138,6 +148,9 @@ def open_run(path, overrides: dict | None = None, *, full_state: bool = False) -
   only = None if full_state else SAMPLING_KEYS
   if checkpointer is not None:
     state, step = checkpointer.restore_latest(trainer.abstract_state, only=only)
+    if step != newest and tokenizer is not None:   # the newest was refused: check this one's
+      run_tokenizer.verify(tokenizer, root / TOKENIZER_FILE, checkpointer.restore_assets(step),
+                           where=f"checkpoint {step} of {root}")
     checkpointer.close()
   else:
     state = read_safetensors(root / SAFETENSORS_FILE,

@@ -179,6 +179,118 @@ def test_export_round_trip(pipe, workdir, tmp_path):
     export.export(str(workdir), str(out))
 
 
+# ----------------------------------------------------------------------------- resume checks
+def _copy(workdir, tmp_path):
+  """A copy of the trained workdir (its checkpoints and tokenizer) to change at will."""
+  dst = tmp_path / "wd"
+  shutil.copytree(workdir, dst, ignore=shutil.ignore_patterns("tb", "samples", "eval*"))
+  return dst
+
+
+def _same_size_other_tokenizer(own):
+  """A tokenizer of the run's vocabulary size with other pieces (trained on upper-cased text):
+  the case that loads and runs without a word unless it is checked."""
+  from data import pipeline
+  from data import tokenizer as tokenizer_lib
+  other = tokenizer_lib.Tokenizer.train(
+      [t.upper() for t in pipeline.text_corpus("digits")], None, own.vocab_size)
+  assert other.vocab_size == own.vocab_size and other.sha256 != own.sha256
+  assert other.encode("seven") != own.encode("seven")
+  return other
+
+
+def test_the_tokenizer_belongs_to_the_checkpoint(workdir, tmp_path, caplog):
+  """mdm_jax.load and export refuse a different, corrupt or missing tokenizer.model naming the
+  file; the export carries the digest (in its checkpoint and in run_info.json for the
+  safetensors-only form); a checkpoint older than digests opens with a logged note."""
+  import hashlib
+  import json
+  from data import tokenizer as tokenizer_lib
+  from experiments import export
+  wd = _copy(workdir, tmp_path)
+  tok_file = wd / "tokenizer.model"
+  own_bytes = tok_file.read_bytes()
+  own = tokenizer_lib.Tokenizer.load(tok_file)
+  assert own.sha256 == hashlib.sha256(own_bytes).hexdigest()
+  _same_size_other_tokenizer(own).save(tok_file)
+  wrong = (rf"{tok_file} is not the tokenizer checkpoint 6 of {wd} was trained with: .*the "
+           rf"same vocabulary size, {own.vocab_size}, but other pieces.*Put back")
+  with pytest.raises(ValueError, match=wrong):
+    mdm_jax.load(str(wd))
+  with pytest.raises(ValueError, match=wrong):
+    export.export(str(wd), str(tmp_path / "refused"))
+  tok_file.write_bytes(np.random.default_rng(0).bytes(4096))
+  with pytest.raises(ValueError, match=rf"{tok_file} is not a usable tokenizer model \(4096 "
+                     "bytes"):
+    mdm_jax.load(str(wd))
+  tok_file.unlink()
+  with pytest.raises(FileNotFoundError, match=rf"{tok_file} is missing: checkpoint 6 of {wd} "
+                     rf"was trained with the tokenizer that file held \(sha256 {own.sha256}\)"):
+    mdm_jax.load(str(wd))
+  tok_file.write_bytes(own_bytes)
+  out = tmp_path / "export"
+  export.export(str(wd), str(out))
+  assert json.loads((out / "run_info.json").read_text())["assets"] == {
+      "tokenizer": {"file": "tokenizer.model", "sha256": own.sha256,
+                    "vocab_size": own.vocab_size}}
+  _same_size_other_tokenizer(own).save(out / "tokenizer.model")
+  with pytest.raises(ValueError, match=rf"is not the tokenizer checkpoint 6 of {out} was"):
+    mdm_jax.load(str(out))
+  shutil.rmtree(out / "checkpoints")           # the safetensors form checks run_info's record
+  with pytest.raises(ValueError, match=rf"is not the tokenizer the export {out} was trained"):
+    mdm_jax.load(str(out))
+  for step in ("3", "6"):                      # a workdir from before the digests
+    shutil.rmtree(wd / "checkpoints" / step / "assets")
+  with caplog.at_level(logging.WARNING):
+    assert mdm_jax.load(str(wd), batch_size=BATCH, steps=STEPS).step == 6
+  assert f"checkpoint 6 of {wd} predates tokenizer digests" in caplog.text
+
+
+def test_resume_refuses_config_drift_and_a_lost_tokenizer(workdir, cache, tmp_path):
+  """The train command on a trained workdir: a changed architecture is refused naming the field
+  and the flag, and runs with the flag (the new checkpoint holds the new config); a missing
+  tokenizer is an error and is not trained again; sample refuses a corrupt one before any work
+  (evaluate, export and mdm_jax.load open a run through the same mdm_jax.api.open_run)."""
+  from data import tokenizer as tokenizer_lib
+  from mdm_jax.training import checkpoint as ckpt_lib
+  wd = _copy(workdir, tmp_path)
+  tok_file = wd / "tokenizer.model"
+  own_bytes = tok_file.read_bytes()
+  train = ["--config=tiny", f"--workdir={wd}", "--config.total_steps=7"]
+  refused = run_module("experiments.train", *train, "--config.model.directions=1", cache=cache)
+  assert refused.returncode != 0
+  assert (f"The config differs from the one checkpoint 6 of {wd} was trained with:\n"
+          "  model.directions: 4 -> 1 (the network)\n  total_steps: 6 -> 7" in refused.stderr)
+  assert ("pass --allow_config_change to resume with the changed model.directions on purpose"
+          in refused.stderr), refused.stderr[-3000:]
+  tok_file.unlink()
+  lost = run_module("experiments.train", *train, cache=cache)
+  assert lost.returncode != 0 and f"{tok_file} is missing: checkpoint 6 of {wd}" in lost.stderr
+  assert "It is never trained again" in lost.stderr and not tok_file.exists()
+  tok_file.write_bytes(b"\x00" * 100)
+  sample = run_module("experiments.sample", f"--workdir={wd}", "--task=class",
+                      f"--out={tmp_path / 's.npz'}", cache=cache)
+  assert sample.returncode != 0
+  assert f"{tok_file} is not a usable tokenizer model (100 bytes" in sample.stderr
+  assert sorted(os.listdir(wd / "checkpoints")) == ["3", "6"]
+  tok_file.write_bytes(own_bytes)
+  # With the flag: step 7 trains and is saved (then --kill_at_step ends the process before the
+  # final samples, which this test does not need).
+  allowed = run_module("experiments.train", *train, "--config.model.directions=1",
+                       "--allow_config_change", "--kill_at_step=7", cache=cache)
+  assert allowed.returncode == -9, allowed.stderr[-3000:]
+  assert ("Resuming with a changed config (--allow_config_change): model.directions: 4 -> 1"
+          in allowed.stderr)
+  assert "Resuming with a changed setting: total_steps: 6 -> 7" in allowed.stderr
+  assert "Resumed from the checkpoint at step 6" in allowed.stderr
+  reader = ckpt_lib.Checkpointer(wd, read_only=True)
+  assert reader.all_steps() == [6, 7]
+  assert reader.restore_config(7)["model"]["directions"] == 1
+  assert reader.restore_assets(7)["tokenizer"]["sha256"] == tokenizer_lib.Tokenizer(
+      own_bytes).sha256
+  reader.close()
+
+
 # ----------------------------------------------------------------------------- sample CLI
 def test_sample_adm_killed_and_resumed(pipe, workdir, cache, tmp_path):
   """10 class samples in batches of 4 (3 batches), killed after 2, resumed: ADM's layout,

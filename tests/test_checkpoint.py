@@ -328,3 +328,21 @@ def test_restoring_a_subset_reads_those_keys_and_verifies_their_digests(tmp_path
       restored, step = ckpt.restore_latest(abstract_of(make_state(0)), only=("ema",))
   assert step == 1 and "do not match the digests written with step 2" in caplog.text
   assert_state_equal(restored, {"ema": make_state(1)["ema"]})
+
+
+def test_assets_are_saved_with_every_checkpoint(tmp_path):
+  """A Checkpointer given an assets record writes it with each save (restore_assets reads it
+  back per step); one given none writes none, and restore_assets says so with None."""
+  assets = {"tokenizer": {"file": "tokenizer.model", "sha256": "ab" * 32, "vocab_size": 40}}
+  with ckpt_lib.Checkpointer(tmp_path / "a", assets=assets) as ckpt:
+    ckpt.save(1, make_state(1))
+    ckpt.save(2, make_state(2))
+  with ckpt_lib.Checkpointer(tmp_path / "b") as ckpt:
+    ckpt.save(1, make_state(1))
+  reader = ckpt_lib.Checkpointer(tmp_path / "a", read_only=True)
+  assert [reader.restore_assets(s) for s in reader.all_steps()] == [assets, assets]
+  _, step = reader.restore_latest(abstract_of(make_state(0)))   # the item does not disturb it
+  assert step == 2
+  assert ckpt_lib.Checkpointer(tmp_path / "b", read_only=True).restore_assets(1) is None
+  with pytest.raises(ValueError, match="not JSON-serialisable"):
+    ckpt_lib.Checkpointer(tmp_path / "c", assets={"bad": object()})

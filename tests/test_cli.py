@@ -103,6 +103,12 @@ BAD_INPUT = {
     "unknown_field_of_default": (["--workdir={tmp}/w", "--config.foo.bar=1"],
                                  [r"unknown config field 'foo\.bar'", r"config 'digits'",
                                   r"Fields there: .*total_steps"]),
+    "config_file_typo": (["--config={tmp}/typo.py", "--workdir={tmp}/w"],
+                         [r"typo\.py' sets fields no run reads: 'optim\.learning_rate' \(did "
+                          r"you mean 'optim\.lr'", r"optim has .*warmup_steps"]),
+    "config_file_plain_dict": (["--config={tmp}/plain.py", "--workdir={tmp}/w"],
+                               [r"get_config\(\) in .*plain\.py returned a dict, not an "
+                                r"ml_collections\.ConfigDict"]),
     "wrong_type": (["--config=tiny", "--workdir={tmp}/w", "--config.total_steps=abc"],
                    [r"config\.total_steps", "abc"]),
     "no_workdir": (["--config=tiny"], [r"--workdir is required"]),
@@ -131,6 +137,10 @@ BAD_INPUT = {
 def test_bad_input_fails_with_a_clear_message(case, tmp_path):
   (tmp_path / "empty").mkdir()
   (tmp_path / "locked").mkdir()  # held by a live trainer: this test process
+  (tmp_path / "typo.py").write_text("from experiments.configs import tiny\n\n\ndef get_config():"
+                                    "\n  c = tiny.get_config()\n  c.optim.learning_rate = 1e-3"
+                                    "\n  return c\n")
+  (tmp_path / "plain.py").write_text("def get_config():\n  return {'total_steps': 3}\n")
   (tmp_path / "locked" / "trainer.lock").write_text(json.dumps(
       {"host": socket.gethostname(), "pid": os.getpid(), "started": "now"}))
   args, patterns = BAD_INPUT[case]

@@ -177,3 +177,36 @@ def test_saved_config_with_the_old_duplicated_fields_reopens_as_it_trained():
       new, vocab_size=200)
   assert (sharding.as_rules(upgraded.sharding.logical_axis_rules) ==
           sharding.as_rules(base.get_config().sharding.logical_axis_rules))
+
+
+def test_config_file_fields_are_checked_against_the_base_config(tmp_path):
+  """Every registered config sets only base fields; a file's typo is named with the field it
+  meant (the same name in another section, its initials, or its spelling); a get_config that
+  returns a plain dict, or a file without one, is refused naming the file."""
+  for name in configs.NAMES:
+    configs.check_config_fields(configs.load(name), name)
+  c = configs.load("tiny")
+  c.optim.learning_rate = 1e-3      # meant optim.lr (its initials)
+  c.model.diretions = 1             # misspelt
+  c.lr = 1e-3                       # optim.lr in the wrong section
+  with pytest.raises(ValueError) as e:
+    configs.check_config_fields(c, "mine.py")
+  msg = str(e.value)
+  assert msg.startswith("mine.py sets fields no run reads: ")
+  assert "'optim.learning_rate' (did you mean 'optim.lr'" in msg
+  assert "'model.diretions' (did you mean 'model.directions'" in msg
+  assert "'lr' (did you mean 'optim.lr'" in msg
+  assert "n_layers" not in configs.nearest_fields("optim.learning_rate",
+                                                  ["optim.lr", "model.n_layers"])
+  plain = tmp_path / "plain.py"
+  plain.write_text("def get_config():\n  return {'total_steps': 3}\n")
+  with pytest.raises(ValueError, match=r"get_config\(\) in .*plain\.py returned a dict, not an "
+                     r"ml_collections\.ConfigDict"):
+    configs.load(str(plain))
+  plain.write_text("CONFIG = 1\n")
+  with pytest.raises(ValueError, match=r"plain\.py has no get_config\(\) function"):
+    configs.load(str(plain))
+  arg = tmp_path / "arg.py"   # path:arg reaches get_config(arg), as config_flags passes it
+  arg.write_text("from experiments.configs import tiny\n\ndef get_config(steps):\n"
+                 "  c = tiny.get_config()\n  c.total_steps = int(steps)\n  return c\n")
+  assert configs.load(f"{arg}:9").total_steps == 9

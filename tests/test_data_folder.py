@@ -295,3 +295,33 @@ def test_images_missing_from_captions_are_counted(tmp_path):
   (src / "captions.jsonl").write_text('{"file": "./a.png", "caption": "red"}\n')
   stats = folder.prepare(str(src), str(tmp_path / "out"))
   assert stats["images"] == 1 and stats["uncaptioned"] == 2
+
+
+@pytest.mark.parametrize("orientation,turns", [(3, 2), (6, -1), (8, 1)])
+def test_exif_orientation_is_applied_and_counted(tmp_path, orientation, turns):
+  """A JPEG stored sideways with an EXIF orientation tag (as a phone writes it) is prepared
+  upright: the stored pixels turned by hand (np.rot90, ``turns`` quarter turns
+  counter-clockwise: tag 3 is a half turn, 6 a quarter turn clockwise, 8 counter-clockwise),
+  and the upright picture it was made from up to JPEG's loss. An untagged image is kept."""
+  upright = np.zeros((16, 24, 3), np.uint8)        # 16 high, 24 wide: a red top-left block
+  upright[:8, :8] = (255, 0, 0)
+  upright[8:, 16:] = (0, 0, 255)
+  src = tmp_path / "src"
+  (src / "a").mkdir(parents=True)
+  exif = Image.Exif()
+  exif[0x0112] = orientation                       # the Orientation tag
+  Image.fromarray(np.rot90(upright, -turns)).save(src / "a" / "photo.jpg", quality=100, subsampling=0,
+                                                  exif=exif)
+  _save(f"{src}/b/plain.png", upright)
+  with Image.open(src / "a" / "photo.jpg") as img:  # what the file holds, not turned
+    assert img.getexif()[0x0112] == orientation
+    stored = np.asarray(img.convert("RGB"))
+  assert stored.shape[:2] == ((16, 24) if orientation == 3 else (24, 16))
+  stats = folder.prepare(str(src), str(tmp_path / "out"), channels=3)
+  assert stats["transposed"] == 1 and stats["images"] == 2
+  assert folder.read_metadata(str(tmp_path / "out"))["transposed"] == 1
+  source = folder.open_folder(str(tmp_path / "out"), split="train")
+  got = {e["label"]: np.asarray(e["image"]) for e in map(source.decode, source.records)}
+  np.testing.assert_array_equal(got[0], np.rot90(stored, turns))
+  assert np.abs(got[0].astype(int) - upright).max() <= 8
+  np.testing.assert_array_equal(got[1], upright)    # no tag: as it was

@@ -106,6 +106,11 @@ def test_errors(tmp_path):
     tokenizer_lib.Tokenizer.train(["", "  "], None, vocab_size=64)
   with pytest.raises(ValueError, match="No tokenizer model"):
     tokenizer_lib.Tokenizer.load(tmp_path / "missing.model")
+  junk = tmp_path / "junk.model"        # sentencepiece alone says only "RuntimeError: ..."
+  junk.write_bytes(np.random.default_rng(0).bytes(300))
+  with pytest.raises(ValueError, match=rf"{junk} is not a usable tokenizer model \(300 bytes; "
+                     ".*corrupt, truncated or another kind of file"):
+    tokenizer_lib.Tokenizer.load(junk)
 
 
 def test_save_is_atomic(tok, tmp_path, monkeypatch):

@@ -2,10 +2,13 @@
 
 ``--config`` takes a registered name (the files in this folder but ``base``, the defaults every
 run derives from) or a path to a config file; ``--config.a.b=value`` overrides one field
-(ml_collections config_flags).
+(ml_collections config_flags). A config file may set only fields the base config has (a typo
+such as ``c.optim.learning_rate`` would otherwise add a field nothing reads), and its
+``get_config`` must return a ConfigDict.
 """
 from __future__ import annotations
 
+import difflib
 import os
 
 CONFIG_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -29,13 +32,68 @@ def resolve(name_or_path: str) -> str:
 
 
 def load(name_or_path: str):
-  """The ConfigDict of a registered name or a config file (for tests and notebooks)."""
+  """The ConfigDict of a registered name or a config file (``path:arg`` calls
+  ``get_config(arg)``, as config_flags does). Raises a ValueError naming the file when
+  ``get_config`` is missing or returns something other than a ConfigDict."""
   import importlib.util
-  path = resolve(name_or_path)
+  import ml_collections
+  path, *arg = resolve(name_or_path).split(":", 1)
   spec = importlib.util.spec_from_file_location("_mdm_config", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config()
+  if not callable(getattr(module, "get_config", None)):
+    raise ValueError(f"config file {path} has no get_config() function: define one returning "
+                     "an ml_collections.ConfigDict")
+  config = module.get_config(*arg)
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise ValueError(
+        f"get_config() in {path} returned a {type(config).__name__}, not an "
+        "ml_collections.ConfigDict: build the config from a registered one (e.g. `from "
+        "experiments.configs import digits` and `c = digits.get_config()`), or return "
+        "ml_collections.ConfigDict(...)")
+  return config
+
+
+def _leaf_paths(config, prefix: str = "") -> list[str]:
+  """Dotted paths of every field of a ConfigDict (sections recursed into)."""
+  out = []
+  for key, value in config.items():
+    path = prefix + key
+    out += _leaf_paths(value, path + ".") if hasattr(value, "items") else [path]
+  return out
+
+
+def nearest_fields(path: str, known: list[str]) -> list[str]:
+  """The known dotted paths most like ``path``: the same name in another section
+  (``lr`` -> ``optim.lr``), a name of its section spelled by its initials
+  (``learning_rate`` -> ``lr``), then the closest spellings (difflib)."""
+  section, _, leaf = path.rpartition(".")
+  split = lambda k: k.rpartition(".")[::2]   # (section, leaf)
+  siblings = [k for k in known if split(k)[0] == section]
+  initials = "".join(w[:1] for w in leaf.split("_"))
+  found = [k for k in known if split(k)[1] == leaf]
+  found += [k for k in siblings if split(k)[1] == initials and "_" in leaf]
+  found += difflib.get_close_matches(path, siblings, n=2, cutoff=0.6)
+  found += difflib.get_close_matches(path, known, n=2, cutoff=0.0)
+  return list(dict.fromkeys(found))[:2]
+
+
+def check_config_fields(config, name: str = "the config") -> None:
+  """Raises a ValueError naming every field of ``config`` that the base config does not have
+  (a typo in a config file: ml_collections would add it, and nothing would read it), with the
+  nearest known field of each."""
+  from experiments.configs import base  # pylint: disable=g-import-not-at-top
+  known = _leaf_paths(base.get_config())
+  known_set, sections = set(known), {k.rsplit(".", 1)[0] for k in known if "." in k}
+  unknown = [p for p in _leaf_paths(config) if p not in known_set and p not in sections]
+  if unknown:
+    def explain(path):
+      section = path.rpartition(".")[0]
+      there = sorted(k.rpartition(".")[2] for k in known if k.rpartition(".")[0] == section)
+      return (f"{path!r} (did you mean {' or '.join(map(repr, nearest_fields(path, known)))}? "
+              f"{section or 'the top level'} has {', '.join(there)})")
+    raise ValueError(f"{name} sets fields no run reads: {'; '.join(map(explain, unknown))}. "
+                     "Rename them to the base config's fields (experiments/configs/base.py).")
 
 
 def check_override_fields(config, argv: list[str], name: str = "the config") -> None:
@@ -72,8 +130,10 @@ def rewrite_argv(argv: list[str]) -> list[str]:
       chosen = argv[i + 1]
       argv[i + 1] = resolve(chosen)
     out.append(arg)
+  config = load(chosen)
+  check_config_fields(config, f"config {chosen!r}")
   if any(a.startswith("--config.") for a in out):
-    check_override_fields(load(chosen), out, f"config {chosen!r}")
+    check_override_fields(config, out, f"config {chosen!r}")
   return out
 
 

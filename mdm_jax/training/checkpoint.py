@@ -1,12 +1,14 @@
 """Orbax checkpointing of the train state, data-iterator state and config.
 
-Layout: `workdir/checkpoints/<step>/{state, data_iter, config, integrity}`:
+Layout: `workdir/checkpoints/<step>/{state, data_iter, config, integrity, assets}`:
   state      the train-state pytree (params, opt_state, ema, step, rng, ...),
              written by `ocp.args.StandardSave` (sharded, multi-host safe);
   data_iter  the grain iterator position (grain's orbax handler, one JSON file per
              process), present when an iterator was passed;
   config     the run config as JSON;
-  integrity  two 32-bit digests of every state leaf's bits (JSON), verified on restore.
+  integrity  two 32-bit digests of every state leaf's bits (JSON), verified on restore;
+  assets     what the run's other files must be (JSON, e.g. the tokenizer's digest, see
+             `mdm_jax.training.run_tokenizer`), when the Checkpointer was given it.
 
 Nothing non-finite is saved: `save` refuses a state with a NaN or Inf anywhere
 (parameters, EMA, optimizer moments), since the loss computed before an update cannot
@@ -233,6 +235,7 @@ class Checkpointer:
       save_interval_steps: int = 1,
       async_save: bool = True,
       read_only: bool = False,
+      assets: Mapping[str, Any] | None = None,
   ):
     """Opens (creating if needed, unless `read_only`) `workdir/checkpoints`.
 
@@ -244,6 +247,8 @@ class Checkpointer:
         device-to-host copy); call `wait()` or `close()` before exiting.
       read_only: for readers of another process's run (sample, evaluate): nothing in
         the workdir is created, deleted or moved, and `save` is refused.
+      assets: a JSON-serialisable mapping saved with every checkpoint (`restore_assets`
+        reads it back): the run's files a checkpoint depends on, e.g. the tokenizer's digest.
     """
     if max_to_keep is not None and max_to_keep < 1:
       raise ValueError(f"max_to_keep={max_to_keep} must be >= 1 or None.")
@@ -251,6 +256,7 @@ class Checkpointer:
     self.directory = self.workdir / "checkpoints"
     self.refused_directory = self.workdir / "refused_checkpoints"
     self.read_only = read_only
+    self._assets = None if assets is None else _as_json_dict(assets)
     self._save_interval_steps = save_interval_steps
     self._manager = ocp.CheckpointManager(
         self.directory,
@@ -314,6 +320,8 @@ class Checkpointer:
       items["data_iter"] = _grain_args(data_iter, save=True)
     if config_dict is not None:
       items["config"] = ocp.args.JsonSave(_as_json_dict(config_dict))
+    if self._assets is not None:
+      items["assets"] = ocp.args.JsonSave(self._assets)
     return self._manager.save(
         int(step), args=ocp.args.Composite(**items), force=force)
 
@@ -438,6 +446,15 @@ class Checkpointer:
       raise NoUsableCheckpointError(
           f"no checkpoint in {self.directory} has a readable config (steps {errors})")
     return None
+
+  def restore_assets(self, step: int) -> dict[str, Any] | None:
+    """The `assets` record saved with checkpoint `step`; None when it has none (written
+    before records, or by a Checkpointer given no `assets`)."""
+    if not (self.directory / str(step) / "assets").exists():
+      return None
+    restored = self._manager.restore(
+        int(step), args=ocp.args.Composite(assets=ocp.args.JsonRestore()))
+    return restored["assets"]
 
   def _set_aside(self, steps: list[int]) -> None:
     """Moves refused step directories out of `checkpoints/` (process 0 only)."""
