@@ -24,7 +24,7 @@ from etils import epath
 from experiments import distributed
 from mdm_jax import api
 from mdm_jax.training import checkpoint as ckpt_lib
-from mdm_jax.training import run_tokenizer
+from data import tokenizer_record as run_tokenizer
 
 FLAGS = flags.FLAGS
 def define_flags():

@@ -38,7 +38,7 @@ from mdm_jax.ssm import kernel_check
 from mdm_jax.training import checkpoint as ckpt_lib
 from mdm_jax.training import metrics_log
 from mdm_jax.training import run_lock
-from mdm_jax.training import run_tokenizer
+from data import tokenizer_record as run_tokenizer
 from mdm_jax.training import sharding
 from mdm_jax.training.trainer import Trainer, model_config
 

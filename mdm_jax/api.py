@@ -100,13 +100,13 @@ def open_run(path, overrides: dict | None = None, *, full_state: bool = False) -
       ``SAMPLING_KEYS``.
 
   The run's ``tokenizer.model`` must be the one its checkpoint recorded
-  (``mdm_jax.training.run_tokenizer``): a missing, corrupt or different file is an error
+  (``data.tokenizer_record``): a missing, corrupt or different file is an error
   naming it.
   """
   import ml_collections
   from data import pipeline
   from mdm_jax.training import checkpoint as ckpt_lib
-  from mdm_jax.training import run_tokenizer
+  from data import tokenizer_record as run_tokenizer
   from mdm_jax.training import sharding
   from mdm_jax.training.trainer import Trainer
   root = epath.Path(path)

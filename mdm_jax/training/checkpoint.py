@@ -8,7 +8,7 @@ Layout: `workdir/checkpoints/<step>/{state, data_iter, config, integrity, assets
   config     the run config as JSON;
   integrity  two 32-bit digests of every state leaf's bits (JSON), verified on restore;
   assets     what the run's other files must be (JSON, e.g. the tokenizer's digest, see
-             `mdm_jax.training.run_tokenizer`), when the Checkpointer was given it.
+             `data.tokenizer_record`), when the Checkpointer was given it.
 
 Nothing non-finite is saved: `save` refuses a state with a NaN or Inf anywhere
 (parameters, EMA, optimizer moments), since the loss computed before an update cannot
