@@ -179,7 +179,12 @@ def slice_devices(sl: Slice) -> list:
 
 # ----------------------------------------------------------------------------- compiling
 class CompileError(RuntimeError):
-  """The config does not compile or fit on the slice; the message names the cause and knob."""
+  """The config does not compile or fit on the slice; the message names the cause and knob.
+  ``too_big``: it failed for memory, so a larger slice of the same chip may fit."""
+
+  def __init__(self, message: str, *, too_big: bool = False):
+    super().__init__(message)
+    self.too_big = too_big
 
 
 @dataclasses.dataclass
@@ -324,7 +329,7 @@ def _classify(e: Exception, what: str, sl: Slice) -> CompileError:
   else:
     cause, knob = "the TPU compiler failed", "see the error above"
   return CompileError(f"{what} on {sl.name} ({sl.topology_name}): {cause}. Turn: {knob}.\n"
-                      f"  {short}")
+                      f"  {short}", too_big="does not fit" in cause)
 
 
 def compile_for_slice(config, sl: Slice, *, sampling: bool = True) -> list[StepReport]:
@@ -357,7 +362,7 @@ def compile_for_slice(config, sl: Slice, *, sampling: bool = True) -> list[StepR
         f"train state on {sl.name}: params, EMA and optimizer state alone need "
         f"{state_bytes / GiB:.1f} GiB per chip on mesh {dict(mesh.shape)}, more than a "
         f"{sl.chip.name} chip's {sl.chip.hbm_bytes / GiB:.0f} GiB HBM. Turn: a larger "
-        f"--config.mesh.fsdp (shards the state), or a larger slice.")
+        f"--config.mesh.fsdp (shards the state), or a larger slice.", too_big=True)
   batch = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=trainer.batch_sharding),
       jax.eval_shape(lambda: trainer.dummy_batch(c.batch_size)))
@@ -389,7 +394,7 @@ def compile_for_slice(config, sl: Slice, *, sampling: bool = True) -> list[StepR
           f"{r.argument_bytes / GiB:.2f}, temporaries {r.temp_bytes / GiB:.2f}) exceeds a "
           f"{sl.chip.name} chip's {sl.chip.hbm_bytes / GiB:.0f} GiB HBM. Turn: a smaller "
           "per-chip batch (--config.batch_size or a larger slice), --config.model.remat=True, "
-          "a larger --config.mesh.fsdp, or a smaller --config.model.chunk_size.")
+          "a larger --config.mesh.fsdp, or a smaller --config.model.chunk_size.", too_big=True)
   return reports
 
 
@@ -490,7 +495,7 @@ def run_topology(config, topology: str, config_name: str = "config") -> Slice:
     except CompileError as e:
       print(f"  no: {str(e).splitlines()[0]}", flush=True)
       failures.append(e)
-      if INSTALL_HINT in str(e) or "does not split" in str(e) and sl.chips > config.batch_size:
+      if not e.too_big:  # a larger slice of the same chip fails the same way
         break
     else:
       print(f"\nSmallest {chip.name} slice on which {config_name} compiles and fits: {sl.name}")
@@ -498,8 +503,11 @@ def run_topology(config, topology: str, config_name: str = "config") -> Slice:
       print("\n" + TABLE_HEADER + "\n" + table_row(config_name, sl, reports))
       return sl
     sl = Slice(chip, (2, 2) if sl.chips == 1 else _grow(sl.shape))
+  last = failures[-1] if failures else ""
+  if last and not last.too_big:
+    raise last
   raise CompileError(f"no {chip.name} slice up to {chip.max_chips} chips fits {config_name}; "
-                     f"the last failure:\n{failures[-1] if failures else ''}")
+                     f"the last failure:\n{last}")
 
 
 # ----------------------------------------------------------------------------- fake devices

@@ -126,6 +126,24 @@ def test_config_that_cannot_fit_is_refused(capsys):
   assert abs(state_gib - 16 * n_params / 2**30) < 0.05 * state_gib
 
 
+def test_compiler_out_of_memory_names_the_knob():
+  """The TPU compiler's own verdict: the SSD op at 512 rows of imagenet256's per-chip shapes
+  (x alone 10 GiB in f32, padded to 128 lanes twice that) does not fit a v5e chip; the error
+  becomes a message naming the per-chip batch."""
+  from pallas_kernels.ssd import ssd
+  _, sl = cr.parse_topology("v5e-1")
+  one = jax.sharding.SingleDeviceSharding(cr.slice_devices(sl)[0])
+  spec = lambda shape: jax.ShapeDtypeStruct(shape, jnp.float32, sharding=one)
+  b, l, h, p, g, n = 512, 1192, 64, 64, 8, 128
+  f = lambda *a: ssd(*a, chunk_size=128, lowering="tpu", interpret=False)[0]
+  with pytest.raises(Exception, match="RESOURCE_EXHAUSTED") as info:
+    jax.jit(f).trace(spec((b, l, h, p)), spec((b, l, h)), spec((h,)), spec((b, l, g, n)),
+                     spec((b, l, g, n))).lower(lowering_platforms=("tpu",)).compile()
+  message = str(cr._classify(info.value, "the SSD kernel", sl))
+  assert "does not fit in a v5e chip's 16 GiB HBM" in message, message
+  assert "per-chip batch" in message and "remat" in message
+
+
 def test_batch_that_does_not_split_is_refused():
   config = configs.load("tiny")
   config.batch_size = 6
@@ -133,3 +151,48 @@ def test_batch_that_does_not_split_is_refused():
   with pytest.raises(cr.CompileError, match=r"global batch 6 does not split over data x fsdp = "
                      r"4 chips of v5e-4. Turn: --config.batch_size to a multiple of 4"):
     cr.compile_for_slice(config, sl)
+
+
+def test_chip_alone_finds_the_smallest_slice_that_fits(monkeypatch, capsys):
+  """``--topology=v5p``: doubling from v5p-8 until the config fits; a failure that a larger
+  slice cannot mend (not memory) stops the search with its own message. The compile is
+  replaced by a rule (fits from 32 chips on) to test the search alone."""
+  tried = []
+
+  def compile_rule(config, sl, sampling=True):
+    tried.append(sl.name)
+    if sl.chips < 32:
+      raise cr.CompileError(f"{sl.name} too small", too_big=True)
+    return []
+
+  monkeypatch.setattr(cr, "compile_for_slice", compile_rule)
+  monkeypatch.setattr(cr, "print_report", lambda *a: None)
+  monkeypatch.setattr(cr, "table_row", lambda *a: "")
+  assert cr.run_topology(configs.load("tiny"), "v5p").name == "v5p-64"
+  assert tried == ["v5p-8", "v5p-16", "v5p-32", "v5p-64"]
+  assert "Smallest v5p slice on which config compiles and fits: v5p-64" in capsys.readouterr().out
+
+  def mosaic_error(config, sl, sampling=True):
+    tried.append(sl.name)
+    raise cr.CompileError("Mosaic: VMEM")
+
+  tried.clear()
+  monkeypatch.setattr(cr, "compile_for_slice", mosaic_error)
+  with pytest.raises(cr.CompileError, match="Mosaic: VMEM"):
+    cr.run_topology(configs.load("tiny"), "v5e")
+  assert tried == ["v5e-1"]
+
+
+def test_without_libtpu_the_dry_run_says_how_to_install_it(monkeypatch, capsys):
+  monkeypatch.setattr(cr, "libtpu_available", lambda: False)
+  assert cr.main(configs.load("tiny"), topology="v5e-1", devices=1) == 1
+  out = capsys.readouterr().out
+  assert "pip install 'mdm-jax[tpu]'" in out and "fake CPU devices" in out, out
+
+
+def test_home_reads_the_configs_own_slice(capsys):
+  config = configs.load("tiny")
+  assert config.topology == "v5e-1" and configs.load("imagenet256").topology.startswith("v5p-")
+  config.topology = "v5e-2"  # not a slice: the error shows that "home" read this field
+  assert cr.main(config, topology="home", devices=1) == 1
+  assert "no standard v5e slice has 2 chips" in capsys.readouterr().out
