@@ -252,7 +252,8 @@ def _sample_inputs(trainer: Trainer, task: str, num: int) -> dict:
 
 def kernel_flops(jaxpr, true_dims: tuple[int, int] | None = None) -> tuple[float, float, dict]:
   """FLOPs of the SSD ``pallas_call``s in a step's jaxpr, each counted as often as it runs
-  (times the trip counts of the scans around it); the compiler counts them as 0.
+  (times the trip counts of the scans around it; a while loop's body, whose trip count is not
+  static, counts once); the compiler counts them as 0.
 
   Per chunk of q steps and head the forward's matmuls are 2 q^2 (n + p) + 4 q n p (C B^T, its
   product with x, the state's read-out and update); the backward counts twice the forward.
@@ -603,7 +604,6 @@ def main(config, *, topology: str | None, devices: int, config_name: str = "conf
   if topology:
     os.environ["JAX_PLATFORMS"] = "cpu"  # tracing on the host; libtpu compiles for the slice
     try:
-      parse_topology(topology)
       run_topology(config, topology, config_name)
     except (CompileError, ValueError) as e:
       print(f"\nDry run for --topology={topology} FAILED: {e}", flush=True)
