@@ -104,7 +104,7 @@ def test_kernel_forward_backward_at_imagenet256_shapes(dtype):
   compiled = traced.lower(lowering_platforms=("tpu",)).compile()
   _, grads = compiled.out_info
   assert [(x.shape, x.dtype) for x in grads] == [(a.shape, a.dtype) for a in args]
-  _, _, calls = cr.kernel_flops(traced.jaxpr)
+  _, _, calls, _ = cr.kernel_flops(traced.jaxpr)
   assert {k: n for k, (n, _) in calls.items()} == {"ssd_fwd_tpu": 1, "ssd_bwd_tpu": 1}
   mem = compiled.memory_analysis()
   assert 0 < mem.temp_size_in_bytes < sl.chip.hbm_bytes
