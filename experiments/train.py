@@ -4,6 +4,7 @@ the loop (update step, logs, samples, checkpoints), each a short function or sec
   python -m experiments.train --config=digits --workdir=/tmp/mdm_digits
   python -m experiments.train --config=imagenet256 --workdir=gs://... --config.data.data_dir=...
   python -m experiments.train --config=imagenet256 --dry_run     # AOT check, no data, no TPU
+  python -m experiments.train --config=imagenet256 --dry_run --topology=v5p-128  # TPU compiler
 
 The same command resumes from the workdir's latest good checkpoint. Resuming compares the config
 with the checkpoint's: every difference is logged, and one that changes the run (the network,
@@ -16,9 +17,7 @@ imagenet2012, trains class-to-image with no tokenizer).
 """
 from __future__ import annotations
 
-import copy
 import os
-import re
 import signal
 import sys
 import time
@@ -33,14 +32,13 @@ from experiments import allocator
 from experiments import configs as config_registry
 from experiments import distributed
 from mdm_jax import tasks
-from mdm_jax.models.mdm import MDM
 from mdm_jax.ssm import kernel_check
 from mdm_jax.training import checkpoint as ckpt_lib
 from mdm_jax.training import metrics_log
 from mdm_jax.training import run_lock
 from data import tokenizer_record as run_tokenizer
 from mdm_jax.training import sharding
-from mdm_jax.training.trainer import Trainer, model_config
+from mdm_jax.training.trainer import Trainer
 
 FLAGS = flags.FLAGS
 
@@ -54,14 +52,19 @@ def define_flags():
       f"Config name ({', '.join(config_registry.NAMES)}) or file; default: digits.",
       lock_config=True)
   flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and samples go.")
-  flags.DEFINE_bool("dry_run", False, "Count parameters and compile the train step on a simulated "
-                    "mesh of fake CPU devices (see --dry_run_devices), then lower it for TPU with "
-                    "the Pallas kernels; no data, no training.")
+  flags.DEFINE_bool("dry_run", False, "No data, no training: with --topology, compile the train "
+                    "and sampling steps with the TPU compiler for a TPU slice and report memory, "
+                    "FLOPs and a roofline; without, count parameters and compile the train step "
+                    "on fake CPU devices (--dry_run_devices), then lower it for TPU.")
   flags.DEFINE_integer("dry_run_devices", 64, "Simulated chips for --dry_run.")
   flags.DEFINE_bool("allow_config_change", False, "Resume although the config differs from "
                     "the checkpoint's in a field that changes the run (the network, objective, "
                     "optimizer or data; mdm_jax.training.config_drift has the table). Every "
                     "difference is logged either way.")
+  flags.DEFINE_string("topology", None, "With --dry_run: compile with the TPU compiler (libtpu) "
+                      "for this TPU slice, e.g. v5p-64 (v4/v5p count TensorCores), v5e-16 (v5e/"
+                      "v6e count chips), v5p:4x4x12; a chip alone (v5p) finds the smallest "
+                      "slice that fits; `home`: the config's own slice (its `topology` field).")
   flags.DEFINE_integer("kill_at_step", 0, "Testing: SIGKILL this process after this step (and "
                        "after pending checkpoint writes), to simulate preemption.")
   flags.DEFINE_enum("distributed", "auto", ["auto", "yes", "no"],
@@ -114,101 +117,6 @@ def write_samples(trainer: Trainer, state, tokenizer, eval_examples, outdir: str
   return written
 
 
-# ----------------------------------------------------------------------------- dry run
-def dry_run(config):
-  """Parameter count, then an ahead-of-time compile of the full train step on a simulated
-  ``--dry_run_devices`` mesh of fake CPU devices, with the compiled memory analysis."""
-  from mdm_jax.models import param_count
-  mc = model_config(config)
-  model = MDM(mc)
-  images = jax.ShapeDtypeStruct((1, mc.image_size, mc.image_size, mc.channels), jnp.float32)
-  ids = jax.ShapeDtypeStruct((1, mc.max_text_len), jnp.int32)
-  counts = param_count.count_params(model.init, jax.random.PRNGKey(0), images, ids)
-  print(f"Parameters of {mc.backbone} MDM ({mc.n_layers} blocks, d_model {mc.d_model}):")
-  print(param_count.format_counts(counts))
-
-  n = jax.device_count()
-  mesh_cfg = dict(config.mesh)
-  mesh = sharding.make_mesh(**mesh_cfg)
-  trainer = Trainer(config, mesh, vocab_size=mc.vocab_size, num_classes=mc.num_classes)
-  print(f"\nSharding on mesh {dict(mesh.shape)}: "
-        f"{sharding.format_replications(trainer.replications)}")
-  batch = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=trainer.batch_sharding),
-      jax.eval_shape(lambda: trainer.dummy_batch(config.batch_size)))
-  t0 = time.time()
-  with trainer.mesh_context():
-    compiled = trainer.train_step.lower(trainer.abstract_state, batch).compile()
-  print(f"\nCompiled the train step for {n} devices, mesh {dict(mesh.shape)}, global batch "
-        f"{config.batch_size}, in {time.time() - t0:.0f}s.")
-
-  def per_device_bytes(tree):
-    total = 0
-    for leaf in jax.tree.leaves(tree):
-      shard = leaf.sharding.shard_shape(leaf.shape)
-      total += int(np.prod(shard)) * jnp.dtype(leaf.dtype).itemsize
-    return total
-
-  state = trainer.abstract_state
-  gib = lambda b: f"{b / 2**30:8.2f} GiB" if b >= 2**30 else f"{b / 2**20:8.2f} MiB"
-  rows = {"params": per_device_bytes(state["params"]), "ema": per_device_bytes(state["ema"]),
-          "optimizer state": per_device_bytes(state["opt_state"])}
-  mem = compiled.memory_analysis()
-  print("\nPer-device memory:")
-  for k, v in rows.items():
-    print(f"  {k:<34}{gib(v)}")
-  if mem is not None:
-    print(f"  {'arguments (compiled)':<34}{gib(mem.argument_size_in_bytes)}")
-    print(f"  {'outputs (compiled)':<34}{gib(mem.output_size_in_bytes)}")
-    print(f"  {'activations/temporaries (compiled)':<34}{gib(mem.temp_size_in_bytes)}")
-    peak = mem.argument_size_in_bytes + mem.temp_size_in_bytes
-    print(f"  {'peak estimate (args + temps)':<34}{gib(peak)}")
-  return counts, compiled
-
-
-def mosaic_calls(hlo_text: str) -> list[tuple[str, tuple[int, ...]]]:
-  """(kernel name, shape of its first operand) of every Mosaic ``tpu_custom_call`` in a
-  lowered module's text."""
-  calls = []
-  for line in hlo_text.splitlines():
-    if "@tpu_custom_call" in line:
-      name = re.search(r'kernel_name = "([^"]+)"', line)
-      operands = re.search(r"\} : \(tensor<([\dx]+)x[a-z]+\d*>", line)
-      calls.append((name.group(1) if name else "?",
-                    tuple(int(d) for d in operands.group(1).split("x")) if operands else ()))
-  return calls
-
-
-def print_tpu_lowering(config) -> bool:
-  """Lowers the full train step for platform TPU with the compiled Pallas (Mosaic) SSD kernels
-  and the mesh shardings (no TPU needed: the kernels lower to ``tpu_custom_call``), and says so
-  with each kernel's per-device input shape, or prints the error. Returns whether it lowered."""
-  mc = model_config(config)
-  mesh = sharding.make_mesh(**dict(config.mesh))
-  tpu_config = copy.deepcopy(config)
-  with tpu_config.unlocked():
-    tpu_config.model.ssd_impl, tpu_config.model.pallas_target = "pallas", "tpu"
-  t0 = time.time()
-  try:
-    trainer = Trainer(tpu_config, mesh, vocab_size=mc.vocab_size, num_classes=mc.num_classes)
-    batch = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=trainer.batch_sharding),
-        jax.eval_shape(lambda: trainer.dummy_batch(config.batch_size)))
-    with trainer.mesh_context():
-      lowered = trainer.train_step.trace(trainer.abstract_state, batch).lower(
-          lowering_platforms=("tpu",))
-    calls = mosaic_calls(lowered.as_text())
-  except Exception as e:  # pylint: disable=broad-except
-    print(f"\nTPU lowering of the train step with the Pallas Mosaic kernels FAILED after "
-          f"{time.time() - t0:.0f}s: {type(e).__name__}: {e}")
-    return False
-  print(f"\nLowered the train step for TPU with the Pallas Mosaic kernels in "
-        f"{time.time() - t0:.0f}s: {len(calls)} tpu_custom_calls.")
-  for name, shape in sorted(set(calls)):
-    print(f"  {name}: per-device x (batch, heads, padded length, padded head dim) = {shape}")
-  return True
-
-
 # ----------------------------------------------------------------------------- main
 def _quiet_library_info_logs():
   """Orbax logs every checkpoint phase at INFO; keep the console for training progress."""
@@ -226,15 +134,10 @@ def main(argv):
   _quiet_library_info_logs()
   config = FLAGS.config
   if FLAGS.dry_run:
-    # Fake CPU devices stand in for the pod; must be set before JAX starts its backends.
-    os.environ["JAX_PLATFORMS"] = "cpu"
-    flag = f"--xla_force_host_platform_device_count={FLAGS.dry_run_devices}"
-    os.environ["XLA_FLAGS"] = " ".join(
-        [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f] + [flag])
-    dry_run(config)
-    if not print_tpu_lowering(config):
-      sys.exit(1)
-    return
+    from experiments import compile_report  # pylint: disable=g-import-not-at-top
+    name = os.path.basename(config_flags.get_config_filename(FLAGS["config"])).split(".")[0]
+    sys.exit(compile_report.main(config, topology=FLAGS.topology, devices=FLAGS.dry_run_devices,
+                                 config_name=name))
   if not FLAGS.workdir:
     raise app.UsageError("--workdir is required (it holds checkpoints, metrics and samples)")
   distributed.maybe_initialize(FLAGS.distributed, FLAGS.coordinator_address,

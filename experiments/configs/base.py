@@ -56,6 +56,9 @@ def get_config():
       grad_accum_steps=1, ema_decay=0.999))
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  # The TPU slice the run is meant for (Google Cloud's accelerator type: v4/v5p sizes count
+  # TensorCores, v5e/v6e chips); `train --dry_run --topology=home` compiles for it.
+  c.topology = "v5e-1"                                  # Colab's TPU runtime: one v5e chip
   c.sharding = ml_collections.ConfigDict(dict(
       logical_axis_rules=sharding.DEFAULT_LOGICAL_AXIS_RULES,
       max_replicated_bytes=config_dict.placeholder(int)))

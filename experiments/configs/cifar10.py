@@ -10,4 +10,5 @@ def get_config():
   c.model.update(dict(d_model=512, n_layers=12, latent_dim=8, vae_width=512, mlp_ratio=2.0))
   c.loss.task_weights = (1.0, 1.0, 1.0, 0.0, 1.0, 0.5)   # no VQA pairs for CIFAR-10
   c.total_steps = 200_000
+  c.topology = "v5e-8"   # 16 images per chip; the TPU compiler refuses v5e-1 and v5e-4 (HBM)
   return c

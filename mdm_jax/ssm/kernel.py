@@ -24,8 +24,10 @@ Groups: head ``i`` reads group ``i // (h // g)``. When the head shards split the
 (``g`` a multiple of the head shard count) B and C are split over the same axes and each shard
 keeps the global head-to-group map. Otherwise B and C are replicated over the head axes and each
 shard takes the groups of its own heads (``lax.axis_index``): one group when all its heads share
-it, else one group per head. The mesh-free path (no mesh, one device, nothing divisible) calls
-the kernel directly.
+it, else one group per head. Without a mesh, or on one device, the kernel is called directly;
+under a mesh whose axes divide neither the batch nor the heads (e.g. 10 samples on 4 chips) it
+still runs inside the ``shard_map``, replicated (each device the whole call): Mosaic kernels
+cannot be partitioned automatically, and the TPU compiler refuses a bare call under a mesh.
 """
 from __future__ import annotations
 
@@ -101,7 +103,7 @@ def pallas_ssd(x, dt, A, B, C, initial_state: Optional[jax.Array] = None, *, chu
   rules = nn.get_logical_axis_rules()
   batch_axes = _fit(b, _axes_of(BATCH_AXIS, rules), sizes)
   head_axes = _fit(h, tuple(a for a in _axes_of(HEAD_AXIS, rules) if a not in batch_axes), sizes)
-  if not batch_axes and not head_axes:
+  if not batch_axes and not head_axes and all(s == 1 for s in sizes.values()):
     return kernel(x, dt, A, B, C, initial_state)
 
   shards = math.prod(sizes[a] for a in head_axes)  # head shards

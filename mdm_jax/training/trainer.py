@@ -176,6 +176,15 @@ class Trainer:
 
     ``sample_cfg`` replaces the config's sampler settings for this call (e.g. greedy answers).
     """
+    variables = {"params": state["ema"], "latent_stats": state["latent_stats"]}
+    with self.mesh_context():
+      images, tokens = self.sampler(task, num, tuple(given), sample_cfg)(variables, rng, **given)
+    return np.asarray(images), np.asarray(tokens)
+
+  def sampler(self, task: str, num: int, given: tuple[str, ...] = (),
+              sample_cfg: gen.SampleConfig | None = None):
+    """The jitted ``(variables, rng, **given) -> (images, tokens)`` that ``sample`` calls (also
+    compiled ahead of time by the dry run); built once per (task, num, given names, sampler)."""
     sample_cfg = sample_cfg or self.sample_cfg
     key = (task, num, tuple(sorted(given)), sample_cfg)
     if key not in self._samplers:
@@ -185,7 +194,4 @@ class Trainer:
       # processes, as for any global computation).
       self._samplers[key] = jax.jit(lambda variables, rng, **kw: fn(variables, rng=rng, **kw),
                                     out_shardings=sharding.replicated(self.mesh))
-    variables = {"params": state["ema"], "latent_stats": state["latent_stats"]}
-    with self.mesh_context():
-      images, tokens = self._samplers[key](variables, rng, **given)
-    return np.asarray(images), np.asarray(tokens)
+    return self._samplers[key]
