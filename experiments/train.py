@@ -232,8 +232,12 @@ def main(argv):
     raise app.UsageError("--workdir is required (it holds checkpoints, metrics and samples)")
   distributed.maybe_initialize(FLAGS.distributed, FLAGS.coordinator_address,
                               FLAGS.num_processes, FLAGS.process_id)
-  train(config, FLAGS.workdir, kill_at_step=FLAGS.kill_at_step,
-        signal_at_step=FLAGS.signal_at_step)
+  try:
+    train(config, FLAGS.workdir, kill_at_step=FLAGS.kill_at_step,
+          signal_at_step=FLAGS.signal_at_step)
+  except ckpt_lib.CheckpointWriteError as e:  # the report is the message: no traceback
+    logging.error("%s", e)
+    sys.exit(1)
 
 
 def _kill_every_process():
@@ -399,6 +403,7 @@ def _train(config, workdir: str, *, kill_at_step: int, signal_at_step: int, on_l
       batch = sharding.shard_batch(next(train_iter), mesh, trainer.rules)
       with trainer.mesh_context():
         state, terms = trainer.train_step(state, batch)
+      checkpointer.check()  # a failed asynchronous save (disk full) stops the run when it fails
       if itstime(step, config.log_every, total, first=start + 1):
         terms = {k: float(v) for k, v in jax.device_get(terms).items()}
         ckpt_lib.check_finite(step, terms)
@@ -415,7 +420,7 @@ def _train(config, workdir: str, *, kill_at_step: int, signal_at_step: int, on_l
           if on_log:
             on_log(dict(record, step=step, eta_s=eta))
       preemption.send_notice_at(step, signal_at_step)
-      preempted = watch.reached(step)  # on every process at the same step
+      preempted = watch.reached(step - start)  # on every process at the same step
       if (config.sample_every and step % config.sample_every == 0 and step != total
           and not preempted):
         write_samples(trainer, state, tokenizer, eval_examples, samples_dir, f"step{step}")

@@ -295,3 +295,21 @@ def test_images_missing_from_captions_are_counted(tmp_path):
   (src / "captions.jsonl").write_text('{"file": "./a.png", "caption": "red"}\n')
   stats = folder.prepare(str(src), str(tmp_path / "out"))
   assert stats["images"] == 1 and stats["uncaptioned"] == 2
+
+
+def test_record_path_state_resharded_between_host_counts(class_folder, tok):
+  """The record path's state counts this host's examples: a 2-host state mapped to one host
+  continues the 2-host stream (the oracle: both hosts going on)."""
+  out, _ = class_folder
+  hosts = [_make(tok, out, seed=3, batch_size=2, shard_index=i, shard_count=2) for i in range(2)]
+  for _ in range(2):
+    for h in hosts:
+      next(h)
+  one = _make(tok, out, seed=3, batch_size=4)
+  state, examples = one.reshard_state(json.loads(json.dumps(hosts[0].get_state())), 2)
+  assert examples == 2 * 4 and state == {"next_index": 8}
+  one.set_state(state)
+  for _ in range(2):  # across the 7-example split's epoch boundary
+    got, parts = next(one), [next(h) for h in hosts]
+    for k in got:
+      np.testing.assert_array_equal(got[k], np.concatenate([p[k] for p in parts]), err_msg=k)

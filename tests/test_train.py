@@ -235,6 +235,55 @@ def test_sigterm_saves_the_step_and_resumes_exactly(runs):
   assert sorted(os.listdir(runs["c_dir"] / "checkpoints")) == ["4", "6"]
 
 
+# A full disk during the (asynchronous) save of step 4: orbax's JSON writer raises ENOSPC, as
+# a real full disk does, inside the real command.
+DISK_FULL_AT_STEP_4 = """
+import errno, sys
+from absl import app
+from orbax.checkpoint._src.handlers import json_checkpoint_handler as handler
+from experiments import configs, train
+write = handler.JsonCheckpointHandler._save_fn
+async def full(self, item, directory):
+  if "/checkpoints/4." in str(directory):
+    raise OSError(errno.ENOSPC, "No space left on device", str(directory / self._filename))
+  return await write(self, item, directory)
+handler.JsonCheckpointHandler._save_fn = full
+sys.argv = configs.rewrite_argv(["train", *sys.argv[1:]])
+train.define_flags()
+app.run(train.main)
+"""
+
+
+def test_disk_full_during_a_save_is_reported_once_and_the_run_resumes(runs, tmp_path,
+                                                                        compile_cache):
+  assert runs["a_rc"] == 0   # its compiled executables make these runs quick
+  workdir = tmp_path / "full"
+  args = [*TINY_RUN, "--config.checkpoint_every=2", f"--workdir={workdir}"]
+  with open(tmp_path / "full.log", "w") as log:
+    rc = subprocess.run([sys.executable, "-c", DISK_FULL_AT_STEP_4, *args], cwd=REPO,
+                        env=subprocess_env(compile_cache), stdout=log, stderr=subprocess.STDOUT,
+                        timeout=600).returncode
+  log = (tmp_path / "full.log").read_text()
+  assert rc == 1, log[-3000:]
+  report = "Writing the checkpoint of step 4 failed: [Errno 28] No space left on device ("
+  assert log.count(report) == 1, log[-3000:]
+  line = next(l for l in log.splitlines() if report in l)
+  assert f"{workdir}/checkpoints/4.orbax-checkpoint-tmp" in line
+  assert "MiB for the state's arrays" in line and "MiB free there now" in line
+  assert "The previous checkpoint (step 2) is intact" in line
+  assert "Traceback" not in log   # orbax's background tracebacks are not repeated either
+  assert not os.path.exists(workdir / "trainer.lock")
+  assert not os.path.exists(workdir / "samples")
+  # The same command without the fault resumes from step 2 and matches run A exactly.
+  rc, log = finish(start("experiments.train", args, tmp_path / "rerun.log", compile_cache))
+  assert rc == 0, log[-3000:]
+  assert "Resumed from the checkpoint at step 2" in log
+  a, got = read_metrics(runs["a_dir"]), read_metrics(workdir)
+  assert [r["step"] for r in got] == [1, 2, 3, 4, 5, 6]
+  for g, w in zip(got, a):
+    assert loss_terms(g) == loss_terms(w), (g["step"], g, w)
+
+
 # ----------------------------------------------------------------------------- sample / evaluate
 NUM = 10   # the tiny config's sample.num: the training run's final samples compiled these shapes
 

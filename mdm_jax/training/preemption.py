@@ -31,7 +31,7 @@ def _sync_manager():
 
 
 class PreemptionWatch:
-  """``with PreemptionWatch() as watch: ... if watch.reached(step): save; stop``.
+  """``with PreemptionWatch() as watch: ... if watch.reached(steps_run): save; stop``.
 
   Handlers are installed on entry (from the main thread only: elsewhere, e.g. a notebook's
   worker thread, signals keep their default effect) and the previous ones restored on exit.
@@ -68,12 +68,15 @@ class PreemptionWatch:
       signal.signal(signum, handler)
     self._previous.clear()
 
-  def reached(self, step: int) -> bool:
-    """Whether to checkpoint ``step`` and stop; call it after every step, on every process."""
+  def reached(self, steps_run: int) -> bool:
+    """Whether to checkpoint the step just run and stop; call it after every step, on every
+    process, with the number of steps this process has run (1 after the first, not the global
+    step of a resumed run: JAX's sync point counts from 0 at start-up, so a notice that arrives
+    before the first step stops at 1)."""
     if not self._synced:
       return self.signal_name is not None
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    if not multihost_utils.reached_preemption_sync_point(step):
+    if not multihost_utils.reached_preemption_sync_point(steps_run):
       return False
     if self.notice_time is None:  # SIGTERM went to JAX's handler: this is when we learnt of it
       self.signal_name, self.notice_time = "SIGTERM", time.time()
