@@ -28,6 +28,16 @@ for inspection, and so that re-saving those step numbers works). A reader's
 deletes left-over tmp directories (they may be a running trainer's save in progress)
 nor moves refused checkpoints.
 
+A checkpoint written by N processes restores on M: orbax reads the arrays into the new
+shardings, and the data position (grain's `data_iter/process_<i>-of-<N>.json`, which grain's
+handler reads only for the same count) is mapped by the iterator's `reshard_state` where it can
+be (this project's pipeline), else left at the stream's start with a warning.
+
+A failed asynchronous save (a full disk, an I/O error) is raised once, as a
+`CheckpointWriteError` naming the step, the path, the bytes and the intact previous checkpoint,
+by `check()` (call it every step), the next `save` or `wait`; orbax's repeated background
+tracebacks are reduced to their one-line messages.
+
 `restore(..., only=("ema", "latent_stats", "step"))` reads a subset of the state's
 top-level keys (sampling needs no optimizer state); the digests of what is read are
 verified as for a full restore.
