@@ -303,10 +303,18 @@ class DataIterator(grain.DatasetIterator):
   iterator was made (a restored iterator starts again from zero).
   """
 
-  def __init__(self, parent: grain.DatasetIterator, name: str):
+  def __init__(self, parent: grain.DatasetIterator, name: str, *,
+               batch_size: int = 1, shard_count: int = 1,
+               position: str | None = None):
+    """`position`: what the state's `next_index` counts -- "global_batch"
+    (the same on every host, whatever their number), "host_example" (this
+    host's examples, whole batches) or None (a state `reshard_state` cannot
+    map, e.g. grain's worker processes')."""
     super().__init__(parent)
     self._name = name
     self._counts = collections.Counter()
+    self._batch_size, self._shard_count = batch_size, shard_count
+    self._position = position
 
   def __next__(self) -> dict[str, np.ndarray]:
     batch = dict(next(self._parent))
@@ -331,6 +339,30 @@ class DataIterator(grain.DatasetIterator):
 
   def set_state(self, state: dict[str, Any]) -> None:
     self._parent.set_state(state)
+
+  def reshard_state(self, state: dict[str, Any],
+                    saved_count: int) -> tuple[dict[str, Any], int] | None:
+    """Maps a state saved by a host of a `saved_count`-host run (any host: all
+    read the same number of global batches) to this iterator's host count.
+
+    grain's iterator states are per host and have no such mapping; this
+    pipeline's stream is the same for any host count (see the module
+    docstring), so a plain position is mapped exactly, given the same global
+    batch size.
+
+    Returns:
+      (state for this host, global examples read so far), or None where the
+      state is not a plain position (grain worker processes).
+    """
+    if self._position is None or set(state) != {"next_index"}:
+      return None
+    n = int(state["next_index"])
+    if self._position == "global_batch":
+      return {"next_index": n}, n * self._batch_size * self._shard_count
+    examples = n * saved_count  # whole global batches: n = batches * (G / saved_count)
+    if examples % self._shard_count:
+      return None
+    return {"next_index": examples // self._shard_count}, examples
 
   def stats(self) -> dict[str, int]:
     """{'examples', 'caption_truncated', 'vqa_truncated'} counts so far."""
@@ -429,6 +461,7 @@ def make_dataset(
     # Each batch is one cheap gather: reader threads would only add overhead.
     it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=0,
                                                  prefetch_buffer_size=0))
+    position = "global_batch"
   else:
     ds = (grain.MapDataset.source(src.records).seed(seed).shuffle()
           .repeat(num_epochs)
@@ -443,10 +476,14 @@ def make_dataset(
         num_threads=read_threads, prefetch_buffer_size=max(
             2 * batch_size, 4 * read_threads) if read_threads else 0))
     it_ds = it_ds.batch(batch_size, drop_remainder=drop_remainder)
+    position = "host_example"
   if worker_count > 0:
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=worker_count))
-  return DataIterator(iter(it_ds), name=f"{name}/{split}")
+    position = None  # per-worker states
+  return DataIterator(iter(it_ds), name=f"{name}/{split}",
+                      batch_size=batch_size, shard_count=shard_count,
+                      position=position)
 
 
 # --------------------------------------------------------------------------

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
 
+from data import tokenizer_record as run_tokenizer
 from experiments import allocator
 from experiments import configs as config_registry
 from experiments import distributed
@@ -35,8 +36,8 @@ from mdm_jax import tasks
 from mdm_jax.ssm import kernel_check
 from mdm_jax.training import checkpoint as ckpt_lib
 from mdm_jax.training import metrics_log
+from mdm_jax.training import preemption
 from mdm_jax.training import run_lock
-from data import tokenizer_record as run_tokenizer
 from mdm_jax.training import sharding
 from mdm_jax.training.trainer import Trainer
 
@@ -67,6 +68,8 @@ def define_flags():
                       "slice that fits; `home`: the config's own slice (its `topology` field).")
   flags.DEFINE_integer("kill_at_step", 0, "Testing: SIGKILL this process after this step (and "
                        "after pending checkpoint writes), to simulate preemption.")
+  flags.DEFINE_integer("signal_at_step", 0, "Testing: the last process sends itself SIGTERM after "
+                       "this step (a preemption notice reaching one host first).")
   flags.DEFINE_enum("distributed", "auto", ["auto", "yes", "no"],
                     "Call jax.distributed.initialize() (auto: when a multi-host environment is "
                     "detected).")
@@ -142,8 +145,12 @@ def main(argv):
     raise app.UsageError("--workdir is required (it holds checkpoints, metrics and samples)")
   distributed.maybe_initialize(FLAGS.distributed, FLAGS.coordinator_address,
                               FLAGS.num_processes, FLAGS.process_id)
-  train(config, FLAGS.workdir, kill_at_step=FLAGS.kill_at_step,
-        allow_config_change=FLAGS.allow_config_change)
+  try:
+    train(config, FLAGS.workdir, kill_at_step=FLAGS.kill_at_step,
+          signal_at_step=FLAGS.signal_at_step, allow_config_change=FLAGS.allow_config_change)
+  except ckpt_lib.CheckpointWriteError as e:  # the report is the message: no traceback
+    logging.error("%s", e)
+    sys.exit(1)
 
 
 def _kill_every_process():
@@ -159,13 +166,18 @@ def _kill_every_process():
   os.kill(os.getpid(), signal.SIGKILL)
 
 
-def train(config, workdir: str, *, kill_at_step: int = 0, on_log=None,
+def train(config, workdir: str, *, kill_at_step: int = 0, signal_at_step: int = 0, on_log=None,
           allow_config_change: bool = False):
   """Trains ``config`` in ``workdir``, resuming from its latest good checkpoint, then writes the
   final samples: the command's work, callable in-process (the notebook does).
 
+  SIGTERM or SIGINT (a preemption notice; Ctrl-C) stops it after the step in progress, which is
+  checkpointed with the data position, and it returns without the final samples; every process
+  of a multi-host run stops at the same step (see ``mdm_jax.training.preemption``).
+
   Args:
     kill_at_step: testing: SIGKILL this process after that step (see --kill_at_step).
+    signal_at_step: testing: SIGTERM the last process after that step (see --signal_at_step).
     on_log: called on process 0 with each logged step's record (metrics.jsonl's fields and
       ``eta_s``), e.g. to show progress.
     allow_config_change: resume although the config changes the run (see --allow_config_change).
@@ -177,9 +189,10 @@ def train(config, workdir: str, *, kill_at_step: int = 0, on_log=None,
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   config_registry.check_run_values(config)
   # One trainer per workdir (process 0 holds the lock for the whole run).
-  with run_lock.WorkdirLock(workdir, enabled=jax.process_index() == 0):
-    return _train(config, workdir, kill_at_step=kill_at_step, on_log=on_log,
-                  allow_config_change=allow_config_change)
+  with run_lock.WorkdirLock(workdir, enabled=jax.process_index() == 0), \
+      preemption.PreemptionWatch() as watch:
+    return _train(config, workdir, kill_at_step=kill_at_step, signal_at_step=signal_at_step,
+                  on_log=on_log, watch=watch, allow_config_change=allow_config_change)
 
 
 def itstime(step: int, every: int, total: int, *, first: int | None = None) -> bool:
@@ -291,7 +304,8 @@ def check_ssd_kernel(config) -> None:
   config.model.ssd_impl = impl
 
 
-def _train(config, workdir: str, *, kill_at_step: int, on_log, allow_config_change: bool):
+def _train(config, workdir: str, *, kill_at_step: int, signal_at_step: int, on_log,
+           watch: preemption.PreemptionWatch, allow_config_change: bool):
   from data import pipeline
   from etils import epath
   from experiments import workdir as workdir_lib
@@ -335,6 +349,9 @@ def _train(config, workdir: str, *, kill_at_step: int, on_log, allow_config_chan
   samples_dir = os.fspath(epath.Path(workdir) / "samples")
 
   # --- Training loop -------------------------------------------------------------------------
+  # A save digests the state (a compiled pass): compile it now, not in the ~30 s a preemption
+  # notice leaves (seconds on a CPU host; more for a large model).
+  ckpt_lib.state_digests(state)
   total = config.total_steps
   t_last, step_last = time.time(), start
   t_start = time.time()
@@ -343,6 +360,7 @@ def _train(config, workdir: str, *, kill_at_step: int, on_log, allow_config_chan
       batch = sharding.shard_batch(next(train_iter), mesh, trainer.rules)
       with trainer.mesh_context():
         state, terms = trainer.train_step(state, batch)
+      checkpointer.check()  # a failed asynchronous save (disk full) stops the run when it fails
       if itstime(step, config.log_every, total, first=start + 1):
         terms = {k: float(v) for k, v in jax.device_get(terms).items()}
         ckpt_lib.check_finite(step, terms)
@@ -358,13 +376,22 @@ def _train(config, workdir: str, *, kill_at_step: int, on_log, allow_config_chan
                        terms["diff_txt"], terms["rec_img"], terms["rec_txt"], rate, eta)
           if on_log:
             on_log(dict(record, step=step, eta_s=eta))
-      if config.sample_every and step % config.sample_every == 0 and step != total:
+      preemption.send_notice_at(step, signal_at_step)
+      preempted = watch.reached(step - start)  # on every process at the same step
+      if (config.sample_every and step % config.sample_every == 0 and step != total
+          and not preempted):
         write_samples(trainer, state, tokenizer, eval_examples, samples_dir, f"step{step}")
-      if itstime(step, config.checkpoint_every, total):
+      if itstime(step, config.checkpoint_every, total) or preempted:
         # NaN guard: a step whose loss is not finite is never checkpointed (and save itself
         # refuses a state with a non-finite leaf).
         ckpt_lib.check_finite(step, {k: float(v) for k, v in jax.device_get(terms).items()})
         checkpointer.save(step, state, data_iter=train_iter, config_dict=config.to_dict())
+      if preempted:
+        checkpointer.wait()
+        logging.warning("Preempted (%s): saved the checkpoint of step %d and stopped, %.1fs after "
+                        "the notice; the same command resumes from it.", watch.signal_name, step,
+                        watch.seconds())
+        return trainer, state, tokenizer
       if kill_at_step and step == kill_at_step:
         checkpointer.wait()
         _kill_every_process()

@@ -325,3 +325,21 @@ def test_exif_orientation_is_applied_and_counted(tmp_path, orientation, turns):
   np.testing.assert_array_equal(got[0], np.rot90(stored, turns))
   assert np.abs(got[0].astype(int) - upright).max() <= 8
   np.testing.assert_array_equal(got[1], upright)    # no tag: as it was
+
+
+def test_record_path_state_resharded_between_host_counts(class_folder, tok):
+  """The record path's state counts this host's examples: a 2-host state mapped to one host
+  continues the 2-host stream (the oracle: both hosts going on)."""
+  out, _ = class_folder
+  hosts = [_make(tok, out, seed=3, batch_size=2, shard_index=i, shard_count=2) for i in range(2)]
+  for _ in range(2):
+    for h in hosts:
+      next(h)
+  one = _make(tok, out, seed=3, batch_size=4)
+  state, examples = one.reshard_state(json.loads(json.dumps(hosts[0].get_state())), 2)
+  assert examples == 2 * 4 and state == {"next_index": 8}
+  one.set_state(state)
+  for _ in range(2):  # across the 7-example split's epoch boundary
+    got, parts = next(one), [next(h) for h in hosts]
+    for k in got:
+      np.testing.assert_array_equal(got[k], np.concatenate([p[k] for p in parts]), err_msg=k)

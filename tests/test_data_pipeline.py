@@ -230,3 +230,26 @@ def test_describe_and_corpus():
   assert info["num_examples"] == 1500 and info["num_classes"] == 10
   assert info["has_caption"] and info["has_vqa"]
   assert set(pipeline.text_corpus("digits")) == set(digits.text_corpus())
+
+
+def test_state_resharded_between_host_counts_continues_the_stream(tok):
+  """A state saved by host 1 of 2 after 3 global batches, mapped to one host (and one host's to
+  4 hosts), continues the stream: oracle, the 2-host (1-host) run going on uninterrupted."""
+  two = [_make(tok, batch_size=16, shard_index=i, shard_count=2) for i in range(2)]
+  for _ in range(3):
+    for h in two:
+      next(h)
+  one = _make(tok, batch_size=32)
+  state, examples = one.reshard_state(json.loads(json.dumps(two[1].get_state())), 2)
+  assert examples == 3 * 32
+  one.set_state(state)
+  for _ in range(2):
+    got, parts = next(one), [next(h) for h in two]
+    for k in got:
+      np.testing.assert_array_equal(got[k], np.concatenate([p[k] for p in parts]), err_msg=k)
+  four = [_make(tok, batch_size=8, shard_index=i, shard_count=4) for i in range(4)]
+  for h in four:
+    h.set_state(h.reshard_state(one.get_state(), 1)[0])
+  want, parts = next(one), [next(h) for h in four]
+  for k in want:
+    np.testing.assert_array_equal(np.concatenate([p[k] for p in parts]), want[k], err_msg=k)

@@ -1,21 +1,29 @@
 """Real multi-process training on one machine: 2 processes x 4 CPU devices, joined by
 `jax.distributed` on 127.0.0.1 (gloo collectives), through `python -m experiments.train`.
 
-Oracle: the same command as one process with 8 devices. The 2-process run is SIGKILLed at
-step 3 (both processes, after the step-3 checkpoint), rerun with the same command, resumes from
-the orbax checkpoint both processes wrote, and writes the final samples once (process 0) with
-no hang. Then `experiments.sample` runs under 2 processes and `experiments.evaluate` refuses.
+Oracle: the same command as one process with 8 devices, uninterrupted. One workdir goes through
+a chain of faults, each run resuming the last one's checkpoint with the same command:
+  killed     2 processes, SIGKILLed at step 3 (both, after the step-3 checkpoint);
+  one        1 process (8 devices): resumes the 2-process checkpoint (parameters, EMA and
+             optimizer state resharded, data position mapped), SIGTERMed after step 4: saves 4;
+  preempted  2 processes: resume the 1-process checkpoint; process 1 alone gets SIGTERM (a
+             preemption notice reaching one host first) before its first step: both agree on
+             step 5, save it and exit 0;
+  resumed    2 processes: finish (step 6) and write the final samples once (process 0).
+Its losses equal the oracle's step by step. Then `experiments.sample` runs under 2 processes and
+`experiments.evaluate` refuses.
 
 All processes share one persistent XLA cache; the reference and the first 2-process run start
 together (the persistent cache does not carry over between multi-process runs: their keys differ
 per run and process, so each 2-process run compiles). About 4 minutes of wall time on 2 idle
-cores; every wait is bounded.
+cores (5 with the resharding and preemption runs); every wait is bounded.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -26,10 +34,10 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # fsdp=8: parameters, optimizer state and batch are split over both processes' devices.
-RUN = ["--config=tiny", "--config.total_steps=4", "--config.checkpoint_every=3",
+RUN = ["--config=tiny", "--config.total_steps=6", "--config.checkpoint_every=3",
        "--config.log_every=1", "--config.mesh.data=1", "--config.mesh.fsdp=8"]
 NOT_LOSS_TERMS = ("step", "steps_per_s")
-TIMEOUT_S = 900  # all jobs together; ~4 min on 2 idle cores, more when they are shared
+TIMEOUT_S = 1800  # all jobs together; ~5 min on 2 idle cores, 20 when they are shared
 
 
 class Job:
@@ -72,6 +80,13 @@ class Job:
   def log(self, i: int) -> str:
     return self.logs[i].read_text()
 
+  def wait_for_line(self, i: int, text: str, deadline: float) -> None:
+    while text not in self.log(i):
+      if time.time() > deadline or self.procs[i].poll() is not None:
+        self.kill()
+        pytest.fail(f"{self.name}: no {text!r} in process {i}'s log\n{self.text()}")
+      time.sleep(0.2)
+
   def text(self) -> str:
     return "\n".join(f"--- {self.name} process {i} (rc {p.returncode}), last lines:\n"
                      + "\n".join(l for l in self.log(i).splitlines()
@@ -98,16 +113,33 @@ def runs(tmp_path_factory):
                  [*RUN, f"--workdir={mp_dir}", "--kill_at_step=3"])
     killed_rc = killed.wait(deadline)
     killed_metrics = _metrics(mp_dir) if os.path.exists(mp_dir / "metrics.jsonl") else []
+    files = lambda step: sorted(os.listdir(mp_dir / "checkpoints" / str(step) / "data_iter"))
+    killed_files = files(3) if killed_rc == [-9, -9] else None
+    ref_rc = ref.wait(deadline)  # before `one`, which finds its compiled executables
+    one = job("one", "experiments.train", [*RUN, f"--workdir={mp_dir}", "--signal_at_step=4"],
+              num_processes=1, devices=8)
+    one_rc = one.wait(deadline)
+    one_files = files(4) if one_rc == [0] else None
+    preempted = job("preempted", "experiments.train", [*RUN, f"--workdir={mp_dir}"])
+    # After the restore, before the first step's compile (tens of seconds): process 1 alone.
+    preempted.wait_for_line(1, "Resumed from the checkpoint at step 4", deadline)
+    preempted.procs[1].send_signal(signal.SIGTERM)
+    signalled = time.time()
+    preempted_rc = preempted.wait(deadline)
+    preempted_exit = time.time()
+    preempted_seconds = preempted_exit - signalled
     resumed = job("resumed", "experiments.train", [*RUN, f"--workdir={mp_dir}"])
     resumed_rc = resumed.wait(deadline)
-    ref_rc = ref.wait(deadline)
     out = root / "out"
     sample = job("sample", "experiments.sample",
                  [f"--workdir={mp_dir}", "--task=class", "--num=10", f"--out={out / 'class'}"])
     evaluate = job("evaluate", "experiments.evaluate", [f"--workdir={mp_dir}"])
     sample_rc, evaluate_rc = sample.wait(deadline), evaluate.wait(deadline)
     yield dict(ref=ref, ref_rc=ref_rc, ref_dir=ref_dir, mp_dir=mp_dir, killed=killed,
-               killed_rc=killed_rc, killed_metrics=killed_metrics, resumed=resumed,
+               killed_rc=killed_rc, killed_metrics=killed_metrics, killed_files=killed_files,
+               one=one, one_rc=one_rc, one_files=one_files, preempted=preempted,
+               preempted_rc=preempted_rc, preempted_seconds=preempted_seconds,
+               preempted_exit=preempted_exit, resumed=resumed,
                resumed_rc=resumed_rc, sample=sample, sample_rc=sample_rc, out=out,
                evaluate=evaluate, evaluate_rc=evaluate_rc)
   finally:
@@ -115,35 +147,70 @@ def runs(tmp_path_factory):
       j.kill()
 
 
+def _log_time(log: str, text: str) -> float:
+  """The epoch time of the first absl log line containing `text` (local time, no year)."""
+  line = next(l for l in log.splitlines() if text in l)
+  month_day, clock = line[1:5], line.split()[1]
+  whole, fraction = clock.split(".")
+  return time.mktime(time.strptime(f"{time.localtime().tm_year}{month_day} {whole}",
+                                   "%Y%m%d %H:%M:%S")) + float("0." + fraction)
+
+
 def _metrics(workdir) -> list[dict]:
   with open(workdir / "metrics.jsonl") as f:
     return [json.loads(line) for line in f if line.strip()]
 
 
-def test_killed_rerun_resumes_and_matches_one_process(runs):
+def test_killed_resharded_preempted_chain_matches_one_process(runs):
   assert runs["ref_rc"] == [0], runs["ref"].text()
   # Both processes died by their own SIGKILL after the step-3 checkpoint.
   assert runs["killed_rc"] == [-9, -9], runs["killed"].text()
   assert [r["step"] for r in runs["killed_metrics"]] == [1, 2, 3]
-  assert runs["resumed_rc"] == [0, 0], runs["resumed"].text()
+  assert runs["killed_files"] == [
+      "commit_success.txt", "process_0-of-2.json", "process_1-of-2.json"]
   for i in range(2):
     assert "(2 processes)" in runs["killed"].log(i), runs["killed"].text()
-    assert "Resumed from the checkpoint at step 3" in runs["resumed"].log(i)
+
+  # 2 -> 1 process: the state and the data position (3 global batches of 16) carry over.
+  one = runs["one"].log(0)
+  assert runs["one_rc"] == [0], runs["one"].text()
+  assert "Resumed from the checkpoint at step 3" in one
+  assert ("saved by 2 process(es), resumed by 1: its data position (global example 48) is "
+          "mapped") in one
+  assert "Preempted (SIGTERM): saved the checkpoint of step 4 and stopped" in one
+  assert runs["one_files"] == ["commit_success.txt", "process_0-of-1.json"]
+
+  # 1 -> 2 processes, then a SIGTERM to process 1 alone: both save step 5 and exit 0.
+  assert runs["preempted_rc"] == [0, 0], runs["preempted"].text()
+  for i in range(2):
+    log = runs["preempted"].log(i)
+    assert "Resumed from the checkpoint at step 4" in log
+    assert "saved by 1 process(es), resumed by 2: its data position (global example 64)" in log
+    assert "Preempted (SIGTERM): saved the checkpoint of step 5 and stopped" in log, log[-2000:]
+  # The notice came before step 5's compile (tens of seconds here), which the run finishes: the
+  # notice's ~30 s are for what follows the step (agreeing, saving, exiting).
+  after_step = runs["preempted_exit"] - _log_time(runs["preempted"].log(0), "step 5/6")
+  print(f"\n2-process preemption: SIGTERM to process 1 before step 5; step 5 saved by both; "
+        f"{runs['preempted_seconds']:.1f}s from SIGTERM to both exits (the step's compile "
+        f"included), {after_step:.1f}s from the end of step 5")
+  assert 0 <= after_step < 30, after_step
+  assert runs["resumed_rc"] == [0, 0], runs["resumed"].text()
+  for i in range(2):
+    assert "Resumed from the checkpoint at step 5" in runs["resumed"].log(i)
   mp_dir = runs["mp_dir"]
-  assert sorted(os.listdir(mp_dir / "checkpoints")) == ["3", "4"]
-  assert sorted(os.listdir(mp_dir / "checkpoints" / "3" / "data_iter")) == [
-      "commit_success.txt", "process_0-of-2.json", "process_1-of-2.json"]
+  assert sorted(os.listdir(mp_dir / "checkpoints")) == ["5", "6"]  # keep_checkpoints=2
+  assert not os.path.exists(mp_dir / "trainer.lock")
 
   want = _metrics(runs["ref_dir"])
-  got = _metrics(mp_dir)  # process 0's: steps 1-3 of the killed run, then step 4
-  assert [r["step"] for r in want] == [r["step"] for r in got] == [1, 2, 3, 4]
+  got = _metrics(mp_dir)  # process 0's, written by the four runs in turn
+  assert [r["step"] for r in want] == [r["step"] for r in got] == [1, 2, 3, 4, 5, 6]
   for g, w in zip(got, want):
     terms = [k for k in w if k not in NOT_LOSS_TERMS]
     assert {"loss", "diff_img", "diff_txt", "rec_img", "rec_txt", "kl"} <= set(terms)
     # Same examples in the same order; only the cross-process sums' order differs.
     np.testing.assert_allclose([g[k] for k in terms], [w[k] for k in terms], rtol=1e-5,
                                atol=1e-6, err_msg=f"step {w['step']}: {terms}")
-  assert len({w["loss"] for w in want}) == 4
+  assert len({w["loss"] for w in want}) == 6
 
 
 def test_final_samples_written_once(runs):

@@ -36,6 +36,39 @@ def test_a_stale_lock_is_taken_over_with_a_warning(tmp_path, caplog):
   assert "stale trainer lock" in caplog.text
 
 
+def _own_record(**changes):
+  """A lock record naming this very process (as a restarted container with the same pid
+  would find it), with `changes` applied."""
+  own = json.loads(run_lock.WorkdirLock("/nonexistent")._record())
+  assert own["pid"] == os.getpid() and own["boot_id"] and own["start_ticks"] is not None
+  return {**own, **changes}
+
+
+@pytest.mark.parametrize("changes, reason", [
+    ({"boot_id": "00000000-0000-0000-0000-000000000000"}, "recorded before a reboot"),
+    ({"start_ticks": 1}, f"pid {os.getpid()} is now another process"),
+])
+def test_own_pid_from_another_boot_or_start_is_taken_over(tmp_path, caplog, changes, reason):
+  # Oracle: the record a restarted container leaves, written by hand; the kernel's boot id
+  # and this process's start time are read independently of the lock code.
+  with open("/proc/sys/kernel/random/boot_id") as f:
+    assert f.read().strip() != changes.get("boot_id")
+  (tmp_path / run_lock.LOCK_FILE).write_text(json.dumps(_own_record(**changes)))
+  with caplog.at_level("WARNING"):
+    with run_lock.WorkdirLock(tmp_path):
+      holder = json.loads((tmp_path / run_lock.LOCK_FILE).read_text())
+  assert "stale trainer lock" in caplog.text and reason in caplog.text
+  with open(f"/proc/{os.getpid()}/stat") as f:
+    assert holder["start_ticks"] == int(f.read().split(")")[-1].split()[19])
+  assert not (tmp_path / run_lock.LOCK_FILE).exists()
+
+
+def test_own_pid_same_boot_and_start_is_still_refused(tmp_path):
+  (tmp_path / run_lock.LOCK_FILE).write_text(json.dumps(_own_record()))
+  with pytest.raises(run_lock.WorkdirLockedError, match=rf"pid {os.getpid()} on host"):
+    run_lock.WorkdirLock(tmp_path).acquire()
+
+
 def test_a_lock_from_another_host_is_respected(tmp_path):
   (tmp_path / run_lock.LOCK_FILE).write_text(json.dumps(
       {"host": "some-other-host", "pid": 1, "started": "earlier"}))

@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -141,22 +142,38 @@ def run_a(tmp_path_factory, compile_cache):
     finish(proc)
 
 
+# Run C: no periodic checkpoint before the last step, so only the preemption save can resume it.
+PREEMPTED_RUN = [*TINY_RUN, "--config.checkpoint_every=6"]
+
+
 @pytest.fixture(scope="module")
 def runs(run_a, compile_cache):
-  """Run A, and run B: SIGKILLed after step 4, then the same command again."""
+  """Run A; run B: SIGKILLed after step 4, then the same command again; run C: SIGTERMed after
+  step 4 (a real signal, which the process sends itself: the steps are too quick to hit one from
+  outside), then the same command again. B and C run side by side."""
   root, a = run_a
-  a_dir, b_dir = root / "a", root / "b"
-  a_rc, a_log = finish(a)      # B starts after A so that it finds A's compiled executables
+  a_dir, b_dir, c_dir = root / "a", root / "b", root / "c"
+  a_rc, a_log = finish(a)      # B and C start after A so that they find its compiled executables
 
-  def train(*args, log):
-    return finish(start("experiments.train", [*TINY_RUN, f"--workdir={b_dir}", *args],
-                        root / log, compile_cache))
+  def train(args, workdir, log):
+    return start("experiments.train", [*args, f"--workdir={workdir}"], root / log, compile_cache)
 
-  b1_rc, b1_log = train("--kill_at_step=4", log="b1.log")
+  b1 = train([*TINY_RUN, "--kill_at_step=4"], b_dir, "b1.log")
+  c1 = train([*PREEMPTED_RUN, "--signal_at_step=4"], c_dir, "c1.log")
+  c1_rc, c1_log = finish(c1)
+  c1_exit = time.time()
+  b1_rc, b1_log = finish(b1)
   b1_metrics = read_metrics(b_dir) if b1_rc == -9 else None
-  b2_rc, b2_log = train(log="b2.log")
+  c1_metrics = read_metrics(c_dir) if c1_rc == 0 else None
+  c1_checkpoints = sorted(os.listdir(c_dir / "checkpoints"))
+  c1_lock_left = os.path.exists(c_dir / "trainer.lock")
+  b2, c2 = train(TINY_RUN, b_dir, "b2.log"), train(PREEMPTED_RUN, c_dir, "c2.log")
+  (b2_rc, b2_log), (c2_rc, c2_log) = finish(b2), finish(c2)
   return dict(a_dir=a_dir, b_dir=b_dir, a_rc=a_rc, a_log=a_log, b1_rc=b1_rc, b1_log=b1_log,
-              b1_metrics=b1_metrics, b2_rc=b2_rc, b2_log=b2_log)
+              b1_metrics=b1_metrics, b2_rc=b2_rc, b2_log=b2_log, c_dir=c_dir, c1_rc=c1_rc,
+              c1_log=c1_log, c1_exit=c1_exit, c1_metrics=c1_metrics,
+              c1_checkpoints=c1_checkpoints, c1_lock_left=c1_lock_left, c2_rc=c2_rc,
+              c2_log=c2_log)
 
 
 def test_killed_run_resumes_exactly(runs):
@@ -183,6 +200,88 @@ def test_killed_run_resumes_exactly(runs):
     assert sorted(os.listdir(run_dir / "checkpoints")) == ["3", "6"]
     assert os.path.exists(run_dir / "tokenizer.model")
     assert os.path.exists(run_dir / "samples" / "class2img_final.png")
+
+
+def _log_time(log: str, text: str) -> float:
+  """The epoch time of the first absl log line containing `text` (local time, no year)."""
+  line = next(l for l in log.splitlines() if text in l)
+  month_day, clock = line[1:5], line.split()[1]
+  year = time.localtime().tm_year
+  return time.mktime(time.strptime(f"{year}{month_day} {clock.split('.')[0]}", "%Y%m%d %H:%M:%S")
+                     ) + float("0." + clock.split(".")[1])
+
+
+def test_sigterm_saves_the_step_and_resumes_exactly(runs):
+  assert runs["a_rc"] == 0, runs["a_log"][-3000:]
+  log = runs["c1_log"]
+  assert runs["c1_rc"] == 0, log[-3000:]   # a clean exit, not 143
+  assert "Preempted (SIGTERM): saved the checkpoint of step 4 and stopped" in log, log[-3000:]
+  assert "Wrote " not in log  # no final samples: the notice leaves no time for them
+  assert runs["c1_checkpoints"] == ["4"]  # the preemption save alone (no periodic one was due)
+  assert not runs["c1_lock_left"]
+  assert [r["step"] for r in runs["c1_metrics"]] == [1, 2, 3, 4]
+  seconds = runs["c1_exit"] - _log_time(log, "SIGTERM received")
+  print(f"\npreemption: steps reached 4, step saved 4, {seconds:.1f}s from SIGTERM to exit")
+  assert 0 <= seconds < 30, seconds
+
+  assert runs["c2_rc"] == 0, runs["c2_log"][-3000:]
+  assert "Resumed from the checkpoint at step 4" in runs["c2_log"]
+  assert "stale trainer lock" not in runs["c2_log"]  # the preempted run released it
+  # Oracle: the uninterrupted run A. Exact equality: same data position, rng and state.
+  a, c = read_metrics(runs["a_dir"]), read_metrics(runs["c_dir"])
+  assert [r["step"] for r in c] == [r["step"] for r in a] == [1, 2, 3, 4, 5, 6]
+  for got, want in zip(c, a):
+    assert loss_terms(got) == loss_terms(want), (got["step"], got, want)
+  assert sorted(os.listdir(runs["c_dir"] / "checkpoints")) == ["4", "6"]
+
+
+# A full disk during the (asynchronous) save of step 4: orbax's JSON writer raises ENOSPC, as
+# a real full disk does, inside the real command.
+DISK_FULL_AT_STEP_4 = """
+import errno, sys
+from absl import app
+from orbax.checkpoint._src.handlers import json_checkpoint_handler as handler
+from experiments import configs, train
+write = handler.JsonCheckpointHandler._save_fn
+async def full(self, item, directory):
+  if "/checkpoints/4." in str(directory):
+    raise OSError(errno.ENOSPC, "No space left on device", str(directory / self._filename))
+  return await write(self, item, directory)
+handler.JsonCheckpointHandler._save_fn = full
+sys.argv = configs.rewrite_argv(["train", *sys.argv[1:]])
+train.define_flags()
+app.run(train.main)
+"""
+
+
+def test_disk_full_during_a_save_is_reported_once_and_the_run_resumes(runs, tmp_path,
+                                                                        compile_cache):
+  assert runs["a_rc"] == 0   # its compiled executables make these runs quick
+  workdir = tmp_path / "full"
+  args = [*TINY_RUN, "--config.checkpoint_every=2", f"--workdir={workdir}"]
+  with open(tmp_path / "full.log", "w") as log:
+    rc = subprocess.run([sys.executable, "-c", DISK_FULL_AT_STEP_4, *args], cwd=REPO,
+                        env=subprocess_env(compile_cache), stdout=log, stderr=subprocess.STDOUT,
+                        timeout=600).returncode
+  log = (tmp_path / "full.log").read_text()
+  assert rc == 1, log[-3000:]
+  report = "Writing the checkpoint of step 4 failed: [Errno 28] No space left on device ("
+  assert log.count(report) == 1, log[-3000:]
+  line = next(l for l in log.splitlines() if report in l)
+  assert f"{workdir}/checkpoints/4.orbax-checkpoint-tmp" in line
+  assert "MiB for the state's arrays" in line and "MiB free there now" in line
+  assert "The previous checkpoint (step 2) is intact" in line
+  assert "Traceback" not in log   # orbax's background tracebacks are not repeated either
+  assert not os.path.exists(workdir / "trainer.lock")
+  assert not os.path.exists(workdir / "samples")
+  # The same command without the fault resumes from step 2 and matches run A exactly.
+  rc, log = finish(start("experiments.train", args, tmp_path / "rerun.log", compile_cache))
+  assert rc == 0, log[-3000:]
+  assert "Resumed from the checkpoint at step 2" in log
+  a, got = read_metrics(runs["a_dir"]), read_metrics(workdir)
+  assert [r["step"] for r in got] == [1, 2, 3, 4, 5, 6]
+  for g, w in zip(got, a):
+    assert loss_terms(g) == loss_terms(w), (g["step"], g, w)
 
 
 # ----------------------------------------------------------------------------- sample / evaluate

@@ -30,6 +30,16 @@ for inspection, and so that re-saving those step numbers works). A reader's
 deletes left-over tmp directories (they may be a running trainer's save in progress)
 nor moves refused checkpoints.
 
+A checkpoint written by N processes restores on M: orbax reads the arrays into the new
+shardings, and the data position (grain's `data_iter/process_<i>-of-<N>.json`, which grain's
+handler reads only for the same count) is mapped by the iterator's `reshard_state` where it can
+be (this project's pipeline), else left at the stream's start with a warning.
+
+A failed asynchronous save (a full disk, an I/O error) is raised once, as a
+`CheckpointWriteError` naming the step, the path, the bytes and the intact previous checkpoint,
+by `check()` (call it every step), the next `save` or `wait`; orbax's repeated background
+tracebacks are reduced to their one-line messages.
+
 `restore(..., only=("ema", "latent_stats", "step"))` reads a subset of the state's
 top-level keys (sampling needs no optimizer state); the digests of what is read are
 verified as for a full restore.
@@ -41,6 +51,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import shutil
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -51,6 +63,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from mdm_jax.training import paths
+
 PyTree = Any
 
 _log = logging.getLogger(__name__)
@@ -59,6 +73,31 @@ _MAX_REASON_CHARS = 600
 
 class NoUsableCheckpointError(RuntimeError):
   """Checkpoints exist in the workdir but none of them could be restored."""
+
+
+class CheckpointWriteError(RuntimeError):
+  """An (asynchronous) checkpoint write failed, e.g. the disk is full."""
+
+
+class _NoOrbaxTracebacks(logging.Filter):
+  """orbax logs a failed background write with a traceback from each thread it passes through
+  (dozens of lines, again at the next save); `Checkpointer` reports it once, with the path and
+  the remedy, so orbax's records keep their one-line message."""
+
+  def filter(self, record):
+    if "orbax" in record.pathname and record.exc_info:
+      record.exc_info, record.exc_text = None, None
+    return True
+
+
+def _root_os_error(e: BaseException) -> OSError | None:
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, OSError):
+      return e
+    e = e.__cause__ or e.__context__
+  return None
 
 
 def check_finite(step: int, loss_terms: Mapping[str, Any]) -> None:
@@ -104,6 +143,22 @@ def _grain_args(data_iter: Any, *, save: bool) -> Any:
     cls = (grain_python.PyGrainCheckpointSave if save
            else grain_python.PyGrainCheckpointRestore)
   return cls(data_iter)
+
+
+def _saved_process_count(directory: epath.Path) -> int | None:
+  """The process count of the run that wrote the data-iterator item `directory` (one
+  `process_<i>-of-<count>.json` a process) when it differs from this run's, else None (also
+  when there is no such item: orbax then reports it)."""
+  if not directory.exists():
+    return None
+  counts = set()
+  for f in directory.glob("process_*-of-*.json"):
+    match = re.fullmatch(r"process_(\d+)-of-(\d+)\.json", f.name)
+    if match:
+      counts.add(int(match.group(2)))
+  if not counts or jax.process_count() in counts:
+    return None
+  return max(counts)
 
 
 def _as_json_dict(config_dict: Any) -> dict[str, Any]:
@@ -258,6 +313,10 @@ class Checkpointer:
     self.read_only = read_only
     self._assets = None if assets is None else _as_json_dict(assets)
     self._save_interval_steps = save_interval_steps
+    self._pending: tuple[int, int] | None = None  # (step, bytes) of the save in flight
+    absl_logger = logging.getLogger("absl")
+    if not any(isinstance(f, _NoOrbaxTracebacks) for f in absl_logger.filters):
+      absl_logger.addFilter(_NoOrbaxTracebacks())
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
@@ -302,9 +361,11 @@ class Checkpointer:
 
     Raises:
       FloatingPointError: some leaf of `state` holds a NaN or Inf (nothing is written).
+      CheckpointWriteError: the previous (asynchronous) save failed.
     """
     if self.read_only:
       raise PermissionError(f"this Checkpointer opened {self.directory} read-only")
+    self.wait()  # orbax would wait for the previous save here too; a failure is reported once
     if not force and int(step) % self._save_interval_steps:  # skip the digest pass too
       return False
     digests, bad = state_digests(state)
@@ -322,8 +383,37 @@ class Checkpointer:
       items["config"] = ocp.args.JsonSave(_as_json_dict(config_dict))
     if self._assets is not None:
       items["assets"] = ocp.args.JsonSave(self._assets)
-    return self._manager.save(
-        int(step), args=ocp.args.Composite(**items), force=force)
+    nbytes = sum(int(getattr(x, "nbytes", 0)) for x in jax.tree.leaves(state))
+    started = self._manager.save(int(step), args=ocp.args.Composite(**items), force=force)
+    if started:
+      self._pending = (int(step), nbytes)
+    return started
+
+  def check(self) -> None:
+    """Raises CheckpointWriteError if the asynchronous save in flight has failed (cheap while
+    it is still writing: call it every step, so a failure surfaces when it happens)."""
+    if self._pending is not None and not self._manager.is_saving_in_progress():
+      self.wait()
+
+  def _write_error(self, step: int, nbytes: int, e: Exception) -> CheckpointWriteError:
+    """The failed save's report: the path, the cause, the bytes it needs, what is intact."""
+    cause = _root_os_error(e) or e
+    path = getattr(cause, "filename", None) or self.directory / str(step)
+    free = ""
+    if paths.is_local(self.directory):
+      try:
+        free = f", {shutil.disk_usage(self.directory).free / 2**20:.1f} MiB free there now"
+      except OSError:
+        pass
+    earlier = [s for s in self.all_steps() if s < step]
+    intact = (f"The previous checkpoint (step {earlier[-1]}) is intact: free space or fix the "
+              "path, then rerun the same command to resume from it." if earlier else
+              "There is no earlier checkpoint: a rerun starts from scratch.")
+    reason = (f"[Errno {cause.errno}] {cause.strerror}" if isinstance(cause, OSError)
+              and cause.strerror else f"{type(cause).__name__}: {cause}")
+    return CheckpointWriteError(
+        f"Writing the checkpoint of step {step} failed: {reason} ({path}). It needs about "
+        f"{nbytes / 2**20:.1f} MiB for the state's arrays{free}. {intact}")
 
   def restore(
       self, step: int, abstract_state: PyTree, data_iter: Any = None,
@@ -357,8 +447,11 @@ class Checkpointer:
       items = {"state": ocp.args.PyTreeRestore(
           item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
           partial_restore=True)}
+    saved_count = None
     if data_iter is not None:
-      items["data_iter"] = _grain_args(data_iter, save=False)
+      saved_count = _saved_process_count(self.directory / str(step) / "data_iter")
+      if saved_count is None:
+        items["data_iter"] = _grain_args(data_iter, save=False)
     for name in ("config", "integrity"):  # restored only to check them, when present
       if (self.directory / str(step) / name).exists():
         items[name] = ocp.args.JsonRestore()
@@ -369,7 +462,31 @@ class Checkpointer:
       _check_digests(step, state, restored["integrity"])
     else:
       _log.info("Checkpoint %d predates integrity digests; restored unverified.", step)
+    if saved_count is not None:
+      self._reshard_data_iter(step, data_iter, saved_count)
     return state
+
+  def _reshard_data_iter(self, step: int, data_iter: Any, saved_count: int) -> None:
+    """Sets `data_iter` from the position a `saved_count`-process run saved (grain's handler
+    reads only `process_<i>-of-<this count>.json`), mapped by the iterator's `reshard_state`."""
+    count = jax.process_count()
+    path = self.directory / str(step) / "data_iter" / f"process_0-of-{saved_count}.json"
+    saved = json.loads(path.read_text())
+    reshard = getattr(data_iter, "reshard_state", None)
+    mapped = reshard(saved, saved_count) if reshard is not None else None
+    if mapped is None:
+      _log.warning(
+          "The data position of checkpoint %d was saved by %d process(es) and cannot be mapped "
+          "to %d (grain iterator state %s): this run reads the data from the start of its "
+          "stream, so examples already trained on are seen again. Resume with %d processes to "
+          "continue the data stream exactly.", step, saved_count, count, sorted(saved),
+          saved_count, saved_count)
+      return
+    state, examples = mapped
+    data_iter.set_state(state)
+    _log.warning("Checkpoint %d was saved by %d process(es), resumed by %d: its data position "
+                 "(global example %d) is mapped to this process count.", step, saved_count,
+                 count, examples)
 
   def restore_latest(
       self, abstract_state: PyTree, data_iter: Any = None,
@@ -470,11 +587,26 @@ class Checkpointer:
     self._manager.reload()
 
   def wait(self) -> None:
-    """Blocks until any asynchronous save has been written and finalised."""
-    self._manager.wait_until_finished()
+    """Blocks until any asynchronous save has been written and finalised.
+
+    Raises:
+      CheckpointWriteError: that save failed (raised once; the step is not kept).
+    """
+    pending, self._pending = self._pending, None
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      if pending is None:
+        raise
+      raise self._write_error(*pending, e) from None
 
   def close(self) -> None:
-    """Waits for pending saves and releases the manager's resources."""
+    """Waits for pending saves and releases the manager's resources. A failed save not yet
+    reported (the caller is leaving on another error) is logged, not raised over it."""
+    try:
+      self.wait()
+    except CheckpointWriteError as e:
+      _log.error("%s", e)
     self._manager.close()
 
   def __enter__(self) -> Checkpointer:

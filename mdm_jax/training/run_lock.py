@@ -1,9 +1,13 @@
 """One trainer per workdir: a lock file held for the life of a training run.
 
-``workdir/trainer.lock`` holds JSON ``{"host", "pid", "started"}`` of its holder. A second
-trainer on the same workdir is refused with a message naming the holder. A lock whose holder is
-gone (same host, pid no longer alive) is taken over with a warning, so a SIGKILLed run can be
-resumed by simply starting it again. On multi-host runs only process 0 takes the lock.
+``workdir/trainer.lock`` holds JSON ``{"host", "pid", "started", "boot_id", "start_ticks"}`` of
+its holder. A second trainer on the same workdir is refused with a message naming the holder. A
+lock whose holder is gone is taken over with a warning, so a SIGKILLed run can be resumed by
+simply starting it again. Gone means, on the same host: no process has that pid, or the machine
+has rebooted since (another boot id), or the process with that pid started at another time than
+the holder (``/proc/<pid>/stat``'s start time) -- a container restarted with the same pid, even
+the very process asking, takes over its stale lock instead of refusing itself. On multi-host runs
+only process 0 takes the lock.
 
 The lock is created with ``O_CREAT | O_EXCL`` on local filesystems (atomic). Object stores
 (``gs://``) have no exclusive create through ``etils.epath``; there the check is a
@@ -29,6 +33,24 @@ class WorkdirLockedError(RuntimeError):
   """Another live trainer holds the workdir."""
 
 
+def _boot_id() -> str | None:
+  try:
+    return epath.Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+  except OSError:  # not Linux
+    return None
+
+
+def _start_ticks(pid: int) -> int | None:
+  """The process's start time (clock ticks since boot, field 22 of ``/proc/<pid>/stat``), or
+  None where there is no such process or no /proc."""
+  try:
+    stat = epath.Path(f"/proc/{pid}/stat").read_text()
+  except OSError:
+    return None
+  # The command name (field 2) is in parentheses and may hold spaces: split after it.
+  return int(stat.rsplit(")", 1)[1].split()[19])
+
+
 def _pid_alive(pid: int) -> bool:
   try:
     os.kill(pid, 0)
@@ -37,6 +59,25 @@ def _pid_alive(pid: int) -> bool:
   except PermissionError:  # exists, owned by someone else
     return True
   return True
+
+
+def _holder_gone(holder: dict) -> str | None:
+  """Why the lock's recorded holder is certainly not running (None: it may be)."""
+  if holder.get("unreadable"):
+    return "unreadable lock file"
+  if holder.get("host") != socket.gethostname():
+    return None  # another machine's processes cannot be inspected from here
+  pid = int(holder.get("pid", -1))
+  if not _pid_alive(pid):
+    return "not running"
+  boot_id = _boot_id()
+  if holder.get("boot_id") and boot_id and holder["boot_id"] != boot_id:
+    return f"recorded before a reboot (boot id {holder['boot_id']}, now {boot_id})"
+  ticks = _start_ticks(pid)
+  if holder.get("start_ticks") is not None and ticks is not None and holder["start_ticks"] != ticks:
+    return (f"pid {pid} is now another process (started at tick {ticks}, the holder at "
+            f"{holder['start_ticks']})")
+  return None
 
 
 class WorkdirLock:
@@ -50,7 +91,8 @@ class WorkdirLock:
 
   def _record(self) -> str:
     return json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                       "started": time.strftime("%Y-%m-%d %H:%M:%S")})
+                       "started": time.strftime("%Y-%m-%d %H:%M:%S"), "boot_id": _boot_id(),
+                       "start_ticks": _start_ticks(os.getpid())})
 
   def _holder(self) -> dict | None:
     try:
@@ -86,10 +128,10 @@ class WorkdirLock:
       holder = self._holder()
       if holder is None:
         continue
-      here = holder.get("host") == socket.gethostname()
-      if holder.get("unreadable") or (here and not _pid_alive(int(holder.get("pid", -1)))):
-        _log.warning("Taking over the stale trainer lock %s (holder %s is not running).",
-                     self.path, holder)
+      gone = _holder_gone(holder)
+      if gone:
+        _log.warning("Taking over the stale trainer lock %s (holder %s: %s).",
+                     self.path, holder, gone)
         self.path.unlink(missing_ok=True)
         continue
       raise WorkdirLockedError(
