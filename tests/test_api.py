@@ -261,7 +261,7 @@ def test_evaluate_against_a_dataset_split_caches_its_statistics(workdir, tmp_pat
   np.savez(samples, arr_0=x[:16, ..., None])
   weights = tmp_path / "pt_inception.npz"
   _random_inception_weights(weights)
-  args = [f"--workdir={workdir}", "--tasks=", "--batch=8", "--ref_split=test",
+  args = [f"--workdir={workdir}", "--tasks=", "--batch=4", "--ref_split=test",
           f"--inception_weights={weights}", f"--samples={samples}"]
 
   def evaluate(*extra):
