@@ -10,6 +10,7 @@ jax/jaxlib version and the backend), so it changes how long a test takes, never 
 """
 import os
 import shutil
+import sys
 import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -32,6 +33,11 @@ if not os.environ.get(_CACHE_VAR):
 os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ[_CACHE_VAR]
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
+if "jax" in sys.modules:   # imported before this file (by a plugin): set its config directly
+  for _name, _value in (("jax_compilation_cache_dir", os.environ[_CACHE_VAR]),
+                        ("jax_persistent_cache_min_compile_time_secs", 0.0),
+                        ("jax_persistent_cache_min_entry_size_bytes", -1)):
+    sys.modules["jax"].config.update(_name, _value)
 
 
 def pytest_unconfigure(config):
