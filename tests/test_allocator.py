@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 
 import pytest
 
 from experiments import allocator
+import subproc
 
 LIB = "libtcmalloc_minimal.so.4"
 
@@ -41,8 +41,9 @@ def test_a_cli_runs_itself_again_under_tcmalloc():
           "maps = open('/proc/self/maps').read(); "
           "print(os.environ['LD_PRELOAD'], 'tcmalloc' in maps, sys.argv[1:])")
   env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MDM_MALLOC")}
-  out = subprocess.run([sys.executable, "-c", code, "--flag=1"], env=env, check=True,
-                       capture_output=True, text=True, timeout=60).stdout.split()
+  proc = subproc.run([sys.executable, "-c", code, "--flag=1"], env_=env)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  out = proc.stdout.split()
   assert out[0] == allocator.find_tcmalloc() and out[1] == "True", out
   assert out[2:] == ["['--flag=1']"]
 

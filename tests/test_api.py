@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import subprocess
 import sys
 
 import numpy as np
@@ -15,32 +14,15 @@ import pytest
 
 import mdm_jax
 from mdm_jax import api
+from subproc import run, run_module
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BATCH, STEPS, SIZE = 4, 2, (8, 8, 1)
 
 
-def _env(cache):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=cache)
-  env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
-                              if "device_count" not in f)
-  return env
-
-
-def run_module(module, *args, cache, timeout=400):
-  return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=_env(cache),
-                        capture_output=True, text=True, timeout=timeout)
-
-
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("xla_cache"))
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory, cache):
+def workdir(tmp_path_factory):
   wd = tmp_path_factory.mktemp("api") / "wd"
-  proc = run_module("experiments.train", "--config=tiny", f"--workdir={wd}", cache=cache)
+  proc = run_module("experiments.train", "--config=tiny", f"--workdir={wd}")
   assert proc.returncode == 0, proc.stderr[-3000:]
   return wd
 
@@ -246,7 +228,7 @@ def test_the_tokenizer_belongs_to_the_checkpoint(workdir, tmp_path, caplog):
   assert f"checkpoint 6 of {wd} predates tokenizer digests" in caplog.text
 
 
-def test_resume_refuses_config_drift_and_a_lost_tokenizer(workdir, cache, tmp_path):
+def test_resume_refuses_config_drift_and_a_lost_tokenizer(workdir, tmp_path):
   """The train command on a trained workdir: a changed architecture is refused naming the field
   and the flag, and runs with the flag (the new checkpoint holds the new config); a missing
   tokenizer is an error and is not trained again; sample refuses a corrupt one before any work
@@ -257,19 +239,19 @@ def test_resume_refuses_config_drift_and_a_lost_tokenizer(workdir, cache, tmp_pa
   tok_file = wd / "tokenizer.model"
   own_bytes = tok_file.read_bytes()
   train = ["--config=tiny", f"--workdir={wd}", "--config.total_steps=7"]
-  refused = run_module("experiments.train", *train, "--config.model.directions=1", cache=cache)
+  refused = run_module("experiments.train", *train, "--config.model.directions=1")
   assert refused.returncode != 0
   assert (f"The config differs from the one checkpoint 6 of {wd} was trained with:\n"
           "  model.directions: 4 -> 1 (the network)\n  total_steps: 6 -> 7" in refused.stderr)
   assert ("pass --allow_config_change to resume with the changed model.directions on purpose"
           in refused.stderr), refused.stderr[-3000:]
   tok_file.unlink()
-  lost = run_module("experiments.train", *train, cache=cache)
+  lost = run_module("experiments.train", *train)
   assert lost.returncode != 0 and f"{tok_file} is missing: checkpoint 6 of {wd}" in lost.stderr
   assert "It is never trained again" in lost.stderr and not tok_file.exists()
   tok_file.write_bytes(b"\x00" * 100)
   sample = run_module("experiments.sample", f"--workdir={wd}", "--task=class",
-                      f"--out={tmp_path / 's.npz'}", cache=cache)
+                      f"--out={tmp_path / 's.npz'}")
   assert sample.returncode != 0
   assert f"{tok_file} is not a usable tokenizer model (100 bytes" in sample.stderr
   assert sorted(os.listdir(wd / "checkpoints")) == ["3", "6"]
@@ -277,7 +259,7 @@ def test_resume_refuses_config_drift_and_a_lost_tokenizer(workdir, cache, tmp_pa
   # With the flag: step 7 trains and is saved (then --kill_at_step ends the process before the
   # final samples, which this test does not need).
   allowed = run_module("experiments.train", *train, "--config.model.directions=1",
-                       "--allow_config_change", "--kill_at_step=7", cache=cache)
+                       "--allow_config_change", "--kill_at_step=7")
   assert allowed.returncode == -9, allowed.stderr[-3000:]
   assert ("Resuming with a changed config (--allow_config_change): model.directions: 4 -> 1"
           in allowed.stderr)
@@ -292,19 +274,19 @@ def test_resume_refuses_config_drift_and_a_lost_tokenizer(workdir, cache, tmp_pa
 
 
 # ----------------------------------------------------------------------------- sample CLI
-def test_sample_adm_killed_and_resumed(pipe, workdir, cache, tmp_path):
+def test_sample_adm_killed_and_resumed(pipe, workdir, tmp_path):
   """10 class samples in batches of 4 (3 batches), killed after 2, resumed: ADM's layout,
   the finished batches not regenerated, the samples those of one uninterrupted call."""
   out = tmp_path / "fid.npz"
   args = [f"--workdir={workdir}", "--task=class", "--num=10", "--batch_size=4",
           f"--steps={STEPS}", "--format=adm", f"--out={out}"]
-  killed = run_module("experiments.sample", *args, "--kill_after_batches=2", cache=cache)
+  killed = run_module("experiments.sample", *args, "--kill_after_batches=2")
   assert killed.returncode == -9, killed.stderr[-3000:]
   shards = tmp_path / "fid.shards"
   assert sorted(os.listdir(shards)) == ["batch_000000.npz", "batch_000001.npz", "meta.json"]
   assert "batch 2/3 | 2/3 batches done" in killed.stdout and "samples/s" in killed.stdout
   stamps = {f: os.stat(shards / f).st_mtime_ns for f in os.listdir(shards)}
-  resumed = run_module("experiments.sample", *args, cache=cache)
+  resumed = run_module("experiments.sample", *args)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert "resuming: 2 of 3 batches already" in resumed.stdout
   assert "batch 3/3" in resumed.stdout and "batch 1/3" not in resumed.stdout
@@ -317,8 +299,7 @@ def test_sample_adm_killed_and_resumed(pipe, workdir, cache, tmp_path):
   # The API in this process (8 devices, not 1): the same samples up to rounding.
   want = pipe.class_to_image(np.arange(10) % 10)
   assert np.abs(arr_0.astype(int) - want).max() <= 2
-  changed = run_module("experiments.sample", *args[:-1], "--seed=1", f"--out={out}",
-                       cache=cache)
+  changed = run_module("experiments.sample", *args[:-1], "--seed=1", f"--out={out}")
   assert changed.returncode != 0 and "holds batches of a different sampling run" in (
       changed.stderr) and "seed: 0 there, 1 now" in changed.stderr
 
@@ -326,9 +307,9 @@ def test_sample_adm_killed_and_resumed(pipe, workdir, cache, tmp_path):
 @pytest.mark.parametrize("flag,match", [("--label=99", "--label=99: label 99 is out of range"),
                                         ("--label=-3", "label -3 is out of range"),
                                         ("--num=0", "--num=0: ask for at least one sample")])
-def test_sample_refuses_bad_values_before_compiling(workdir, cache, tmp_path, flag, match):
+def test_sample_refuses_bad_values_before_compiling(workdir, tmp_path, flag, match):
   proc = run_module("experiments.sample", f"--workdir={workdir}", "--task=class", flag,
-                    f"--out={tmp_path / 'x.npz'}", cache=cache)
+                    f"--out={tmp_path / 'x.npz'}")
   assert proc.returncode != 0 and match in proc.stderr, proc.stderr[-2000:]
   assert not os.path.exists(tmp_path / "x.shards")
 
@@ -348,7 +329,7 @@ def _random_inception_weights(path):
   np.savez(path, **out)
 
 
-def test_evaluate_against_an_adm_reference_batch(workdir, cache, tmp_path):
+def test_evaluate_against_an_adm_reference_batch(workdir, tmp_path):
   """The reference batch scored against itself: FID ~0, precision = recall = 1."""
   import json
   from data import digits
@@ -359,7 +340,7 @@ def test_evaluate_against_an_adm_reference_batch(workdir, cache, tmp_path):
   _random_inception_weights(weights)
   proc = run_module("experiments.evaluate", f"--workdir={workdir}", "--per_class=1",
                     "--num_heldout=4", "--batch=4", f"--steps={STEPS}", f"--ref_batch={ref}",
-                    f"--inception_weights={weights}", f"--samples={ref}", cache=cache)
+                    f"--inception_weights={weights}", f"--samples={ref}")
   assert proc.returncode == 0, proc.stderr[-3000:]
   result = json.loads((workdir / "eval.json").read_text())
   assert abs(result["fid"]) < 1e-3, result["fid"]
@@ -381,7 +362,7 @@ def test_evaluate_against_an_adm_reference_batch(workdir, cache, tmp_path):
   assert len(result["joint_examples"]) == 10
 
 
-def test_evaluate_against_a_dataset_split_caches_its_statistics(workdir, cache, tmp_path):
+def test_evaluate_against_a_dataset_split_caches_its_statistics(workdir, tmp_path):
   """--ref_split: the split's own first 16 images scored against it give FID ~0; the statistics
   are cached in the workdir and read back (a tampered cache shows in the next FID: mu + 1 in
   each of the 2048 dimensions adds exactly 2048). Keys: tests/test_eval_reference_stats.py."""
@@ -392,11 +373,11 @@ def test_evaluate_against_a_dataset_split_caches_its_statistics(workdir, cache, 
   np.savez(samples, arr_0=x[:16, ..., None])
   weights = tmp_path / "pt_inception.npz"
   _random_inception_weights(weights)
-  args = [f"--workdir={workdir}", "--tasks=", "--batch=8", "--ref_split=test",
+  args = [f"--workdir={workdir}", "--tasks=", "--batch=4", "--ref_split=test",
           f"--inception_weights={weights}", f"--samples={samples}"]
 
   def evaluate(*extra):
-    proc = run_module("experiments.evaluate", *args, *extra, cache=cache)
+    proc = run_module("experiments.evaluate", *args, *extra)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((workdir / "eval.json").read_text())
 
@@ -447,9 +428,8 @@ def test_evaluate_refuses_before_sampling(workdir, tmp_path, no_sampling, kwargs
     ev.evaluate(str(workdir), batch=BATCH, **kwargs)
 
 
-def test_evaluate_per_class_1_is_a_usage_error_before_any_sample(workdir, cache):
-  proc = run_module("experiments.evaluate", f"--workdir={workdir}", "--per_class=1",
-                    cache=cache)
+def test_evaluate_per_class_1_is_a_usage_error_before_any_sample(workdir):
+  proc = run_module("experiments.evaluate", f"--workdir={workdir}", "--per_class=1")
   assert proc.returncode != 0 and "--per_class=1: the within-class" in proc.stderr
   assert "Traceback" not in proc.stderr and "class2img_seconds" not in proc.stdout
 
@@ -473,7 +453,7 @@ def _tree(path):
           for d, _, files in os.walk(path) for f in files}
 
 
-def test_evaluate_a_read_only_workdir_with_out_dir(workdir, cache, tmp_path):
+def test_evaluate_a_read_only_workdir_with_out_dir(workdir, tmp_path):
   """The workdir bind-mounted read-only (a user and mount namespace: root cannot write there
   either): refused before sampling with the fix named; with --out_dir, evaluated, eval.json
   written there, a truncated eval.json found there set aside, and the workdir untouched."""
@@ -487,8 +467,7 @@ def test_evaluate_a_read_only_workdir_with_out_dir(workdir, cache, tmp_path):
             f"{{ touch {workdir}/probe && echo WRITABLE; "
             f"{py}; echo RC1=$?; {py} --out_dir={out}; echo RC2=$?; }}")
   before = _tree(workdir)
-  proc = subprocess.run(["unshare", "--map-root-user", "--mount", "sh", "-c", script], cwd=REPO,
-                        env=_env(cache), capture_output=True, text=True, timeout=600)
+  proc = run(["unshare", "--map-root-user", "--mount", "sh", "-c", script])
   assert "RC2=" in proc.stdout, proc.stderr[-3000:]
   assert "WRITABLE" not in proc.stdout and "RC1=0" not in proc.stdout
   assert f"cannot write to {workdir}" in proc.stderr and "--out_dir=" in proc.stderr
@@ -503,19 +482,19 @@ def test_evaluate_a_read_only_workdir_with_out_dir(workdir, cache, tmp_path):
 
 
 # ----------------------------------------------------------------------------- sample: one writer, its file name
-def test_sample_refuses_a_wrong_suffix_and_a_second_writer(workdir, cache, tmp_path):
+def test_sample_refuses_a_wrong_suffix_and_a_second_writer(workdir, tmp_path):
   from experiments import sample_io
   proc = run_module("experiments.sample", f"--workdir={workdir}", "--task=class",
-                    f"--out={tmp_path / 'c.txt'}", cache=cache)
+                    f"--out={tmp_path / 'c.txt'}")
   assert proc.returncode != 0, proc.stderr[-2000:]
   assert f"--task=class writes .npz files; pass --out={tmp_path / 'c.npz'}" in proc.stderr
   text = run_module("experiments.sample", f"--workdir={workdir}", "--task=caption",
-                    f"--out={tmp_path / 'c.npz'}", cache=cache)
+                    f"--out={tmp_path / 'c.npz'}")
   assert text.returncode != 0 and "writes .jsonl files" in text.stderr
   assert os.listdir(tmp_path) == []
   with sample_io.OutputLock(tmp_path / "x.lock"):    # another writer of x.npz
     proc = run_module("experiments.sample", f"--workdir={workdir}", "--task=class",
-                      f"--out={tmp_path / 'x.npz'}", cache=cache)
+                      f"--out={tmp_path / 'x.npz'}")
   assert proc.returncode != 0 and "another sampling process writes this output" in proc.stderr
   assert f'"pid": {os.getpid()}' in proc.stderr and "Traceback" not in proc.stderr
   assert os.listdir(tmp_path) == []
@@ -539,8 +518,7 @@ def test_import_mdm_jax_stays_light():
   code = ("import sys, mdm_jax; assert callable(mdm_jax.load); "
           "print(sorted(m for m in ('mdm_jax.api', 'data', 'sentencepiece', 'grain', 'jax') "
           "if m in sys.modules))")
-  proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                        timeout=120)
+  proc = run([sys.executable, "-c", code])
   assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stderr[-2000:]
 
 
@@ -566,24 +544,23 @@ assert sample.vqa_temperature(None) == 0.0 and sample.vqa_temperature(0.7) == 0.
 assert sample.FLAGS["temperature"].default is None
 print("ok")
 """
-  proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                        timeout=120, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  proc = run([sys.executable, "-c", code])
   assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
 
 
-def test_sample_infill_inpaint_and_greedy_vqa(pipe, workdir, cache, tmp_path):
+def test_sample_infill_inpaint_and_greedy_vqa(pipe, workdir, tmp_path):
   from data import pipeline
   common = [f"--workdir={workdir}", "--batch_size=4", f"--steps={STEPS}"]
   # Infill: every [MASK] filled, the given words kept in order.
   prompt = "[MASK] written by hand"
   proc = run_module("experiments.sample", *common, "--task=infill", f"--prompt={prompt}",
-                    "--num=4", f"--out={tmp_path / 'infill.jsonl'}", cache=cache)
+                    "--num=4", f"--out={tmp_path / 'infill.jsonl'}")
   assert proc.returncode == 0, proc.stderr[-3000:]
   rows = _jsonl(tmp_path / "infill.jsonl")
   assert [r["index"] for r in rows] == [0, 1, 2, 3] and all(r["prompt"] == prompt for r in rows)
   assert all(r["text"].endswith("written by hand") and "[MASK]" not in r["text"] for r in rows)
   bad = run_module("experiments.sample", *common, "--task=infill", "--prompt=seven",
-                   f"--out={tmp_path / 'bad.jsonl'}", cache=cache)
+                   f"--out={tmp_path / 'bad.jsonl'}")
   assert bad.returncode != 0 and "fills the [MASK]s of --prompt" in bad.stderr
   # Inpaint with a mask file: the kept region is the held-out image's, exactly.
   keep = np.zeros((8, 8), bool)
@@ -591,8 +568,7 @@ def test_sample_infill_inpaint_and_greedy_vqa(pipe, workdir, cache, tmp_path):
   keep[0] = True
   np.save(tmp_path / "keep.npy", keep)
   proc = run_module("experiments.sample", *common, "--task=inpaint", "--num=4",
-                    f"--mask={tmp_path / 'keep.npy'}", f"--out={tmp_path / 'inp.npz'}",
-                    cache=cache)
+                    f"--mask={tmp_path / 'keep.npy'}", f"--out={tmp_path / 'inp.npz'}")
   assert proc.returncode == 0, proc.stderr[-3000:]
   dc = pipe.run.config.data
   given = np.stack([e["image"] for e in pipeline.eval_examples(
@@ -603,14 +579,14 @@ def test_sample_infill_inpaint_and_greedy_vqa(pipe, workdir, cache, tmp_path):
   np.testing.assert_array_equal(got[:, keep], api.to_uint8(given)[:, keep])
   assert not np.array_equal(got[:, ~keep], api.to_uint8(given)[:, ~keep])
   bad = run_module("experiments.sample", *common, "--task=inpaint", "--mask=diagonal",
-                   f"--out={tmp_path / 'bad.npz'}", cache=cache)
+                   f"--out={tmp_path / 'bad.npz'}")
   assert bad.returncode != 0 and "--mask=diagonal: give one of top, bottom" in bad.stderr
   # VQA, no --temperature: greedy, so another seed gives the same answers.
   answers = []
   for seed in (0, 1):
     out = tmp_path / f"vqa{seed}.jsonl"
     proc = run_module("experiments.sample", *common, "--task=vqa", "--num=4", f"--seed={seed}",
-                      f"--out={out}", cache=cache)
+                      f"--out={out}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     answers.append([r["text"] for r in _jsonl(out)])
   assert answers[0] == answers[1]

@@ -1,6 +1,4 @@
 """experiments/bench.py: the matched-parameter Transformer and the memory guard (no timings)."""
-import os
-import subprocess
 import sys
 
 import jax
@@ -11,10 +9,10 @@ from experiments import bench
 from mdm_jax.models.mdm import MDM
 from mdm_jax.models.param_count import count_params
 from mdm_jax.training.trainer import model_config
+import subproc
 from tiny_mdm import abstract_inputs
 
 FLAGS = flags.FLAGS
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture
@@ -61,8 +59,7 @@ def test_evaluate_imports_beside_the_clis_that_use_it(cli):
   """bench sampler imports experiments.evaluate at run time, and ablation and evaluate share
   flag names; evaluate's CLI flags (--workdir, --steps, ...) must not be defined a second time."""
   code = f"import {cli}, experiments.evaluate as e; assert callable(e.evaluate)"
-  proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                        env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=300)
+  proc = subproc.run([sys.executable, "-c", code])
   assert proc.returncode == 0, proc.stderr[-2000:]
 
 

@@ -20,23 +20,8 @@ import pytest
 from experiments import configs
 from mdm_jax.models.mdm import MDM
 from mdm_jax.training import trainer as trainer_lib
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _env(devices: int) -> dict[str, str]:
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env["XLA_FLAGS"] = " ".join(
-      [f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f]
-      + [f"--xla_force_host_platform_device_count={devices}"])
-  return env
-
-
-def run_module(module: str, *args: str, devices: int = 1,
-               timeout: int = 600) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=_env(devices),
-                        capture_output=True, text=True, timeout=timeout)
-
+import subproc
+from subproc import run_module
 
 # ----------------------------------------------------------------------------- folder data
 LONG_WORDS = ("a photo of a small square drawn in one colour on a plain background with "
@@ -158,23 +143,24 @@ def test_bad_input_fails_with_a_clear_message(case, tmp_path):
 def dry_run(tmp_path_factory):
   """Starts the dry run (~40 s of compilation) in the background: the folder test starts it
   and runs alongside, `test_dry_run_on_eight_devices` collects it."""
-  log = tmp_path_factory.mktemp("dry_run") / "stderr.log"
-  with open(log, "w") as err:
+  root = tmp_path_factory.mktemp("dry_run")
+  out, err = root / "stdout.log", root / "stderr.log"
+  with open(out, "w") as out_f, open(err, "w") as err_f:
     proc = subprocess.Popen(
         [sys.executable, "-m", "experiments.train", "--config=tiny", "--dry_run",
          "--dry_run_devices=8", "--config.mesh.data=2", "--config.mesh.fsdp=2",
          "--config.mesh.tensor=2"],
-        cwd=REPO, env=_env(8), stdout=subprocess.PIPE, stderr=err, text=True)
-  yield proc, log
+        cwd=subproc.REPO, env=subproc.env(8), stdout=out_f, stderr=err_f, text=True)
+  yield proc, out, err
   if proc.poll() is None:
     proc.kill()
-    proc.communicate()
+    proc.wait()
 
 
 def test_dry_run_on_eight_devices(dry_run):
-  proc, log = dry_run
-  out, _ = proc.communicate(timeout=600)
-  assert proc.returncode == 0, log.read_text()[-3000:]
+  proc, out_log, err_log = dry_run
+  assert subproc.wait(proc, err_log) == 0, err_log.read_text()[-3000:]
+  out = out_log.read_text()
   # Independent count: initialise the model for real and add up the parameter sizes.
   mc = trainer_lib.model_config(configs.load("tiny"))
   variables = MDM(mc).init(jax.random.PRNGKey(0), jnp.zeros(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
 
 import numpy as np
@@ -11,6 +10,7 @@ from sklearn import datasets as sk_datasets
 
 from data import digits
 from data import text_templates
+import subproc
 
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven",
          "eight", "nine"]
@@ -40,8 +40,9 @@ def test_load_matches_sklearn():
 def test_split_is_deterministic_across_processes():
   code = ("from data import digits; "
           "print(digits.split_indices('test')[:40].tolist())")
-  out = subprocess.run([sys.executable, "-c", code], capture_output=True,
-                       text=True, check=True).stdout.strip()
+  proc = subproc.run([sys.executable, "-c", code])
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  out = proc.stdout.strip()
   assert out == str(digits.split_indices("test")[:40].tolist())
 
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import collections
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 from PIL import Image
@@ -16,6 +14,7 @@ from data import folder
 from data import pipeline
 from data import text_templates
 from data import tokenizer as tokenizer_lib
+import subproc
 
 COLORS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0),
           (0, 255, 255), (255, 0, 255)]
@@ -231,11 +230,8 @@ def test_prepare_command_line(tmp_path):
   _save(f"{src}/one/a.png", np.full((6, 6), 7, np.uint8), "L")
   _save(f"{src}/two/b.png", _solid(COLORS[3], 6))
   out = tmp_path / "out"
-  run = subprocess.run(
-      [sys.executable, "-m", "data.prepare", f"--src={src}", f"--out={out}",
-       "--image_size=4", "--channels=1"],
-      capture_output=True, text=True, cwd=os.path.dirname(
-          os.path.dirname(os.path.abspath(__file__))))
+  run = subproc.run_module("data.prepare", f"--src={src}", f"--out={out}", "--image_size=4",
+                           "--channels=1")
   assert run.returncode == 0, run.stderr
   stats = json.loads(run.stdout)
   assert stats["images"] == 2 and stats["converted"] == 1

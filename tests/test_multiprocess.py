@@ -13,16 +13,17 @@ a chain of faults, each run resuming the last one's checkpoint with the same com
 Its losses equal the oracle's step by step. Then `experiments.sample` runs under 2 processes and
 `experiments.evaluate` refuses.
 
-All processes share one persistent XLA cache; the reference and the first 2-process run start
-together (the persistent cache does not carry over between multi-process runs: their keys differ
-per run and process, so each 2-process run compiles). About 4 minutes of wall time on 2 idle
-cores (5 with the resharding and preemption runs); every wait is bounded.
+All processes use the run's persistent XLA cache (tests/conftest.py); the reference and the
+first 2-process run start together (the persistent cache does not carry over between
+multi-process runs: their keys differ per run and process, so each 2-process run compiles).
+About 5 minutes of wall time on 2 idle cores; every wait is bounded.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -32,24 +33,27 @@ import numpy as np
 import portpicker
 import pytest
 
+import subproc
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # fsdp=8: parameters, optimizer state and batch are split over both processes' devices.
 RUN = ["--config=tiny", "--config.total_steps=6", "--config.checkpoint_every=3",
        "--config.log_every=1", "--config.mesh.data=1", "--config.mesh.fsdp=8"]
 NOT_LOSS_TERMS = ("step", "steps_per_s")
-TIMEOUT_S = 1800  # all jobs together; ~5 min on 2 idle cores, 20 when they are shared
+# All jobs together: ~5 min on 2 idle cores. A bound against hangs, not a speed check.
+TIMEOUT_S = 2 * subproc.HANG_TIMEOUT_S
 
 
 class Job:
   """`python -m module args` as `num_processes` processes joined on a free loopback port (one
   plain process when num_processes is 1), each with `devices` CPU devices and its own log."""
 
-  def __init__(self, name, module, args, root, cache, num_processes=2, devices=4):
+  def __init__(self, name, module, args, root, num_processes=2, devices=4):
     self.name, self.procs, self.logs = name, [], []
+    self.command = shlex.join([sys.executable, "-m", module, *args])
     port = portpicker.pick_unused_port()
     for i in range(num_processes):
-      env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=cache,
-                 XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+      env = subproc.env(devices)
       for k in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
         env.pop(k, None)
       if num_processes > 1:
@@ -68,7 +72,8 @@ class Job:
       time.sleep(0.5)
     if any(p.poll() is None for p in self.procs):
       self.kill()
-      pytest.fail(f"{self.name} did not finish in time (hang?)\n{self.text()}")
+      pytest.fail(f"{self.name} still running after {TIMEOUT_S} s for all jobs together, "
+                  f"killed (a hang?): {self.command}\n{self.text()}")
     return [p.returncode for p in self.procs]
 
   def kill(self):
@@ -97,12 +102,11 @@ class Job:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
   root = tmp_path_factory.mktemp("multiprocess")
-  cache = str(root / "xla_cache")
   ref_dir, mp_dir = root / "ref", root / "mp"
   jobs = []
 
   def job(*args, **kw):
-    jobs.append(Job(*args, root=root, cache=cache, **kw))
+    jobs.append(Job(*args, root=root, **kw))
     return jobs[-1]
 
   try:

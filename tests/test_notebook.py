@@ -7,6 +7,8 @@ import nbformat
 from nbclient import NotebookClient
 import pytest
 
+import subproc
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(REPO, "experiments", "notebooks", "colab_tpu_quickstart.ipynb")
 
@@ -16,7 +18,7 @@ def test_notebook_runs_on_cpu(tmp_path, monkeypatch):
   monkeypatch.setenv("MDM_NOTEBOOK_WORKDIR", str(tmp_path / "wd"))
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
   nb = nbformat.read(NOTEBOOK, as_version=4)
-  NotebookClient(nb, timeout=600, kernel_name="python3",
+  NotebookClient(nb, timeout=subproc.HANG_TIMEOUT_S, kernel_name="python3",
                  resources={"metadata": {"path": REPO}}).execute()
   outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
   assert not [o for o in outputs if o.get("output_type") == "error"]

@@ -1,7 +1,7 @@
 """The training system end to end: 8 devices == 1 device, exact resume after SIGKILL, and the
 sample command on the trained workdir.
 
-The subprocess runs use the `tiny` config on one CPU device and share a persistent XLA
+The subprocess runs use the `tiny` config on one CPU device and the run's persistent XLA
 compilation cache: the first run compiles (~50 s of CPU; it starts at once and runs while the
 in-process 8-device test compiles), the others reuse its executables (~10 s each), and sampling
 asks for the shapes that the training run's final samples compiled.
@@ -27,40 +27,29 @@ from data import tokenizer as tokenizer_lib
 from experiments import configs
 from mdm_jax.training import sharding
 from mdm_jax.training.trainer import Trainer
+import subproc
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_RUN = ["--config=tiny", "--config.total_steps=6", "--config.checkpoint_every=3",
             "--config.log_every=1"]
 NOT_LOSS_TERMS = ("step", "steps_per_s")
 
 
-@pytest.fixture(scope="module")
-def compile_cache(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("xla_cache"))
-
-
-def subprocess_env(compile_cache: str) -> dict[str, str]:
-  """CPU, one device (the conftest's 8 fake devices would only slow the subprocesses)."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=compile_cache)
-  env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
-                              if "device_count" not in f)
-  return env
-
-
-def start(module: str, args: list[str], log_path, compile_cache: str) -> subprocess.Popen:
-  """`python -m module args` from the repo root, stdout+stderr to a file (no pipe stalls)."""
+def start(module: str, args: list[str], log_path) -> subprocess.Popen:
+  """`python -m module args` from the repo root on one CPU device (the conftest's 8 fake devices
+  would only slow the subprocesses), stdout+stderr to a file (no pipe stalls)."""
   log = open(log_path, "w")
-  proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO,
-                          env=subprocess_env(compile_cache),
-                          stdout=log, stderr=subprocess.STDOUT, text=True)
+  proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=subproc.REPO,
+                          env=subproc.env(), stdout=log, stderr=subprocess.STDOUT, text=True)
   proc.log_path = log_path
   proc.log_file = log
   return proc
 
 
-def finish(proc: subprocess.Popen, timeout: int = 600) -> tuple[int, str]:
-  rc = proc.wait(timeout=timeout)
-  proc.log_file.close()
+def finish(proc: subprocess.Popen) -> tuple[int, str]:
+  try:
+    rc = subproc.wait(proc, proc.log_path)
+  finally:
+    proc.log_file.close()
   with open(proc.log_path) as f:
     return rc, f.read()
 
@@ -131,11 +120,10 @@ def test_eight_devices_fsdp_match_one_device(run_a):
 
 # ----------------------------------------------------------------------------- resume
 @pytest.fixture(scope="module")
-def run_a(tmp_path_factory, compile_cache):
+def run_a(tmp_path_factory):
   """Starts run A (uninterrupted) in the background; `runs` waits for it."""
   root = tmp_path_factory.mktemp("train")
-  proc = start("experiments.train", [*TINY_RUN, f"--workdir={root / 'a'}"], root / "a.log",
-               compile_cache)
+  proc = start("experiments.train", [*TINY_RUN, f"--workdir={root / 'a'}"], root / "a.log")
   yield root, proc
   if proc.poll() is None:
     proc.kill()
@@ -147,7 +135,7 @@ PREEMPTED_RUN = [*TINY_RUN, "--config.checkpoint_every=6"]
 
 
 @pytest.fixture(scope="module")
-def runs(run_a, compile_cache):
+def runs(run_a):
   """Run A; run B: SIGKILLed after step 4, then the same command again; run C: SIGTERMed after
   step 4 (a real signal, which the process sends itself: the steps are too quick to hit one from
   outside), then the same command again. B and C run side by side."""
@@ -156,7 +144,7 @@ def runs(run_a, compile_cache):
   a_rc, a_log = finish(a)      # B and C start after A so that they find its compiled executables
 
   def train(args, workdir, log):
-    return start("experiments.train", [*args, f"--workdir={workdir}"], root / log, compile_cache)
+    return start("experiments.train", [*args, f"--workdir={workdir}"], root / log)
 
   b1 = train([*TINY_RUN, "--kill_at_step=4"], b_dir, "b1.log")
   c1 = train([*PREEMPTED_RUN, "--signal_at_step=4"], c_dir, "c1.log")
@@ -254,15 +242,14 @@ app.run(train.main)
 """
 
 
-def test_disk_full_during_a_save_is_reported_once_and_the_run_resumes(runs, tmp_path,
-                                                                        compile_cache):
+def test_disk_full_during_a_save_is_reported_once_and_the_run_resumes(runs, tmp_path):
   assert runs["a_rc"] == 0   # its compiled executables make these runs quick
   workdir = tmp_path / "full"
   args = [*TINY_RUN, "--config.checkpoint_every=2", f"--workdir={workdir}"]
   with open(tmp_path / "full.log", "w") as log:
-    rc = subprocess.run([sys.executable, "-c", DISK_FULL_AT_STEP_4, *args], cwd=REPO,
-                        env=subprocess_env(compile_cache), stdout=log, stderr=subprocess.STDOUT,
-                        timeout=600).returncode
+    rc = subprocess.run([sys.executable, "-c", DISK_FULL_AT_STEP_4, *args], cwd=subproc.REPO,
+                        env=subproc.env(), stdout=log, stderr=subprocess.STDOUT,
+                        timeout=subproc.HANG_TIMEOUT_S).returncode
   log = (tmp_path / "full.log").read_text()
   assert rc == 1, log[-3000:]
   report = "Writing the checkpoint of step 4 failed: [Errno 28] No space left on device ("
@@ -275,7 +262,7 @@ def test_disk_full_during_a_save_is_reported_once_and_the_run_resumes(runs, tmp_
   assert not os.path.exists(workdir / "trainer.lock")
   assert not os.path.exists(workdir / "samples")
   # The same command without the fault resumes from step 2 and matches run A exactly.
-  rc, log = finish(start("experiments.train", args, tmp_path / "rerun.log", compile_cache))
+  rc, log = finish(start("experiments.train", args, tmp_path / "rerun.log"))
   assert rc == 0, log[-3000:]
   assert "Resumed from the checkpoint at step 2" in log
   a, got = read_metrics(runs["a_dir"]), read_metrics(workdir)
@@ -289,7 +276,7 @@ NUM = 10   # the tiny config's sample.num: the training run's final samples comp
 
 
 @pytest.fixture(scope="module")
-def cli_outputs(runs, compile_cache, tmp_path_factory):
+def cli_outputs(runs, tmp_path_factory):
   """The four sample tasks, in parallel, on the resumed workdir."""
   assert runs["b2_rc"] == 0, runs["b2_log"][-3000:]
   assert configs.load("tiny").sample.num == NUM
@@ -299,12 +286,12 @@ def cli_outputs(runs, compile_cache, tmp_path_factory):
   procs = {task: start("experiments.sample", [f"--workdir={workdir}", f"--task={task}",
                                               f"--num={NUM}", f"--out={out / task}",
                                               *greedy.get(task, [])],
-                       out / f"{task}.log", compile_cache)
+                       out / f"{task}.log")
            for task in ("class", "caption", "vqa", "joint")}
   results = {name: finish(p) for name, p in procs.items()}
   results["evaluate"] = finish(start(
       "experiments.evaluate", [f"--workdir={workdir}", "--per_class=2", "--num_heldout=10",
-                               "--batch=10"], out / "evaluate.log", compile_cache))
+                               "--batch=10"], out / "evaluate.log"))
   return out, results
 
 
