@@ -46,8 +46,8 @@ def _own_record(**changes):
 
 @pytest.mark.parametrize("changes, reason", [
     ({"boot_id": "00000000-0000-0000-0000-000000000000"}, "recorded before a reboot"),
-    ({"start_ticks": 1}, f"pid {os.getpid()} is now another process"),
-])
+    ({"start_ticks": 1}, "pid {pid} is now another process"),
+], ids=["another_boot", "another_start"])  # no pid in an id: xdist's workers must agree on them
 def test_own_pid_from_another_boot_or_start_is_taken_over(tmp_path, caplog, changes, reason):
   # Oracle: the record a restarted container leaves, written by hand; the kernel's boot id
   # and this process's start time are read independently of the lock code.
@@ -57,7 +57,7 @@ def test_own_pid_from_another_boot_or_start_is_taken_over(tmp_path, caplog, chan
   with caplog.at_level("WARNING"):
     with run_lock.WorkdirLock(tmp_path):
       holder = json.loads((tmp_path / run_lock.LOCK_FILE).read_text())
-  assert "stale trainer lock" in caplog.text and reason in caplog.text
+  assert "stale trainer lock" in caplog.text and reason.format(pid=os.getpid()) in caplog.text
   with open(f"/proc/{os.getpid()}/stat") as f:
     assert holder["start_ticks"] == int(f.read().split(")")[-1].split()[19])
   assert not (tmp_path / run_lock.LOCK_FILE).exists()
