@@ -38,6 +38,7 @@ folder converted by `python -m data.prepare`, data_dir = its output).
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable
 import dataclasses
 import sys
 from typing import Any
@@ -305,16 +306,19 @@ class DataIterator(grain.DatasetIterator):
 
   def __init__(self, parent: grain.DatasetIterator, name: str, *,
                batch_size: int = 1, shard_count: int = 1,
-               position: str | None = None):
+               position: str | None = None,
+               restart: Callable[[int], grain.DatasetIterator] | None = None):
     """`position`: what the state's `next_index` counts -- "global_batch"
     (the same on every host, whatever their number), "host_example" (this
     host's examples, whole batches) or None (a state `reshard_state` cannot
-    map, e.g. grain's worker processes')."""
+    map, e.g. grain's worker processes'). `restart(n)`: a new parent
+    iterator that starts at global batch n of the same stream."""
     super().__init__(parent)
     self._name = name
     self._counts = collections.Counter()
     self._batch_size, self._shard_count = batch_size, shard_count
     self._position = position
+    self._restart = restart
 
   def __next__(self) -> dict[str, np.ndarray]:
     batch = dict(next(self._parent))
@@ -363,6 +367,18 @@ class DataIterator(grain.DatasetIterator):
     if examples % self._shard_count:
       return None
     return {"next_index": examples // self._shard_count}, examples
+
+  def restart_at(self, global_batches: int) -> bool:
+    """Continues the stream at global batch `global_batches` (its examples
+    counted over all hosts: `global_batches * batch_size * shard_count`),
+    whatever position this iterator had: the resume of a state that
+    `reshard_state` cannot map (grain worker processes' per-worker states).
+    Exact: every example of this pipeline is a pure function of its global
+    index. Returns False when this iterator cannot restart."""
+    if self._restart is None:
+      return False
+    self._parents = (self._restart(int(global_batches)),)
+    return True
 
   def stats(self) -> dict[str, int]:
     """{'examples', 'caption_truncated', 'vqa_truncated'} counts so far."""
@@ -450,40 +466,50 @@ def make_dataset(
                      f"examples at batch size {batch_size}.")
   tables = _label_tables(src, tokenizer, max_text_len)
 
-  if src.in_memory is not None and not src.has_captions:
-    raw_images, labels = src.in_memory
-    num_batches = (sys.maxsize if total is None else
-                   -(-(total - shard_index * batch_size) // global_batch))
-    ds = grain.MapDataset.range(num_batches).map(
-        _PreloadedBatch(_preloaded_images(raw_images, image_size, channels),
-                        np.asarray(labels, np.int32), batch_size, shard_index,
-                        shard_count, total, seed, tables))
-    # Each batch is one cheap gather: reader threads would only add overhead.
-    it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=0,
-                                                 prefetch_buffer_size=0))
+  def build(start_batch: int) -> grain.IterDataset:
+    """This host's batches from global batch `start_batch` on (0: the start)."""
+    if src.in_memory is not None and not src.has_captions:
+      raw_images, labels = src.in_memory
+      num_batches = (sys.maxsize if total is None else
+                     -(-(total - shard_index * batch_size) // global_batch))
+      ds = grain.MapDataset.range(min(start_batch, num_batches), num_batches).map(
+          _PreloadedBatch(_preloaded_images(raw_images, image_size, channels),
+                          np.asarray(labels, np.int32), batch_size, shard_index,
+                          shard_count, total, seed, tables))
+      # Each batch is one cheap gather: reader threads would only add overhead.
+      it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=0,
+                                                   prefetch_buffer_size=0))
+    else:
+      ds = (grain.MapDataset.source(src.records).seed(seed).shuffle()
+            .repeat(num_epochs)
+            .random_map(_RecordToExample(src, tokenizer, tables, image_size,
+                                         channels, max_text_len)))
+      if total is not None:
+        ds = ds[:total]
+      if start_batch:  # examples are pure functions of their global index
+        ds = ds[start_batch * global_batch:]
+      if shard_count > 1:
+        ds = _HostPositions(ds, batch_size, shard_index, shard_count)
+      # Prefetch single examples (a bounded buffer), then batch.
+      it_ds = ds.to_iter_dataset(grain.ReadOptions(
+          num_threads=read_threads, prefetch_buffer_size=max(
+              2 * batch_size, 4 * read_threads) if read_threads else 0))
+      it_ds = it_ds.batch(batch_size, drop_remainder=drop_remainder)
+    if worker_count > 0:
+      it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
+          num_workers=worker_count))
+    return it_ds
+
+  if worker_count > 0:
+    position = None  # per-worker states: resharded by restarting (restart_at)
+  elif src.in_memory is not None and not src.has_captions:
     position = "global_batch"
   else:
-    ds = (grain.MapDataset.source(src.records).seed(seed).shuffle()
-          .repeat(num_epochs)
-          .random_map(_RecordToExample(src, tokenizer, tables, image_size,
-                                       channels, max_text_len)))
-    if total is not None:
-      ds = ds[:total]
-    if shard_count > 1:
-      ds = _HostPositions(ds, batch_size, shard_index, shard_count)
-    # Prefetch single examples (a bounded buffer), then batch.
-    it_ds = ds.to_iter_dataset(grain.ReadOptions(
-        num_threads=read_threads, prefetch_buffer_size=max(
-            2 * batch_size, 4 * read_threads) if read_threads else 0))
-    it_ds = it_ds.batch(batch_size, drop_remainder=drop_remainder)
     position = "host_example"
-  if worker_count > 0:
-    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=worker_count))
-    position = None  # per-worker states
-  return DataIterator(iter(it_ds), name=f"{name}/{split}",
+  return DataIterator(iter(build(0)), name=f"{name}/{split}",
                       batch_size=batch_size, shard_count=shard_count,
-                      position=position)
+                      position=position,
+                      restart=lambda start_batch: iter(build(start_batch)))
 
 
 # --------------------------------------------------------------------------

@@ -339,3 +339,22 @@ def test_record_path_state_resharded_between_host_counts(class_folder, tok):
     got, parts = next(one), [next(h) for h in hosts]
     for k in got:
       np.testing.assert_array_equal(got[k], np.concatenate([p[k] for p in parts]), err_msg=k)
+
+
+def test_record_path_restarts_at_a_global_batch(class_folder, tok):
+  """`restart_at(n)` continues each host at global batch n (the resume of a position grain's
+  worker processes saved): oracle, the same hosts read from the start, across the 7-example
+  split's epoch boundary."""
+  out, _ = class_folder
+  hosts = [_make(tok, out, seed=3, batch_size=2, shard_index=i, shard_count=2) for i in range(2)]
+  for _ in range(2):
+    for h in hosts:
+      next(h)
+  restarted = [_make(tok, out, seed=3, batch_size=2, shard_index=i, shard_count=2)
+               for i in range(2)]
+  assert all(r.restart_at(2) for r in restarted)
+  for _ in range(2):
+    for r, h in zip(restarted, hosts):
+      got, want = next(r), next(h)
+      for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)

@@ -253,3 +253,33 @@ def test_state_resharded_between_host_counts_continues_the_stream(tok):
   want, parts = next(one), [next(h) for h in four]
   for k in want:
     np.testing.assert_array_equal(np.concatenate([p[k] for p in parts]), want[k], err_msg=k)
+
+
+def test_an_unmappable_saved_position_restarts_at_the_checkpoints_global_batch(tok, tmp_path,
+                                                                               caplog):
+  """grain's worker processes save per-worker states that no other host count can map; the
+  Checkpointer then restarts the stream at global batch `step` (the train loop draws one global
+  batch a step). Oracle: a 2-host run going on uninterrupted after 3 global batches."""
+  from mdm_jax.training import checkpoint as ckpt_lib
+  two = [_make(tok, batch_size=16, shard_index=i, shard_count=2) for i in range(2)]
+  for _ in range(3):
+    for h in two:
+      next(h)
+  saved = tmp_path / "checkpoints" / "3" / "data_iter"
+  saved.mkdir(parents=True)
+  worker_state = {"workers_state": {"0": {"next_index": 2}}, "iterations_to_skip": {"0": 1},
+                  "last_worker_index": 0}   # the shape of grain's mp_prefetch state
+  (saved / "process_0-of-2.json").write_text(json.dumps(worker_state))
+  one = _make(tok, batch_size=32)
+  assert one.reshard_state(worker_state, 2) is None
+  ckpt = ckpt_lib.Checkpointer(tmp_path)
+  try:
+    with caplog.at_level("WARNING"):
+      ckpt._reshard_data_iter(3, one, 2)  # pylint: disable=protected-access
+  finally:
+    ckpt.close()
+  assert "restarts at the saved global position instead (global batch 3" in caplog.text
+  for _ in range(2):
+    got, parts = next(one), [next(h) for h in two]
+    for k in got:
+      np.testing.assert_array_equal(got[k], np.concatenate([p[k] for p in parts]), err_msg=k)

@@ -475,12 +475,22 @@ class Checkpointer:
     reshard = getattr(data_iter, "reshard_state", None)
     mapped = reshard(saved, saved_count) if reshard is not None else None
     if mapped is None:
+      # A state grain cannot map (its worker processes' read-ahead): the train loop draws one
+      # global batch per step, so the stream restarts at global batch `step`, where it was.
+      restart = getattr(data_iter, "restart_at", None)
+      if restart is not None and restart(step):
+        _log.warning(
+            "The data position of checkpoint %d was saved by %d process(es) as grain iterator "
+            "state %s, which cannot be mapped to %d: the data stream restarts at the saved "
+            "global position instead (global batch %d, the checkpoint's step), with the "
+            "examples it would have read next.", step, saved_count, sorted(saved), count, step)
+        return
       _log.warning(
           "The data position of checkpoint %d was saved by %d process(es) and cannot be mapped "
           "to %d (grain iterator state %s): this run reads the data from the start of its "
           "stream, so examples already trained on are seen again. Resume with %d processes to "
           "continue the data stream exactly.", step, saved_count, count, sorted(saved),
-          saved_count, saved_count)
+          saved_count)
       return
     state, examples = mapped
     data_iter.set_state(state)
