@@ -138,14 +138,16 @@ def spec(task: str) -> tasks.Task:
 
 
 def outputs(task: str, out: str) -> tuple[str, ...]:
-  """The files ``--out`` names for ``task`` (beside them, images get a ``.png`` grid); a
-  UsageError when its suffix does not fit the task (image tasks: .npz; text tasks: .jsonl;
-  joint: a stem, or either suffix, for both files)."""
+  """The files ``--out`` names for ``task`` (beside them, images get a ``.png`` grid): a stem
+  gets the task's suffix (image tasks: .npz; text tasks: .jsonl; joint: both files); a
+  UsageError when its suffix does not fit the task (e.g. ``c.txt`` for images)."""
   stem, suffix = os.path.splitext(os.fspath(out))
   want = tuple(s for s, kinds in ((".npz", IMAGE_TASKS), (".jsonl", TEXT_TASKS))
                if task in kinds)
   if len(want) == 1 and suffix.lower() == want[0]:
     return (os.fspath(out),)
+  if len(want) == 1 and not suffix:
+    return (stem + want[0],)
   if len(want) > 1 and suffix.lower() in ("", *want):
     return tuple(stem + s for s in want)
   if len(want) > 1:
