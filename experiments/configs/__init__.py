@@ -54,13 +54,10 @@ def load(name_or_path: str):
   return config
 
 
-def _leaf_paths(config, prefix: str = "") -> list[str]:
+def _leaf_paths(config) -> list[str]:
   """Dotted paths of every field of a ConfigDict (sections recursed into)."""
-  out = []
-  for key, value in config.items():
-    path = prefix + key
-    out += _leaf_paths(value, path + ".") if hasattr(value, "items") else [path]
-  return out
+  from mdm_jax.training import config_drift  # pylint: disable=g-import-not-at-top
+  return list(config_drift.flat_fields(config))
 
 
 def nearest_fields(path: str, known: list[str]) -> list[str]:

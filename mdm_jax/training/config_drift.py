@@ -97,6 +97,12 @@ def _plain(value: Any) -> Any:
   return value
 
 
+def flat_fields(config: Any) -> dict[str, Any]:
+  """Every field of a nested config (ConfigDict or dict) by dotted path, e.g.
+  ``{"optim.lr": 1e-3, ...}``, values as JSON sees them; sections are recursed into."""
+  return _flat(_plain(config))
+
+
 def _flat(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
   out = {}
   for key, value in config.items():
@@ -110,7 +116,7 @@ def _flat(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 def compare(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[Change]:
   """Every field whose value differs between ``saved`` and ``current`` (nested mappings or
   ConfigDicts), sorted by path, each classified by ``RULES``."""
-  old, new = _flat(_plain(saved)), _flat(_plain(current))
+  old, new = flat_fields(saved), flat_fields(current)
   changes = []
   for path in sorted(set(old) | set(new)):
     a, b = old.get(path, ABSENT), new.get(path, ABSENT)
