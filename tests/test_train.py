@@ -225,10 +225,13 @@ def test_sigterm_saves_the_step_and_resumes_exactly(runs):
 
 # A full disk during the (asynchronous) save of step 4: orbax's JSON writer raises ENOSPC, as
 # a real full disk does, inside the real command.
+# The JSON items of step 4's save fail at once while its arrays are still being written (slowed
+# by 2 s): orbax reports the first failure while the array writers run on, as on a real disk.
 DISK_FULL_AT_STEP_4 = """
-import errno, sys
+import asyncio, errno, sys
 from absl import app
 from orbax.checkpoint._src.handlers import json_checkpoint_handler as handler
+from orbax.checkpoint._src.serialization import jax_array_handlers as arrays
 from experiments import configs, train
 write = handler.JsonCheckpointHandler._save_fn
 async def full(self, item, directory):
@@ -236,6 +239,11 @@ async def full(self, item, directory):
     raise OSError(errno.ENOSPC, "No space left on device", str(directory / self._filename))
   return await write(self, item, directory)
 handler.JsonCheckpointHandler._save_fn = full
+write_arrays = arrays._async_serialize_replica_slices
+async def slow(*args, **kwargs):
+  await asyncio.sleep(2)
+  return await write_arrays(*args, **kwargs)
+arrays._async_serialize_replica_slices = slow
 sys.argv = configs.rewrite_argv(["train", *sys.argv[1:]])
 train.define_flags()
 app.run(train.main)

@@ -53,6 +53,7 @@ import json
 import logging
 import re
 import shutil
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -69,6 +70,7 @@ PyTree = Any
 
 _log = logging.getLogger(__name__)
 _MAX_REASON_CHARS = 600
+_FAILED_SAVE_JOIN_S = 120.0  # bound on waiting for a failed save's remaining writers
 
 
 class NoUsableCheckpointError(RuntimeError):
@@ -314,6 +316,7 @@ class Checkpointer:
     self._assets = None if assets is None else _as_json_dict(assets)
     self._save_interval_steps = save_interval_steps
     self._pending: tuple[int, int] | None = None  # (step, bytes) of the save in flight
+    self._save_threads: list[threading.Thread] = []  # orbax's writer threads of that save
     absl_logger = logging.getLogger("absl")
     if not any(isinstance(f, _NoOrbaxTracebacks) for f in absl_logger.filters):
       absl_logger.addFilter(_NoOrbaxTracebacks())
@@ -384,9 +387,12 @@ class Checkpointer:
     if self._assets is not None:
       items["assets"] = ocp.args.JsonSave(self._assets)
     nbytes = sum(int(getattr(x, "nbytes", 0)) for x in jax.tree.leaves(state))
+    threads_before = set(threading.enumerate())
     started = self._manager.save(int(step), args=ocp.args.Composite(**items), force=force)
     if started:
       self._pending = (int(step), nbytes)
+      self._save_threads = [t for t in threading.enumerate() if t not in threads_before
+                            and type(t).__module__.startswith("orbax.")]
     return started
 
   def check(self) -> None:
@@ -603,9 +609,15 @@ class Checkpointer:
       CheckpointWriteError: that save failed (raised once; the step is not kept).
     """
     pending, self._pending = self._pending, None
+    save_threads, self._save_threads = self._save_threads, []
     try:
       self._manager.wait_until_finished()
     except Exception as e:  # pylint: disable=broad-except
+      # Orbax stops waiting at the first failed part of a save while its other writers (the
+      # arrays' threads) may still be running: they are joined here, else they outlive the
+      # report and print tracebacks into the interpreter's shutdown.
+      for thread in save_threads:
+        thread.join(timeout=_FAILED_SAVE_JOIN_S)
       if pending is None:
         raise
       raise self._write_error(*pending, e) from None
