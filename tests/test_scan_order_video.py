@@ -55,8 +55,9 @@ def test_one_frame_is_exactly_the_image_schedule(grid, n_prefix, n_text, directi
         _legacy_layer_orders(layer, directions)
   if grid is not None:
     for order in range(4):
-      np.testing.assert_array_equal(so.clip_order(1, *grid, order), _legacy_image_order(*grid, order))
-      np.testing.assert_array_equal(so.image_order(*grid, order), _legacy_image_order(*grid, order))
+      want = _legacy_image_order(*grid, order)
+      np.testing.assert_array_equal(so.clip_order(1, *grid, order), want)
+      np.testing.assert_array_equal(so.image_order(*grid, order), want)
 
 
 # ------------------------------------------------------------------ clip orders by hand

@@ -1,9 +1,9 @@
 """The unified VAE: one encoder and one decoder shared by image patches and text tokens.
 
 Images are cut into p x p patches (``patchify``); a clip's frames each the same way, or into
-tubelets of p x p pixels over a few frames (``patchify_clip``); text ids (SentencePiece BPE, plus the
-absorbing diffusion's [MASK] id == vocab_size) are embedded. Both are projected to the same
-width, tagged with a learned modality embedding, and go through ONE shared per-token encoder
+tubelets of p x p pixels over a few frames (``patchify_clip``); text ids (SentencePiece BPE,
+plus the absorbing diffusion's [MASK] id == vocab_size) are embedded. Both are projected to the
+same width, tagged with a learned modality embedding, and go through ONE shared per-token encoder
 that outputs a diagonal Gaussian ``(mu, log_sigma)`` of width ``latent_dim`` per token. A
 reparameterised sample ``z = mu + sigma * eps`` goes through ONE shared decoder, whose two heads
 give image patches (trained with L2) and vocabulary logits (trained with cross-entropy). The KL
