@@ -1,8 +1,9 @@
 """The unified VAE: one encoder and one decoder shared by image patches and text tokens.
 
-Images are cut into p x p patches (``patchify``); text ids (SentencePiece BPE, plus the
-absorbing diffusion's [MASK] id == vocab_size) are embedded. Both are projected to the same
-width, tagged with a learned modality embedding, and go through ONE shared per-token encoder
+Images are cut into p x p patches (``patchify``); a clip's frames each the same way, or into
+tubelets of p x p pixels over a few frames (``patchify_clip``); text ids (SentencePiece BPE,
+plus the absorbing diffusion's [MASK] id == vocab_size) are embedded. Both are projected to the
+same width, tagged with a learned modality embedding, and go through ONE shared per-token encoder
 that outputs a diagonal Gaussian ``(mu, log_sigma)`` of width ``latent_dim`` per token. A
 reparameterised sample ``z = mu + sigma * eps`` goes through ONE shared decoder, whose two heads
 give image patches (trained with L2) and vocabulary logits (trained with cross-entropy). The KL
@@ -45,6 +46,36 @@ def unpatchify(patches: jax.Array, grid: tuple[int, int], patch: int, channels: 
   """(b, gh*gw, p*p*c) -> (b, gh*p, gw*p, c); inverse of ``patchify``."""
   return rearrange(patches, "b (gh gw) (p q c) -> b (gh p) (gw q) c", gh=grid[0], gw=grid[1],
                    p=patch, q=patch, c=channels)
+
+
+def patchify_clip(clips: jax.Array, patch: int, tubelet: int = 1) -> jax.Array:
+  """(b, T, H, W, c) -> (b, (T/k)*(H/p)*(W/p), k*p*p*c) with k = ``tubelet``: tokens time-major
+  (tubelet after tubelet, each row-major, the ``scan_order`` clip layout), a token's values
+  frame after frame, each frame's as ``patchify``'s. ``tubelet=1`` patchifies every frame as an
+  image; a clip of one frame gives exactly ``patchify`` of that frame."""
+  if clips.ndim != 5:
+    raise ValueError("patchify_clip: clips must be (batch, frames, height, width, channels), "
+                     f"got {clips.shape}; an image batch is clips[:, None]")
+  _, frames, hgt, wid, _ = clips.shape
+  if tubelet < 1 or frames % tubelet:
+    raise ValueError(f"patchify_clip: {frames} frames do not split into tubelets of {tubelet}; "
+                     "use a tubelet that divides the frame count (1 always does)")
+  if hgt % patch or wid % patch:
+    raise ValueError(f"patchify_clip: frame size {hgt}x{wid} is not divisible by patch size "
+                     f"{patch}; resize the frames or change model.patch_size")
+  return rearrange(clips, "b (nt k) (gh p) (gw q) c -> b (nt gh gw) (k p q c)", k=tubelet,
+                   p=patch, q=patch)
+
+
+def unpatchify_clip(patches: jax.Array, frames: int, grid: tuple[int, int], patch: int,
+                    channels: int, tubelet: int = 1) -> jax.Array:
+  """(b, (T/k)*gh*gw, k*p*p*c) -> (b, T, gh*p, gw*p, c); inverse of ``patchify_clip``."""
+  if tubelet < 1 or frames % tubelet:
+    raise ValueError(f"unpatchify_clip: {frames} frames do not split into tubelets of "
+                     f"{tubelet}; use a tubelet that divides the frame count (1 always does)")
+  return rearrange(patches, "b (nt gh gw) (k p q c) -> b (nt k) (gh p) (gw q) c",
+                   nt=frames // tubelet, gh=grid[0], gw=grid[1], k=tubelet, p=patch, q=patch,
+                   c=channels)
 
 
 def kl_to_standard_normal(mu: jax.Array, log_sigma: jax.Array) -> jax.Array:
