@@ -6,7 +6,11 @@ The denoiser's sequence is ``[prefix | image latents | text latents]``:
     text time t_txt, the class (``num_classes`` is the null class used for guidance), the task,
     and ``n_pad_tokens`` learnable pad tokens;
   * image latents: the VAE latents of the patches, noised by VP diffusion at t_img, on the
-    (gh, gw) patch grid (optionally with DiM's learnable row-end tokens);
+    (gh, gw) patch grid (optionally with DiM's learnable row-end tokens); for a clip
+    (``frames`` > 1) the latents of every frame's patches, or of tubelets of ``tubelet``
+    frames, time-major on a (frames / tubelet, gh, gw) grid (``Denoiser.image_positions`` has
+    their position embedding). An image is a clip of one frame: a ``frames=1`` model has
+    exactly the image model's parameters and outputs;
   * text latents: the VAE latents of the text ids after absorbing (SEDD) diffusion at t_txt,
     i.e. some ids replaced by [MASK] == vocab_size.
 
@@ -37,7 +41,10 @@ The backbone is a stack of ``n_layers`` residual blocks run with ``nn.scan`` (an
 so compile time does not grow with depth. Layer ``l`` permutes image tokens into scan order
 ``l mod 4`` and text tokens into ``l mod 2`` (``scan_order``; reversed-text layers scan the text
 before the image, so information flows both ways between modalities), runs its Mamba-2 mixer,
-and permutes back. ``backbone="transformer"`` swaps the mixer for bidirectional softmax attention
+and permutes back. A clip's tokens use clip order ``l mod 6`` (the image orders over the frames
+in time order, and the time-major orders that scan each grid position through the frames), or
+``l mod 4`` with ``time_orders=False`` (the frame-by-frame ablation); ``scan_order`` has the
+orders and why. ``backbone="transformer"`` swaps the mixer for bidirectional softmax attention
 (a DiT-style baseline with the same interface; no permutation needed).
 
 Heads: ``eps`` (the image latents' noise) and text log-scores over vocab + [MASK]
