@@ -1,5 +1,6 @@
-"""Clips through the MDM network: a one-frame model is exactly today's image model, a clip model
-runs forward and backward, and each layer scans the clip in its 3-D scan order.
+"""Clips through the MDM network: a one-frame model is exactly the image model main had before
+clips (frozen here), a clip model runs forward and backward, and each layer scans the clip in
+its 3-D scan order.
 
 Compile-bound like test_mdm.py: tiny dimensions, ``unsafe_rbg`` keys and ``FAST_COMPILE``.
 """

@@ -551,8 +551,8 @@ class MDM(nn.Module):
     clips = images.ndim == 5
     if self.cfg.frames > 1 and not clips:
       raise ValueError(f"MDM: a clip model (model.frames={self.cfg.frames}) takes clips "
-                       f"(batch, frames, H, W, C), got {tuple(images.shape)}; pass "
-                       "images[:, None] repeated over frames, or set model.frames=1")
+                       f"(batch, {self.cfg.frames}, H, W, C), got {tuple(images.shape)}; pass "
+                       "clips, or set model.frames=1 for images")
     mu_i, _ = self.encode_clip(images) if clips else self.encode_image(images)
     mu_t, _ = self.encode_text(ids)
     recon_img = self.decode_clip(mu_i) if clips else self.decode_image(mu_i)
