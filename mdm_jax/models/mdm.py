@@ -6,7 +6,11 @@ The denoiser's sequence is ``[prefix | image latents | text latents]``:
     text time t_txt, the class (``num_classes`` is the null class used for guidance), the task,
     and ``n_pad_tokens`` learnable pad tokens;
   * image latents: the VAE latents of the patches, noised by VP diffusion at t_img, on the
-    (gh, gw) patch grid (optionally with DiM's learnable row-end tokens);
+    (gh, gw) patch grid (optionally with DiM's learnable row-end tokens); for a clip
+    (``frames`` > 1) the latents of every frame's patches, or of tubelets of ``tubelet``
+    frames, time-major on a (frames / tubelet, gh, gw) grid (``Denoiser.image_positions`` has
+    their position embedding). An image is a clip of one frame: a ``frames=1`` model has
+    exactly the image model's parameters and outputs;
   * text latents: the VAE latents of the text ids after absorbing (SEDD) diffusion at t_txt,
     i.e. some ids replaced by [MASK] == vocab_size.
 
@@ -37,7 +41,10 @@ The backbone is a stack of ``n_layers`` residual blocks run with ``nn.scan`` (an
 so compile time does not grow with depth. Layer ``l`` permutes image tokens into scan order
 ``l mod 4`` and text tokens into ``l mod 2`` (``scan_order``; reversed-text layers scan the text
 before the image, so information flows both ways between modalities), runs its Mamba-2 mixer,
-and permutes back. ``backbone="transformer"`` swaps the mixer for bidirectional softmax attention
+and permutes back. A clip's tokens use clip order ``l mod 6`` (the image orders over the frames
+in time order, and the time-major orders that scan each grid position through the frames), or
+``l mod 4`` with ``time_orders=False`` (the frame-by-frame ablation); ``scan_order`` has the
+orders and why. ``backbone="transformer"`` swaps the mixer for bidirectional softmax attention
 (a DiT-style baseline with the same interface; no permutation needed).
 
 Heads: ``eps`` (the image latents' noise) and text log-scores over vocab + [MASK]
@@ -63,7 +70,7 @@ import numpy as np
 from mdm_jax.diffusion.processes import TEXT_SCORES, absorbing_log_score
 from mdm_jax.models import scan_order
 from mdm_jax.models.mamba2 import Mamba2
-from mdm_jax.models.vae import UnifiedVAE, patchify, unpatchify
+from mdm_jax.models.vae import UnifiedVAE, patchify, patchify_clip, unpatchify, unpatchify_clip
 from mdm_jax.ssm import kernel
 from mdm_jax.ssm.ssd import IMPLS as SSD_IMPLS
 from mdm_jax.tasks import TASK_IDS, TASKS  # noqa: F401 (re-exported)
@@ -97,6 +104,10 @@ class MDMConfig:
   text_pool_cond: bool = True       # the pooled caption in every block's adaLN (SD3-style)
   row_end_tokens: bool = False      # DiM's learnable tokens at the end of each grid row
   directions: int = 4               # 4 (paper) or 1 ("1 scan direction" ablation)
+  # Video: a clip of ``frames`` frames (1: images), patchified in tubelets of ``tubelet`` frames.
+  frames: int = 1
+  tubelet: int = 1
+  time_orders: bool = True          # False: clips scanned with the image orders only (ablation)
   text_score: str = "conditional"   # absorbing log-score form: "conditional" or "sedd"
   # Mamba-2 mixer.
   d_state: int = 64
@@ -130,6 +141,12 @@ class MDMConfig:
     if self.image_size % self.patch_size:
       raise ValueError(f"model.image_size {self.image_size} must be a multiple of "
                        f"model.patch_size {self.patch_size}")
+    if self.frames < 1 or self.tubelet < 1:
+      raise ValueError(f"model.frames ({self.frames}) and model.tubelet ({self.tubelet}) must "
+                       "be at least 1; frames=1, tubelet=1 is an image model")
+    if self.frames % self.tubelet:
+      raise ValueError(f"model.frames {self.frames} must be a multiple of model.tubelet "
+                       f"{self.tubelet}: set tubelet to a divisor of frames (1 always is)")
 
   @property
   def grid(self) -> tuple[int, int]:
@@ -137,12 +154,24 @@ class MDMConfig:
     return (g, g)
 
   @property
-  def n_image_tokens(self) -> int:
+  def token_frames(self) -> int:
+    """Frames of the token grid: ``frames / tubelet`` (1 for an image)."""
+    return self.frames // self.tubelet
+
+  @property
+  def n_frame_tokens(self) -> int:
+    """Tokens of one (token) frame: gh * gw."""
     return self.grid[0] * self.grid[1]
 
   @property
+  def n_image_tokens(self) -> int:
+    """Tokens of the image (or clip) segment, time-major: token_frames * gh * gw."""
+    return self.token_frames * self.n_frame_tokens
+
+  @property
   def patch_dim(self) -> int:
-    return self.patch_size**2 * self.channels
+    """Values of one token: tubelet * p * p * channels."""
+    return self.tubelet * self.patch_size**2 * self.channels
 
   @property
   def mask_id(self) -> int:
@@ -155,7 +184,8 @@ class MDMConfig:
   def layout(self) -> scan_order.SequenceLayout:
     gh, gw = self.grid
     grid = (gh, gw + 1) if self.row_end_tokens else (gh, gw)
-    return scan_order.SequenceLayout(N_FIXED_PREFIX + self.n_pad_tokens, grid, self.max_text_len)
+    return scan_order.SequenceLayout(N_FIXED_PREFIX + self.n_pad_tokens, grid, self.max_text_len,
+                                     frames=self.token_frames)
 
 
 def timestep_features(t: jax.Array, dim: int, max_period: float = 10_000.0) -> jax.Array:
@@ -314,7 +344,11 @@ class Denoiser(nn.Module):
                                            name="text_pool")
     init = lp(nn.initializers.normal(0.02), (None, "embed"))
     self.pad_tokens = self.param("pad_tokens", init, (cfg.n_pad_tokens, d), jnp.float32)
-    self.image_pos = self.param("image_pos", init, (cfg.n_image_tokens, d), jnp.float32)
+    self.image_pos = self.param("image_pos", init, (cfg.n_frame_tokens, d), jnp.float32)
+    if cfg.token_frames > 1:
+      # Zero: see ``image_positions``.
+      self.frame_pos = self.param("frame_pos", lp(nn.initializers.zeros, (None, "embed")),
+                                  (cfg.token_frames, d), jnp.float32)
     self.text_pos = self.param("text_pos", init, (cfg.max_text_len, d), jnp.float32)
     self.modality = self.param("modality_embed", init, (2, d), jnp.float32)
     if cfg.row_end_tokens:
@@ -338,16 +372,35 @@ class Denoiser(nn.Module):
 
   def layer_orders(self) -> np.ndarray:
     """(n_layers, 2, L) int32: per-layer permutation and inverse (static)."""
-    perms, invs = self.cfg.layout().schedule(self.cfg.directions)
+    perms, invs = self.cfg.layout().schedule(self.cfg.directions, self.cfg.time_orders)
     period = perms.shape[0]
     idx = np.arange(self.cfg.n_layers) % period
     return np.stack([perms[idx], invs[idx]], axis=1).astype(np.int32)
 
+  def image_positions(self) -> jax.Array:
+    """(N, d_model) position embedding of the image (or clip) tokens, time-major.
+
+    An image's is the learned (gh*gw, d) table ``image_pos``. A clip's token at (frame t, row
+    r, column c) gets ``image_pos[r*gw + c] + frame_pos[t]``: the image's table for every frame
+    plus a learned (T', d) table per frame index (factorised space + time, as ViViT and Latte
+    do). ``frame_pos`` exists only when ``token_frames > 1``, so an image model's parameters,
+    their names and shapes, and its outputs are exactly those without video; and it starts at
+    zero, so a clip model's tree is an image model's plus ``frame_pos`` (tubelet 1): a clip
+    model warm-started from an image checkpoint begins as that model's per-frame embedding. An
+    additive table gets gradients from the first step whatever its start, and the time-major
+    scans already tell frames apart by where they sit in the scan.
+    """
+    pos = self.image_pos
+    if self.cfg.token_frames > 1:
+      pos = (pos[None] + self.frame_pos[:, None]).reshape(-1, pos.shape[-1])
+    return pos
+
   def __call__(self, z_img, t_img, z_txt, t_txt, sigma_txt, ids_t, class_id, task_id):
-    """Predict image noise and text log-scores.
+    """Predict image (or clip) noise and text log-scores.
 
     Args:
-      z_img: (b, N, latent_dim) noised, unit-variance image latents.
+      z_img: (b, N, latent_dim) noised, unit-variance image latents; for a clip the
+        N = token_frames * gh * gw tokens are time-major (``MDM.encode_clip``).
       t_img: (b,) image time in [0, 1].
       z_txt: (b, T, latent_dim) unit-variance latents of the noised ids ``ids_t``.
       t_txt: (b,) text time in [0, 1].
@@ -362,6 +415,11 @@ class Denoiser(nn.Module):
     dtype = cfg.compute_dtype
     b = z_img.shape[0]
     d = cfg.d_model
+    if z_img.shape[1] != cfg.n_image_tokens:
+      raise ValueError(
+          f"Denoiser: z_img has {z_img.shape[1]} tokens, the model expects "
+          f"{cfg.n_image_tokens} ({cfg.token_frames} frame(s) of {cfg.grid[0]}x{cfg.grid[1]}); "
+          "encode clips (batch, frames, H, W, C) with encode_clip, images with encode_image")
     e_img, e_txt = self.time_embed_img(t_img), self.time_embed_txt(t_txt)
     e_cls, e_task = self.class_embed(class_id), self.task_embed(task_id)
     prefix = jnp.concatenate([
@@ -377,10 +435,11 @@ class Denoiser(nn.Module):
     if cfg.text_pool_cond:
       shared = shared + self.text_pool(ids_t)
     cond = jnp.stack([shared + e_img + e_txt, shared + e_img, shared + e_txt], axis=1)
-    img = (self.latent_in(z_img.astype(dtype)) + self.image_pos.astype(dtype)
+    img = (self.latent_in(z_img.astype(dtype)) + self.image_positions().astype(dtype)
            + self.modality[0].astype(dtype))
-    if cfg.row_end_tokens:
-      img = scan_order.insert_row_end_tokens(img, self.row_end, *cfg.grid)
+    gh, gw = cfg.grid
+    if cfg.row_end_tokens:  # a time-major clip is token_frames * gh rows
+      img = scan_order.insert_row_end_tokens(img, self.row_end, cfg.token_frames * gh, gw)
     txt = txt + self.text_pos.astype(dtype) + self.modality[1].astype(dtype)
     x = jnp.concatenate([prefix.astype(dtype), img, txt], axis=1)
     x = nn.with_logical_constraint(x, ACTIVATION_AXES)
@@ -397,7 +456,7 @@ class Denoiser(nn.Module):
     n_img = cfg.layout().n_image
     h_img = x[:, n_pre:n_pre + n_img]
     if cfg.row_end_tokens:
-      h_img = scan_order.remove_row_end_tokens(h_img, *cfg.grid)
+      h_img = scan_order.remove_row_end_tokens(h_img, cfg.token_frames * gh, gw)
     eps = self.eps_head(h_img).astype(jnp.float32)
     raw = self.score_head(x[:, n_pre + n_img:]).astype(jnp.float32)
     return eps, absorbing_log_score(raw, sigma_txt, ids_t, cfg.vocab_size, cfg.text_score)
@@ -423,12 +482,42 @@ class MDM(nn.Module):
       raise ValueError(f"MDM: images must be (batch, {expected[0]}, {expected[1]}, "
                        f"{expected[2]}), got {tuple(images.shape)}; the model's shapes come from "
                        "data.image_size and data.channels")
+    self._check_no_tubelets("encode_image", "encode_clip")
     return self.vae.encode_image(patchify(images, cfg.patch_size))
 
   def decode_image(self, z):
     """z (b, N, latent_dim) (VAE scale, not unit-variance) -> images (b, H, W, C)."""
     cfg = self.cfg
+    self._check_no_tubelets("decode_image", "decode_clip")
     return unpatchify(self.vae.decode_image(z), cfg.grid, cfg.patch_size, cfg.channels)
+
+  def _check_no_tubelets(self, name, clip_name):
+    if self.cfg.tubelet > 1:
+      raise ValueError(f"MDM.{name}: model.tubelet={self.cfg.tubelet} makes a token from "
+                       f"{self.cfg.tubelet} frames, so the model has no per-image tokens; use "
+                       f"{clip_name} with clips (batch, frames, H, W, C)")
+
+  def encode_clip(self, clips):
+    """clips (b, T, H, W, C) in [-1, 1] -> mu, log_sigma (b, N, latent_dim), N = T/k * gh * gw
+    tokens time-major (``vae.patchify_clip``; k = tubelet).
+
+    The VAE is per token, so with tubelet 1 this is ``encode_image`` of every frame, frame
+    after frame; a one-frame clip gives exactly ``encode_image`` of its frame.
+    """
+    cfg = self.cfg
+    expected = (cfg.frames, cfg.image_size, cfg.image_size, cfg.channels)
+    if tuple(clips.shape[1:]) != expected:
+      raise ValueError(f"MDM: clips must be (batch, {', '.join(map(str, expected))}), got "
+                       f"{tuple(clips.shape)}; the model's shapes come from model.frames, "
+                       "data.image_size and data.channels")
+    return self.vae.encode_image(patchify_clip(clips, cfg.patch_size, cfg.tubelet))
+
+  def decode_clip(self, z):
+    """z (b, N, latent_dim) (VAE scale) -> clips (b, T, H, W, C); inverse layout of
+    ``encode_clip``."""
+    cfg = self.cfg
+    return unpatchify_clip(self.vae.decode_image(z), cfg.frames, cfg.grid, cfg.patch_size,
+                           cfg.channels, cfg.tubelet)
 
   def encode_text(self, ids):
     return self.vae.encode_text(ids)
@@ -456,11 +545,17 @@ class MDM(nn.Module):
     return self.denoiser(z_img, t_img, text_latents, t_txt, sigma_txt, ids_t, class_id, task_id)
 
   def __call__(self, images, ids):
-    """Touches every parameter (for ``init``)."""
+    """Touches every parameter (for ``init``): images (b, H, W, C), or clips (b, T, H, W, C)
+    (a clip model, ``frames`` > 1, takes only clips)."""
     b = images.shape[0]
-    mu_i, _ = self.encode_image(images)
+    clips = images.ndim == 5
+    if self.cfg.frames > 1 and not clips:
+      raise ValueError(f"MDM: a clip model (model.frames={self.cfg.frames}) takes clips "
+                       f"(batch, {self.cfg.frames}, H, W, C), got {tuple(images.shape)}; pass "
+                       "clips, or set model.frames=1 for images")
+    mu_i, _ = self.encode_clip(images) if clips else self.encode_image(images)
     mu_t, _ = self.encode_text(ids)
-    recon_img = self.decode_image(mu_i)
+    recon_img = self.decode_clip(mu_i) if clips else self.decode_image(mu_i)
     logits = self.decode_text(mu_t)
     zeros = jnp.zeros((b,), jnp.float32)
     ints = jnp.zeros((b,), jnp.int32)
