@@ -67,6 +67,9 @@ def upgrade_saved_config(config):
     config.sample.joint_order = "together"
   if "caption_guidance" not in config.sample:  # one weight guided the class and the caption
     config.sample.caption_guidance = config.sample.guidance
+  for key, value in (("frames", 1), ("tubelet", 1), ("time_orders", True)):
+    if key not in config.model:  # before clips, every visual input was one frame
+      config.model[key] = value
   # The data values that shape the model were also copied into ``model``, where the data's
   # overrode them: the data section is their one home.
   from mdm_jax.training.trainer import DATA_FIELDS  # pylint: disable=g-import-not-at-top
