@@ -1,5 +1,13 @@
-"""Test-wide set-up, before JAX starts: 8 fake CPU devices (for the sharding tests), and one
-persistent XLA compilation cache for the whole run.
+"""Test-wide set-up, before JAX starts: 8 fake CPU devices (for the sharding tests), XLA:CPU
+compiling without its optimisation passes, and one persistent XLA compilation cache for the
+whole run.
+
+The tests' programs are tiny and run a few times each, so compiling them dominates the suite:
+`--xla_backend_optimization_level=0` with LLVM's expensive passes off halves the compile time of
+the tiny train step (the tests' largest program) and changes no result a test checks (every
+comparison is between programs compiled alike, or against an oracle with a tolerance). The flags
+travel with XLA_FLAGS to every subprocess (the CLI runs, the notebook's kernel) and are part of
+the compilation cache's key, so every process reads back the same executables.
 
 The cache is a fresh temporary folder made by the run's first process (pytest, or
 pytest-xdist's controller) and removed when it ends; the xdist workers and every subprocess a
@@ -14,9 +22,11 @@ import sys
 import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-_flag = "--xla_force_host_platform_device_count=8"
-if _flag not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
+_FLAGS = ("--xla_force_host_platform_device_count=8", "--xla_backend_optimization_level=0",
+          "--xla_llvm_disable_expensive_passes=true")
+for _flag in _FLAGS:
+  if _flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
 
 _CACHE_VAR = "MDM_TEST_COMPILATION_CACHE"   # set by the process that made the folder
 _made_cache = None
