@@ -122,6 +122,8 @@ def runs(tmp_path_factory):
     ref_rc = ref.wait(deadline)  # before `one`, which finds its compiled executables
     one = job("one", "experiments.train", [*RUN, f"--workdir={mp_dir}", "--signal_at_step=4"],
               num_processes=1, devices=8)
+    # evaluate refuses 2 processes at start-up, before it reads the workdir: it runs alongside.
+    evaluate = job("evaluate", "experiments.evaluate", [f"--workdir={mp_dir}"])
     one_rc = one.wait(deadline)
     one_files = files(4) if one_rc == [0] else None
     preempted = job("preempted", "experiments.train", [*RUN, f"--workdir={mp_dir}"])
@@ -137,7 +139,6 @@ def runs(tmp_path_factory):
     out = root / "out"
     sample = job("sample", "experiments.sample",
                  [f"--workdir={mp_dir}", "--task=class", "--num=10", f"--out={out / 'class'}"])
-    evaluate = job("evaluate", "experiments.evaluate", [f"--workdir={mp_dir}"])
     sample_rc, evaluate_rc = sample.wait(deadline), evaluate.wait(deadline)
     yield dict(ref=ref, ref_rc=ref_rc, ref_dir=ref_dir, mp_dir=mp_dir, killed=killed,
                killed_rc=killed_rc, killed_metrics=killed_metrics, killed_files=killed_files,
