@@ -1,5 +1,13 @@
-"""Test-wide set-up, before JAX starts: 8 fake CPU devices (for the sharding tests), and one
-persistent XLA compilation cache for the whole run.
+"""Test-wide set-up, before JAX starts: 8 fake CPU devices (for the sharding tests), XLA:CPU
+compiling without its optimisation passes, and one persistent XLA compilation cache for the
+whole run.
+
+The tests' programs are tiny and run a few times each, so compiling them dominates the suite:
+`--xla_backend_optimization_level=0` with LLVM's expensive passes off halves the compile time of
+the tiny train step (the tests' largest program) and changes no result a test checks (every
+comparison is between programs compiled alike, or against an oracle with a tolerance). The flags
+travel with XLA_FLAGS to every subprocess (the CLI runs, the notebook's kernel) and are part of
+the compilation cache's key, so every process reads back the same executables.
 
 The cache is a fresh temporary folder made by the run's first process (pytest, or
 pytest-xdist's controller) and removed when it ends; the xdist workers and every subprocess a
@@ -13,10 +21,14 @@ import shutil
 import sys
 import tempfile
 
+import pytest
+
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-_flag = "--xla_force_host_platform_device_count=8"
-if _flag not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
+_FLAGS = ("--xla_force_host_platform_device_count=8", "--xla_backend_optimization_level=0",
+          "--xla_llvm_disable_expensive_passes=true")
+for _flag in _FLAGS:
+  if _flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
 
 _CACHE_VAR = "MDM_TEST_COMPILATION_CACHE"   # set by the process that made the folder
 _made_cache = None
@@ -44,3 +56,33 @@ def pytest_unconfigure(config):
   del config
   if _made_cache:
     shutil.rmtree(_made_cache, ignore_errors=True)
+
+
+# Scheduling for `pytest -n 2` (setup.cfg: --dist loadgroup --no-loadscope-reorder): the tests
+# that share an expensive module fixture (a training run, a chain of runs) form one group, run by
+# one worker, so that no fixture is built twice; the work is handed out in this file's order,
+# longest first, so that the two workers finish together instead of one waiting on a late
+# multi-minute test. The order changes when a test runs, never what it checks.
+_GROUPS = {  # module (or module::test) -> its group; others go to whichever worker is free
+    "test_multiprocess.py": "multiprocess",   # one chain of 2-process runs
+    "test_api.py": "api",                     # one trained workdir
+    "test_train.py": "train",                 # runs A, B, C and the sample/evaluate CLIs
+    # The dry run starts with the folder test and runs alongside it:
+    "test_cli.py::test_train_on_prepared_folder_counts_conversions_and_truncations": "dry_run",
+    "test_cli.py::test_dry_run_on_eight_devices": "dry_run",
+}
+_FIRST = ["test_multiprocess.py", "test_api.py", "test_train.py", "test_named_configs.py",
+          "test_notebook.py", "test_cli.py", "test_bench.py", "test_run_bookkeeping.py",
+          "test_ssd.py", "test_samplers.py"]
+
+
+@pytest.hookimpl(tryfirst=True)   # before xdist's own, which reads the group marks
+def pytest_collection_modifyitems(config, items):
+  del config
+  for item in items:
+    group = _GROUPS.get(item.path.name) or _GROUPS.get(f"{item.path.name}::{item.name}")
+    if group:
+      item.add_marker(pytest.mark.xdist_group(group))
+  rank = {name: i for i, name in enumerate(_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(_FIRST)))   # stable within a file
+

@@ -122,6 +122,8 @@ def runs(tmp_path_factory):
     ref_rc = ref.wait(deadline)  # before `one`, which finds its compiled executables
     one = job("one", "experiments.train", [*RUN, f"--workdir={mp_dir}", "--signal_at_step=4"],
               num_processes=1, devices=8)
+    # evaluate refuses 2 processes at start-up, before it reads the workdir: it runs alongside.
+    evaluate = job("evaluate", "experiments.evaluate", [f"--workdir={mp_dir}"])
     one_rc = one.wait(deadline)
     one_files = files(4) if one_rc == [0] else None
     preempted = job("preempted", "experiments.train", [*RUN, f"--workdir={mp_dir}"])
@@ -137,7 +139,6 @@ def runs(tmp_path_factory):
     out = root / "out"
     sample = job("sample", "experiments.sample",
                  [f"--workdir={mp_dir}", "--task=class", "--num=10", f"--out={out / 'class'}"])
-    evaluate = job("evaluate", "experiments.evaluate", [f"--workdir={mp_dir}"])
     sample_rc, evaluate_rc = sample.wait(deadline), evaluate.wait(deadline)
     yield dict(ref=ref, ref_rc=ref_rc, ref_dir=ref_dir, mp_dir=mp_dir, killed=killed,
                killed_rc=killed_rc, killed_metrics=killed_metrics, killed_files=killed_files,
@@ -191,13 +192,18 @@ def test_killed_resharded_preempted_chain_matches_one_process(runs):
     assert "Resumed from the checkpoint at step 4" in log
     assert "saved by 1 process(es), resumed by 2: its data position (global example 64)" in log
     assert "Preempted (SIGTERM): saved the checkpoint of step 5 and stopped" in log, log[-2000:]
-  # The notice came before step 5's compile (tens of seconds here), which the run finishes: the
-  # notice's ~30 s are for what follows the step (agreeing, saving, exiting).
+  # The notice came before step 5's compile, which the run finishes: the notice's ~30 s are for
+  # what follows the step (agreeing, saving, exiting), and nothing else follows it: no step 6,
+  # no final samples (the time itself is the machine's, only printed).
+  for i in range(2):
+    log = runs["preempted"].log(i)
+    assert "step 6/6" not in log and "Training done" not in log and "Wrote " not in log, (
+        log[-2000:])
   after_step = runs["preempted_exit"] - _log_time(runs["preempted"].log(0), "step 5/6")
   print(f"\n2-process preemption: SIGTERM to process 1 before step 5; step 5 saved by both; "
         f"{runs['preempted_seconds']:.1f}s from SIGTERM to both exits (the step's compile "
         f"included), {after_step:.1f}s from the end of step 5")
-  assert 0 <= after_step < 30, after_step
+  assert after_step >= 0, after_step
   assert runs["resumed_rc"] == [0, 0], runs["resumed"].text()
   for i in range(2):
     assert "Resumed from the checkpoint at step 5" in runs["resumed"].log(i)
