@@ -1,7 +1,8 @@
 """Writing what people look at: PNG sample grids, the sample file formats, and the lock that
 keeps one sampling process per output.
 
-Image outputs: ``.npz`` with ``images`` (uint8 NHWC) plus ``labels`` and/or ``prompts``.
+Image outputs: ``.npz`` with ``images`` (uint8 NHWC) plus ``labels`` and/or ``prompts``; a clip
+model's: ``videos`` (uint8 (N, T, H, W, C)) and an animated GIF grid.
 Text outputs: ``.jsonl``, one object per sample: ``index``, ``label``, ``question`` and
 ``reference`` (the dataset's own answer) where there are ones, and ``text``.
 """
@@ -83,7 +84,10 @@ def _grid_image(x: np.ndarray, nrow: Optional[int], upscale: int, pad: int) -> I
 
 
 def save_npz(path: str, images, *, labels=None, prompts: Optional[Sequence[str]] = None) -> str:
-  arrays = {"images": to_uint8(images)}
+  """``images`` uint8 (N, H, W, C), or ``videos`` uint8 (N, T, H, W, C) for clips, plus
+  ``labels`` / ``prompts`` when given."""
+  key = "videos" if np.ndim(images) == 5 else "images"
+  arrays = {key: to_uint8(images)}
   if labels is not None:
     arrays["labels"] = np.asarray(labels)
   if prompts is not None:
