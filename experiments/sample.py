@@ -14,6 +14,12 @@ r"""Sample from a trained workdir (or an export), for any task and any number of
   python -m experiments.sample --workdir=DIR --task=infill --prompt="[MASK] written by hand" \
       --num=8 --out=infill.jsonl   # each [MASK] becomes one generated token, the rest is kept
 
+A clip model's workdir (e.g. ``--config=video_tiny``) takes the same tasks on clips, also
+spelt ``class2video``, ``t2v``, ``video_caption``, ``video_vqa`` and ``video_joint``; its .npz
+holds ``videos`` uint8 (N, T, H, W, C) and its grid is an animated GIF:
+
+  python -m experiments.sample --workdir=DIR --task=class2video --num=8 --out=class2video.npz
+
 VQA answers are greedy (temperature 0, as VQA benchmarks decode) unless ``--temperature`` is
 given; the other text tasks sample at ``--temperature`` or the config's.
 
@@ -64,7 +70,11 @@ from mdm_jax.generate import JOINT_ORDERS
 
 FLAGS = flags.FLAGS
 INFILL = "infill"   # the text task with the [MASK]s of --prompt to fill (its text_mask)
-TASK_NAMES = {**{t: t for t in tasks.GEN_TASKS}, **tasks.ALIASES, INFILL: INFILL}
+# A clip model's tasks are the image tasks on clips; these spellings name them.
+VIDEO_ALIASES = {"class2video": "class2img", "t2v": "t2i", "video_caption": "caption",
+                 "video_vqa": "vqa", "video_joint": "joint"}
+TASK_NAMES = {**{t: t for t in tasks.GEN_TASKS}, **tasks.ALIASES, **VIDEO_ALIASES,
+              INFILL: INFILL}
 IMAGE_TASKS = tuple(t for t, s in tasks.SPECS.items() if "image" in s.outputs)
 TEXT_TASKS = tuple(t for t, s in tasks.SPECS.items() if "text" in s.outputs) + (INFILL,)
 MASK_REGIONS = ("top", "bottom", "left", "right", "center")
@@ -231,7 +241,7 @@ def _heldout(run, task, num):
     return []
   heldout = pipeline.eval_examples(dc.name, split=pipeline.heldout_split(dc.name), num=num,
                                    image_size=dc.image_size, channels=dc.channels,
-                                   data_dir=dc.data_dir)
+                                   data_dir=dc.data_dir, frames=run.config.model.frames)
   if len(heldout) < num:
     raise app.UsageError(f"--num={num}: --task={FLAGS.task} reads one held-out example per "
                          f"sample, and the held-out split has {len(heldout)}")
@@ -390,8 +400,9 @@ def merge(shards: Shards, task: str, num_batches: int, num: int, prompts) -> Non
         np.savez(f, arr_0=images, **({"arr_1": labels} if labels is not None else {}))
     else:
       sample_io.save_npz(path, images, labels=labels, prompts=prompts)
-    sample_io.save_grid(images[:GRID_MAX], stem + ".png", upscale=4)
-    print(f"wrote {path} ({len(images)} images) and {stem}.png")
+    grid = sample_io.save_visual_grid(images[:GRID_MAX], stem, upscale=4)   # clips: a GIF
+    print(f"wrote {path} ({len(images)} {'videos' if images.ndim == 5 else 'images'}) and "
+          f"{grid}")
   if task in TEXT_TASKS:
     path = outputs(task, FLAGS.out)[-1]
     sample_io.save_jsonl(path, rows)
