@@ -22,7 +22,7 @@ from absl import app, flags
 from etils import epath
 
 from experiments import distributed
-from mdm_jax import api
+from mdm_jax import run_io
 from mdm_jax.training import checkpoint as ckpt_lib
 from data import tokenizer_record as run_tokenizer
 
@@ -39,18 +39,18 @@ def export(workdir, out) -> dict:
   out = epath.Path(out)
   if out.exists() and any(out.iterdir()):
     raise FileExistsError(f"{out} is not empty: export into a new folder")
-  run = api.open_run(workdir)       # EMA parameters, latent statistics and step only
+  run = run_io.open_run(workdir)       # EMA parameters, latent statistics and step only
   assets = run_tokenizer.record(run.tokenizer)   # the tokenizer was checked against the run's
   saver = ckpt_lib.Checkpointer(out, max_to_keep=None, async_save=False, assets=assets)
   saver.save(run.step, run.state, config_dict=run.config, force=True)
   saver.close()
-  (out / api.CONFIG_FILE).write_text(json.dumps(run.config.to_dict(), indent=1))
-  (out / api.INFO_FILE).write_text(json.dumps({**run.info, "assets": assets}, indent=1))
+  (out / run_io.CONFIG_FILE).write_text(json.dumps(run.config.to_dict(), indent=1))
+  (out / run_io.INFO_FILE).write_text(json.dumps({**run.info, "assets": assets}, indent=1))
   if run.tokenizer is not None:
-    run.tokenizer.save(out / api.TOKENIZER_FILE)
+    run.tokenizer.save(out / run_io.TOKENIZER_FILE)
   try:
     import safetensors  # noqa: F401  pylint: disable=unused-import
-    api.write_safetensors(out / api.SAFETENSORS_FILE, run.state)
+    run_io.write_safetensors(out / run_io.SAFETENSORS_FILE, run.state)
   except ImportError:
     print("safetensors is not installed: wrote the orbax checkpoint only")
   return {"step": run.step, "files": sorted(p.name for p in out.iterdir())}

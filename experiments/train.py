@@ -210,7 +210,7 @@ def check_resume(config, workdir: str, *, allow_change: bool):
   needs ``allow_change``, and a batch size change is refused."""
   import ml_collections
   from etils import epath
-  from mdm_jax import api
+  from mdm_jax import run_io
   from mdm_jax.training import config_drift
   if not (epath.Path(workdir) / "checkpoints").is_dir():
     return None
@@ -223,7 +223,7 @@ def check_resume(config, workdir: str, *, allow_change: bool):
   finally:
     reader.close()
   if saved is not None:
-    saved = api.upgrade_saved_config(ml_collections.ConfigDict(saved))
+    saved = run_io.upgrade_saved_config(ml_collections.ConfigDict(saved))
     for change in config_drift.check(saved, config, allow=allow_change,
                                      where=f"checkpoint {step} of {workdir}"):
       if change.kind == config_drift.SETTING:

@@ -16,10 +16,10 @@ from absl import logging
 from etils import epath
 import numpy as np
 
-# Reopening a run lives in the library (mdm_jax.api, behind mdm_jax.load); re-exported here
+# Reopening a run lives in the library (mdm_jax.run_io, behind mdm_jax.load); re-exported here
 # for the CLIs.
-from mdm_jax.api import (TOKENIZER_FILE, Run, open_run, sampler_overrides,  # noqa: F401
-                         upgrade_saved_config)
+from mdm_jax.run_io import (TOKENIZER_FILE, Run, open_run, sampler_overrides,  # noqa: F401
+                            upgrade_saved_config)
 from mdm_jax.training.paths import is_local
 
 

@@ -161,6 +161,19 @@ def test_saved_config_without_text_score_reopens_with_the_form_it_trained_with()
   assert upgrade_saved_config(new).model.text_score == "conditional"
 
 
+def test_saved_config_from_before_clips_resumes_without_a_drift():
+  """A config saved before the model took clips has no frames/tubelet/time_orders: it trained on
+  one-frame inputs, which is what today's defaults build, so resuming it is no config change."""
+  from experiments.workdir import upgrade_saved_config
+  from mdm_jax.training import config_drift
+  new = configs.load("digits")
+  old = new.to_dict()
+  for key in ("frames", "tubelet", "time_orders"):
+    del old["model"][key]
+  assert config_drift.compare(old, new)   # the raw saved config differs ...
+  assert not config_drift.compare(upgrade_saved_config(ml_collections.ConfigDict(old)), new)
+
+
 def test_saved_config_with_the_old_duplicated_fields_reopens_as_it_trained():
   """A config.json saved before the data values had one home also holds them in ``model``
   (where the data's overrode them) and no sharding rules: it upgrades to the model config it

@@ -86,7 +86,7 @@ class Trainer:
       raise ValueError("the config has no sharding.logical_axis_rules: set config.sharding."
                        "logical_axis_rules = mdm_jax.training.sharding.DEFAULT_LOGICAL_AXIS_RULES"
                        " (or your own table; a checkpoint's saved config gets them from "
-                       "mdm_jax.api.upgrade_saved_config)")
+                       "mdm_jax.run_io.upgrade_saved_config)")
     self.rules = sharding.as_rules(config.sharding.logical_axis_rules)
     # Every dimension the mesh could not split as its rule asks: logged once, here, and
     # refused above the config's limit (the dry run prints the list).

@@ -1,0 +1,112 @@
+"""``bench model``: train-step time and compiled memory of MDM against the Transformer backbone
+at matched parameter counts, per image-token count; a step whose compiled memory exceeds
+``--max_gib`` is reported, not run."""
+from __future__ import annotations
+
+import statistics
+import time
+
+from absl import app, flags
+import jax
+
+from experiments.benchmarks.common import machine, print_markdown, write_json
+from experiments.benchmarks.mfu import train_step_flops
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("image_tokens", ["256", "1024", "4096", "16384"],
+                  "model: image token counts (square grids).")
+flags.DEFINE_list("backbones", ["mamba2", "transformer"], "model: backbones to compare.")
+flags.DEFINE_integer("model_batch", 1, "model: global batch size.")
+flags.DEFINE_integer("d_model", 128, "model: width.")
+flags.DEFINE_integer("n_layers", 4, "model: blocks.")
+flags.DEFINE_float("model_mlp_ratio", 2.0, "model: the Mamba-2 blocks' SwiGLU ratio; the "
+                   "Transformer's is widened to match the parameter count.")
+
+
+def _n_params(c) -> int:
+  """Parameters of the model ``c`` builds, from abstract shapes (nothing is allocated)."""
+  from mdm_jax.training.trainer import Trainer
+  from mdm_jax.training import sharding
+  return Trainer(c, sharding.make_mesh(), vocab_size=256, num_classes=10).num_params
+
+
+def bench_config(backbone: str, image_tokens: int):
+  """A digits-like config at ``image_tokens`` image tokens (patch 2, 1 channel).
+
+  Both backbones get adaLN-Zero blocks of mixer + SwiGLU. The Mamba-2 mixer has more weights
+  than attention's 4 d^2 (in_proj alone is ~4.3 d^2), so the Transformer's SwiGLU is widened
+  by the difference: its hidden size is solved from the two abstract parameter counts (the
+  count is linear in it, 3 * d_model weights per hidden unit per block), which matches the
+  totals to within one hidden unit per block."""
+  from experiments import configs
+  c = configs.load("digits")
+  side = int(round(image_tokens ** 0.5)) * c.model.patch_size
+  c.data.image_size = side
+  c.batch_size = FLAGS.model_batch
+  d = FLAGS.d_model
+  hidden = int(FLAGS.model_mlp_ratio * d)
+  c.model.update(dict(d_model=d, n_layers=FLAGS.n_layers, backbone="mamba2", chunk_size=64,
+                      remat=True, mlp_ratio=(hidden + 0.5) / d))
+  if backbone == "transformer":
+    target = _n_params(c)
+    c.model.backbone = "transformer"
+    hidden += round((target - _n_params(c)) / (3 * d * FLAGS.n_layers))
+    c.model.mlp_ratio = (hidden + 0.5) / d   # + 0.5: int(ratio * d) is exactly `hidden`
+  elif backbone != "mamba2":
+    raise app.UsageError(f"unknown backbone {backbone!r}; choose mamba2 or transformer")
+  return c
+
+
+def bench_model():
+  from mdm_jax.training.trainer import Trainer
+  from mdm_jax.training import sharding
+  mesh = sharding.make_mesh()
+  rows = []
+  for tokens in map(int, FLAGS.image_tokens):
+    row = {"image_tokens": tokens}
+    for backbone in FLAGS.backbones:
+      c = bench_config(backbone, tokens)
+      tr = Trainer(c, mesh, vocab_size=256, num_classes=10)
+      batch = tr.dummy_batch(c.batch_size)
+      state = tr.init_state()
+      with tr.mesh_context():
+        compiled = tr.train_step.lower(tr.abstract_state, batch).compile()
+        mem = compiled.memory_analysis()
+        peak_mib = (None if mem is None else
+                    (mem.temp_size_in_bytes + mem.argument_size_in_bytes) / 2**20)
+        if peak_mib is not None and peak_mib > FLAGS.max_gib * 1024:
+          row[backbone] = {"ms": None, "params": tr.num_params, "peak_mib": peak_mib}
+          print(f"  {tokens} tokens, {backbone}: skipped, the compiled step needs "
+                f"{peak_mib / 1024:.1f} GiB > --max_gib={FLAGS.max_gib}", flush=True)
+          continue
+        step = lambda s: compiled(s, batch)[0]
+        jax.block_until_ready(state := step(state))
+        times = []
+        for _ in range(FLAGS.repeats):
+          t0 = time.perf_counter()
+          state = jax.block_until_ready(step(state))
+          times.append(time.perf_counter() - t0)
+      row[backbone] = {"ms": statistics.median(times) * 1e3, "params": tr.num_params,
+                       "peak_mib": peak_mib,
+                       "flops": train_step_flops(tr.model_cfg, c.batch_size)}
+      print(f"  {tokens} tokens, {backbone}: {row[backbone]}", flush=True)
+    rows.append(row)
+  print(f"\nTrain step (fwd+bwd+AdamW), batch {FLAGS.model_batch}, d_model {FLAGS.d_model}, "
+        f"{FLAGS.n_layers} blocks; {machine()}")
+  names = FLAGS.backbones
+  table = []
+  for row in rows:
+    cells = [str(row["image_tokens"])]
+    for b in names:
+      r = row[b]
+      ms = "skipped (memory)" if r["ms"] is None else f"{r['ms']:.0f}"
+      cells += [ms, "-" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}"]
+    cells.append(" / ".join(f"{row[b]['params'] / 1e6:.2f}" for b in names))
+    table.append(cells)
+  header = ["image tokens"] + [c for b in names for c in (f"{b} ms", f"{b} peak MiB")]
+  print_markdown(header + ["params (M)"], table)
+  for b in names:
+    ms = [row[b]["ms"] for row in rows]
+    growth = [f"{m1 / m0:.1f}x" if m0 and m1 else "-" for m0, m1 in zip(ms, ms[1:])]
+    print(f"{b}: time growth per 4x tokens: {', '.join(growth)}")
+  write_json(FLAGS.out, rows=rows)
