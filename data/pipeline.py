@@ -3,7 +3,9 @@
 `make_dataset(name, ...)` returns a `DataIterator` (a grain `DatasetIterator`,
 so orbax's grain handler checkpoints it) yielding dicts of numpy arrays:
 
-  image           float32 (B, S, S, C) in [-1, 1]; centre-cropped, resized.
+  image           float32 (B, S, S, C) in [-1, 1]; centre-cropped, resized. A
+                  clip dataset's (moving_digits): clips (B, T, S, S, C), each
+                  frame so (T = `frames`).
   label           int32 (B,); -1 where the dataset has no labels.
   caption         int32 (B, T): caption ids, eos, then pad (0). Present when
                   the dataset has text: its own captions (coco_captions, a
@@ -13,8 +15,9 @@ so orbax's grain handler checkpoints it) yielding dicts of numpy arrays:
   vqa             int32 (B, T): question ids, <sep>, answer ids, eos, pad.
   vqa_prompt_len  int32 (B,): leading vqa tokens given to the model (question
                   and <sep>); the rest is generated. Both vqa keys are present
-                  only for digit datasets (digits, mnist), whose label
-                  determines the answers; other datasets omit them.
+                  only for digit datasets (digits, mnist, moving_digits),
+                  whose label (and direction of motion) determines the
+                  answers; other datasets omit them.
 
 B is the per-host batch, S = image_size, C = channels, T = max_text_len.
 Text longer than T is truncated (eos always kept); truncations are counted in
@@ -30,9 +33,10 @@ batch size (the same examples, order and text on any number of hosts), the
 hosts never overlap, a seed fixes the whole stream, and `get_state()` /
 `set_state()` resume exactly.
 
-Datasets: 'digits' (bundled, default), 'mnist', 'cifar10', 'imagenet2012',
-'coco_captions' (tfds, prepared as array_record in data_dir), 'folder' (a
-folder converted by `python -m data.prepare`, data_dir = its output).
+Datasets: 'digits' (bundled, default), 'moving_digits' (bundled clips,
+`data.moving_digits`), 'mnist', 'cifar10', 'imagenet2012', 'coco_captions'
+(tfds, prepared as array_record in data_dir), 'folder' (a folder converted by
+`python -m data.prepare`, data_dir = its output).
 """
 
 from __future__ import annotations
@@ -50,20 +54,36 @@ import numpy as np
 from data import digits
 from data import folder
 from data import images as images_lib
+from data import moving_digits
 from data import source as source_lib
 from data import tfds_sources
 from data import tokenizer as tokenizer_lib
 
-DATASETS = ("digits", "folder", *tfds_sources.SUPPORTED)
+DATASETS = ("digits", "moving_digits", "folder", *tfds_sources.SUPPORTED)
+CLIP_DATASETS = ("moving_digits",)
 _LOG_TRUNCATION_EVERY = 1000
 
 
 def open_source(name: str, *, split: str, data_dir: str | None = None,
-                skip_images: bool = False) -> source_lib.ExampleSource:
+                skip_images: bool = False,
+                frames: int | None = None) -> source_lib.ExampleSource:
   """The `ExampleSource` of a dataset split (see the module docstring).
 
   skip_images=True may leave tfds images undecoded (for reading text only).
+  frames: frames per clip of a clip dataset (None: its default); an image
+  dataset takes only None or 1.
   """
+  if name in CLIP_DATASETS:
+    if frames == 1:
+      raise ValueError(f"Dataset {name!r} holds clips, but frames=1 (model.frames) asks "
+                       "for images; set model.frames to the clip length (>= 2, e.g. the "
+                       "video_tiny config's 4).")
+    return moving_digits.open_moving_digits(
+        split, moving_digits.DEFAULT_FRAMES if frames is None else frames)
+  if frames not in (None, 1):
+    raise ValueError(f"Dataset {name!r} holds images, not clips, but frames={frames} (the "
+                     f"model's model.frames) asks for clips; set model.frames=1, or train "
+                     f"on a clip dataset ({', '.join(CLIP_DATASETS)}).")
   if name == "digits":
     return digits.open_digits(split)
   if name == "folder":
@@ -105,9 +125,9 @@ def text_corpus(name: str, *, data_dir: str | None = None,
   """
   src = open_source(name, split=split, data_dir=data_dir, skip_images=True)
   texts = []
-  for label in range(src.num_classes if src.label_text else 0):
-    texts += src.label_captions(label)
-    for q, a in src.label_qa(label):
+  for key in range(src.num_text_keys):
+    texts += src.label_captions(key)
+    for q, a in src.label_qa(key):
       texts += [q, a]
   if src.has_captions:
     n = len(src)
@@ -125,7 +145,8 @@ def text_corpus(name: str, *, data_dir: str | None = None,
 
 @dataclasses.dataclass(frozen=True)
 class _LabelTextTables:
-  """Token ids of every label-made text (L labels, V captions, Q questions)."""
+  """Token ids of every label-made text (L text keys, V captions, Q questions;
+  a key is the label unless the source's `text_keys` says otherwise)."""
   caption_ids: np.ndarray | None = None        # int32 (L, V, T)
   caption_truncated: np.ndarray | None = None  # bool (L, V)
   vqa_ids: np.ndarray | None = None            # int32 (L, Q, T)
@@ -138,16 +159,17 @@ def _label_tables(src: source_lib.ExampleSource,
                   max_len: int) -> _LabelTextTables:
   if src.label_text is None:
     return _LabelTextTables()
-  caps = [[tok.encode_padded(c, max_len) for c in src.label_captions(l)]
-          for l in range(src.num_classes)]
+  keys = range(src.num_text_keys)
+  caps = [[tok.encode_padded(c, max_len) for c in src.label_captions(k)]
+          for k in keys]
   tables = {
       "caption_ids": np.array([[ids for ids, _ in row] for row in caps],
                               np.int32),
       "caption_truncated": np.array([[t for _, t in row] for row in caps]),
   }
   if src.has_vqa:
-    qas = [[tok.encode_vqa(q, a, max_len) for q, a in src.label_qa(l)]
-           for l in range(src.num_classes)]
+    qas = [[tok.encode_vqa(q, a, max_len) for q, a in src.label_qa(k)]
+           for k in keys]
     tables["vqa_ids"] = np.array([[r[0] for r in row] for row in qas],
                                  np.int32)
     tables["vqa_prompt_len"] = np.array([[r[1] for r in row] for row in qas],
@@ -158,7 +180,8 @@ def _label_tables(src: source_lib.ExampleSource,
 
 def _pick_label_text(tables: _LabelTextTables, labels: np.ndarray,
                      rng: np.random.Generator) -> dict[str, np.ndarray]:
-  """Label-made text for `labels` (any shape), one random variant each."""
+  """Label-made text for text keys `labels` (any shape), one random variant
+  each."""
   out = {}
   if tables.caption_ids is not None:
     j = rng.integers(tables.caption_ids.shape[1], size=labels.shape)
@@ -190,8 +213,8 @@ class _RecordToExample(grain.transforms.RandomMap):
   def random_map(self, record, rng: np.random.Generator) -> dict[str, Any]:
     ex = self._src.decode(record)
     label = int(ex["label"])
-    out = {"image": images_lib.to_model_image(ex["image"], self._image_size,
-                                              self._channels),
+    out = {"image": _to_model(ex["image"], self._image_size, self._channels,
+                              self._src.frames),
            "label": np.int32(label)}
     if self._src.has_captions:
       caps = ex["captions"]
@@ -202,7 +225,8 @@ class _RecordToExample(grain.transforms.RandomMap):
       if not 0 <= label < self._src.num_classes:
         raise ValueError(f"{self._src.name}: label {label} outside "
                          f"[0, {self._src.num_classes}).")
-      out.update(_pick_label_text(self._tables, np.asarray(label), rng))
+      out.update(_pick_label_text(self._tables,
+                                  np.asarray(self._src.text_key_of(ex)), rng))
     return out
 
 
@@ -222,8 +246,10 @@ class _PreloadedBatch(grain.transforms.Map):
 
   def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int,
                shard_index: int, shard_count: int, total: int | None,
-               seed: int, tables: _LabelTextTables):
+               seed: int, tables: _LabelTextTables,
+               text_keys: np.ndarray | None = None):
     self._images, self._labels, self._tables = images, labels, tables
+    self._text_keys = labels if text_keys is None else text_keys
     self._batch_size, self._total, self._seed = batch_size, total, seed
     self._shard_index, self._global_batch = shard_index, batch_size * shard_count
     self._perms: dict[int, np.ndarray] = {}
@@ -247,7 +273,7 @@ class _PreloadedBatch(grain.transforms.Map):
       at = epochs == e
       indices[at] = self._perm(int(e))[offsets[at]]
     labels = self._labels[indices]
-    text = _pick_label_text(self._tables, labels,
+    text = _pick_label_text(self._tables, self._text_keys[indices],
                             np.random.default_rng([self._seed, b, 1]))
     mine = slice(self._shard_index * self._batch_size,
                  (self._shard_index + 1) * self._batch_size)
@@ -285,10 +311,24 @@ class _HostPositions(grain.MapDataset):
     return f"_HostPositions(batch {self._b}, host {self._i} of {self._n})"
 
 
-def _preloaded_images(images: np.ndarray, image_size: int,
-                      channels: int) -> np.ndarray:
-  """uint8 (N, H, W[, C]) -> float32 (N, S, S, C) in [-1, 1], once."""
-  return np.stack([images_lib.to_model_image(im, image_size, channels)
+def _to_model(image, image_size: int, channels: int, frames: int) -> np.ndarray:
+  """One image -> float32 (S, S, C), or one clip uint8 (T, H, W, C) -> float32
+  (T, S, S, C), each frame as an image, in [-1, 1]."""
+  if frames == 1:
+    return images_lib.to_model_image(image, image_size, channels)
+  return np.stack([images_lib.to_model_image(f, image_size, channels)
+                   for f in image])
+
+
+def _preloaded_images(images: np.ndarray, image_size: int, channels: int,
+                      frames: int = 1) -> np.ndarray:
+  """uint8 (N, H, W[, C]) -> float32 (N, S, S, C) in [-1, 1], once; clips
+  (N, T, H, W, C) -> (N, T, S, S, C)."""
+  if frames > 1 and images.shape[2:4] == (image_size, image_size) and (
+      images.shape[-1] == channels):
+    # Frames already at the model's size: only the scaling of to_model_image.
+    return images.astype(np.float32) * (2.0 / 255.0) - 1.0
+  return np.stack([_to_model(im, image_size, channels, frames)
                    for im in images])
 
 
@@ -400,6 +440,7 @@ def make_dataset(
     max_text_len: int,
     tokenizer: tokenizer_lib.Tokenizer | None,
     seed: int,
+    frames: int = 1,
     shard_index: int = 0,
     shard_count: int = 1,
     data_dir: str | None = None,
@@ -421,6 +462,8 @@ def make_dataset(
     tokenizer: the trained tokenizer (its ids go into caption / vqa); may be
       None only for datasets without text (imagenet2012).
     seed: fixes order and random choices.
+    frames: frames per clip (the model's model.frames): 1 for an image
+      dataset; a clip dataset's clips are rendered with this many.
     shard_index, shard_count: this host's slice of each global batch of
       batch_size * shard_count (jax.process_index() and jax.process_count()
       on a pod).
@@ -443,7 +486,7 @@ def make_dataset(
                      f"{shard_count}).")
   if num_epochs is not None and num_epochs < 1:
     raise ValueError(f"num_epochs={num_epochs} must be >= 1 or None.")
-  src = open_source(name, split=split, data_dir=data_dir)
+  src = open_source(name, split=split, data_dir=data_dir, frames=frames)
   if src.has_vqa and max_text_len < 4:
     raise ValueError(f"max_text_len={max_text_len} cannot hold a VQA pair; "
                      "use at least 4.")
@@ -473,9 +516,10 @@ def make_dataset(
       num_batches = (sys.maxsize if total is None else
                      -(-(total - shard_index * batch_size) // global_batch))
       ds = grain.MapDataset.range(min(start_batch, num_batches), num_batches).map(
-          _PreloadedBatch(_preloaded_images(raw_images, image_size, channels),
+          _PreloadedBatch(_preloaded_images(raw_images, image_size, channels,
+                                            src.frames),
                           np.asarray(labels, np.int32), batch_size, shard_index,
-                          shard_count, total, seed, tables))
+                          shard_count, total, seed, tables, src.text_keys))
       # Each batch is one cheap gather: reader threads would only add overhead.
       it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=0,
                                                    prefetch_buffer_size=0))
@@ -518,28 +562,30 @@ def make_dataset(
 
 def eval_examples(name: str, *, split: str | None = None, num: int | None = None,
                   image_size: int = 8, channels: int = 1,
-                  data_dir: str | None = None) -> list[dict[str, Any]]:
+                  data_dir: str | None = None,
+                  frames: int = 1) -> list[dict[str, Any]]:
   """The first `num` examples of `split` (default: `heldout_split(name)`) in
   order, with raw strings.
 
-  Each is {'index': int, 'image': float32 (S, S, C) in [-1, 1],
+  Each is {'index': int, 'image': float32 (S, S, C) in [-1, 1] (a clip
+  dataset's: (T, S, S, C), T = frames),
   'label': int (-1 if none), 'captions': every reference caption (list[str]),
   'question': str | None, 'answer': str | None (the dataset's reference)}.
   For digit datasets the question cycles through the question types by index,
   so a test set covers all of them.
   """
   split = heldout_split(name) if split is None else split
-  src = open_source(name, split=split, data_dir=data_dir)
+  src = open_source(name, split=split, data_dir=data_dir, frames=frames)
   n = len(src) if num is None else min(num, len(src))
   out = []
   for i in range(n):
     ex = src.decode(src.records[i])
     label = int(ex["label"])
-    qa = src.label_qa(label) if src.has_vqa else []
+    qa = src.label_qa(src.text_key_of(ex)) if src.has_vqa else []
     question, answer = qa[i % len(qa)] if qa else (None, None)
     out.append({
         "index": i,
-        "image": images_lib.to_model_image(ex["image"], image_size, channels),
+        "image": _to_model(ex["image"], image_size, channels, frames),
         "label": label,
         "captions": src.captions_of(ex),
         "question": question,

@@ -14,6 +14,15 @@ r"""Sample from a trained workdir (or an export), for any task and any number of
   python -m experiments.sample --workdir=DIR --task=infill --prompt="[MASK] written by hand" \
       --num=8 --out=infill.jsonl   # each [MASK] becomes one generated token, the rest is kept
 
+A clip model's workdir (e.g. ``--config=video_tiny``) takes the same tasks on clips, also
+spelt ``class2video``, ``t2v``, ``video_caption``, ``video_vqa`` and ``video_joint``, plus
+``predict`` (the first half of each held-out clip's frames kept, the rest generated) and
+``interpolate`` (the first and last frames kept); its .npz holds ``videos`` uint8
+(N, T, H, W, C) and its grid is an animated GIF:
+
+  python -m experiments.sample --workdir=DIR --task=class2video --num=8 --out=class2video.npz
+  python -m experiments.sample --workdir=DIR --task=predict --num=8 --out=predict.npz
+
 VQA answers are greedy (temperature 0, as VQA benchmarks decode) unless ``--temperature`` is
 given; the other text tasks sample at ``--temperature`` or the config's.
 
@@ -64,8 +73,15 @@ from mdm_jax.generate import JOINT_ORDERS
 
 FLAGS = flags.FLAGS
 INFILL = "infill"   # the text task with the [MASK]s of --prompt to fill (its text_mask)
-TASK_NAMES = {**{t: t for t in tasks.GEN_TASKS}, **tasks.ALIASES, INFILL: INFILL}
-IMAGE_TASKS = tuple(t for t, s in tasks.SPECS.items() if "image" in s.outputs)
+# Inpainting in time, for a clip model: the first half of the frames given, the rest generated
+# (video prediction); the first and last frames given, those between generated (interpolation).
+FRAME_TASKS = ("predict", "interpolate")
+# A clip model's tasks are the image tasks on clips; these spellings name them.
+VIDEO_ALIASES = {"class2video": "class2img", "t2v": "t2i", "video_caption": "caption",
+                 "video_vqa": "vqa", "video_joint": "joint"}
+TASK_NAMES = {**{t: t for t in tasks.GEN_TASKS}, **tasks.ALIASES, **VIDEO_ALIASES,
+              INFILL: INFILL, **{t: t for t in FRAME_TASKS}}
+IMAGE_TASKS = tuple(t for t, s in tasks.SPECS.items() if "image" in s.outputs) + FRAME_TASKS
 TEXT_TASKS = tuple(t for t, s in tasks.SPECS.items() if "text" in s.outputs) + (INFILL,)
 MASK_REGIONS = ("top", "bottom", "left", "right", "center")
 GRID_MAX = 256
@@ -128,13 +144,27 @@ def inpaint_mask(spec: str, shape: tuple[int, int]) -> np.ndarray:
   return m.astype(bool)
 
 
+def frame_mask(task: str, frames: int) -> np.ndarray:
+  """bool (frames, 1, 1), True for the frames KEPT from each held-out clip: ``predict`` the
+  first ``frames // 2``, ``interpolate`` the first and the last."""
+  if frames < 2:
+    raise app.UsageError(f"--task={task} generates frames of a clip, but this run's model has "
+                         f"model.frames={frames} (images); use --task=inpaint")
+  m = np.zeros((frames, 1, 1), bool)
+  if task == "predict":
+    m[:frames // 2] = True
+  else:
+    m[[0, -1]] = True
+  return m
+
+
 def _stem(path):
   return os.path.splitext(os.fspath(path))[0]
 
 
 def spec(task: str) -> tasks.Task:
   """The task table's row for a task name of this CLI (infill is the text task)."""
-  return tasks.SPECS["text" if task == INFILL else task]
+  return tasks.SPECS["text" if task == INFILL else "inpaint" if task in FRAME_TASKS else task]
 
 
 def outputs(task: str, out: str) -> tuple[str, ...]:
@@ -231,7 +261,7 @@ def _heldout(run, task, num):
     return []
   heldout = pipeline.eval_examples(dc.name, split=pipeline.heldout_split(dc.name), num=num,
                                    image_size=dc.image_size, channels=dc.channels,
-                                   data_dir=dc.data_dir)
+                                   data_dir=dc.data_dir, frames=run.config.model.frames)
   if len(heldout) < num:
     raise app.UsageError(f"--num={num}: --task={FLAGS.task} reads one held-out example per "
                          f"sample, and the held-out split has {len(heldout)}")
@@ -248,7 +278,7 @@ def sample_batch(pipe, task, idx, keep, *, first_index, labels, heldout, prompts
     images = pipe.class_to_image(labels[idx], **kw)
   elif task == "t2i":
     images = pipe.text_to_image([prompts[i] for i in idx], **kw)
-  elif task == "inpaint":   # keep the image where mask is True, generate the rest
+  elif task in ("inpaint", *FRAME_TASKS):   # keep where mask is True, generate the rest
     images = pipe.inpaint(np.stack([e["image"] for e in ex]), mask, labels=labels[idx], **kw)
   elif task == INFILL:
     texts = pipe.infill([prompts[i] for i in idx], **kw)
@@ -321,7 +351,9 @@ def _sample(task: str) -> None:
   if task == INFILL:
     prompts = [FLAGS.prompt] * num
   if task == "inpaint":
-    mask = inpaint_mask(FLAGS.mask, pipe.image_shape[:2])
+    mask = inpaint_mask(FLAGS.mask, pipe.image_shape[-3:-1])
+  if task in FRAME_TASKS:
+    mask = frame_mask(task, run.config.model.frames)
   if task == "t2i":
     prompts = [FLAGS.prompt] * num if FLAGS.prompt else [e["captions"][0] for e in heldout]
     api.encode_prompts(pipe.tokenizer, [FLAGS.prompt] if FLAGS.prompt else prompts,
@@ -390,8 +422,9 @@ def merge(shards: Shards, task: str, num_batches: int, num: int, prompts) -> Non
         np.savez(f, arr_0=images, **({"arr_1": labels} if labels is not None else {}))
     else:
       sample_io.save_npz(path, images, labels=labels, prompts=prompts)
-    sample_io.save_grid(images[:GRID_MAX], stem + ".png", upscale=4)
-    print(f"wrote {path} ({len(images)} images) and {stem}.png")
+    grid = sample_io.save_visual_grid(images[:GRID_MAX], stem, upscale=4)   # clips: a GIF
+    print(f"wrote {path} ({len(images)} {'videos' if images.ndim == 5 else 'images'}) and "
+          f"{grid}")
   if task in TEXT_TASKS:
     path = outputs(task, FLAGS.out)[-1]
     sample_io.save_jsonl(path, rows)

@@ -1,7 +1,8 @@
 """Writing what people look at: PNG sample grids, the sample file formats, and the lock that
 keeps one sampling process per output.
 
-Image outputs: ``.npz`` with ``images`` (uint8 NHWC) plus ``labels`` and/or ``prompts``.
+Image outputs: ``.npz`` with ``images`` (uint8 NHWC) plus ``labels`` and/or ``prompts``; a clip
+model's: ``videos`` (uint8 (N, T, H, W, C)) and an animated GIF grid.
 Text outputs: ``.jsonl``, one object per sample: ``index``, ``label``, ``question`` and
 ``reference`` (the dataset's own answer) where there are ones, and ``text``.
 """
@@ -37,7 +38,37 @@ def to_uint8(images) -> np.ndarray:
 def save_grid(images, path: str, *, nrow: Optional[int] = None, upscale: int = 1,
               pad: int = 1) -> str:
   """Tile images (N, H, W, C) in [-1, 1] (or uint8) into one PNG with ``nrow`` images per row."""
-  x = to_uint8(images)
+  buf = io.BytesIO()
+  _grid_image(to_uint8(images), nrow, upscale, pad).save(buf, format="PNG")
+  _write(path, buf.getvalue())
+  return path
+
+
+def save_gif_grid(clips, path: str, *, nrow: Optional[int] = None, upscale: int = 1,
+                  pad: int = 1, frame_ms: int = 200) -> str:
+  """Tile clips (N, T, H, W, C) in [-1, 1] (or uint8) into one animated GIF that loops: frame
+  t is the grid (``save_grid``'s layout) of every clip's frame t. GIF keeps 256 colours a
+  frame, plenty for these grids; Pillow folds a frame identical to the one before into that
+  frame's duration, so a still clip gives fewer frames."""
+  x = to_uint8(clips)
+  frames = [_grid_image(x[:, t], nrow, upscale, pad) for t in range(x.shape[1])]
+  buf = io.BytesIO()
+  frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:],
+                 duration=frame_ms, loop=0)
+  _write(path, buf.getvalue())
+  return path
+
+
+def save_visual_grid(images, stem: str, **kw) -> str:
+  """``save_grid`` to ``stem.png`` for images (N, H, W, C), ``save_gif_grid`` to ``stem.gif``
+  for clips (N, T, H, W, C). Returns the path written."""
+  if np.ndim(images) == 5:
+    return save_gif_grid(images, f"{stem}.gif", **kw)
+  return save_grid(images, f"{stem}.png", **kw)
+
+
+def _grid_image(x: np.ndarray, nrow: Optional[int], upscale: int, pad: int) -> Image.Image:
+  """uint8 (N, H, W, C) -> one PIL image, ``nrow`` images a row, grey padding."""
   n, h, w, c = x.shape
   nrow = nrow or int(math.ceil(math.sqrt(n)))
   ncol = int(math.ceil(n / nrow))
@@ -49,14 +80,14 @@ def save_grid(images, path: str, *, nrow: Optional[int] = None, upscale: int = 1
   img = Image.fromarray(canvas[..., 0] if c == 1 else canvas)
   if upscale > 1:
     img = img.resize((img.width * upscale, img.height * upscale), Image.NEAREST)
-  buf = io.BytesIO()
-  img.save(buf, format="PNG")
-  _write(path, buf.getvalue())
-  return path
+  return img
 
 
 def save_npz(path: str, images, *, labels=None, prompts: Optional[Sequence[str]] = None) -> str:
-  arrays = {"images": to_uint8(images)}
+  """``images`` uint8 (N, H, W, C), or ``videos`` uint8 (N, T, H, W, C) for clips, plus
+  ``labels`` / ``prompts`` when given."""
+  key = "videos" if np.ndim(images) == 5 else "images"
+  arrays = {key: to_uint8(images)}
   if labels is not None:
     arrays["labels"] = np.asarray(labels)
   if prompts is not None:

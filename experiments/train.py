@@ -83,7 +83,8 @@ def define_flags():
 
 # ----------------------------------------------------------------------------- samples
 def write_samples(trainer: Trainer, state, tokenizer, eval_examples, outdir: str, tag: str):
-  """Class-conditional grid, joint grid + captions, captions and VQA answers on held-out data.
+  """Class-conditional grid, joint grid + captions, captions and VQA answers on held-out data
+  (a clip model's grids are animated GIFs).
 
   Every process runs the (global) sampling; process 0 writes the files and returns their paths.
   """
@@ -99,12 +100,12 @@ def write_samples(trainer: Trainer, state, tokenizer, eval_examples, outdir: str
     labels = jnp.arange(num) % mc.num_classes
     images, _ = trainer.sample(state, "class2img", rng, num, labels=labels)
     if is_main:
-      written.append(sample_io.save_grid(images, f"{outdir}/class2img_{tag}.png",
-                                         nrow=min(mc.num_classes, num), upscale=4))
+      written.append(sample_io.save_visual_grid(images, f"{outdir}/class2img_{tag}",
+                                                nrow=min(mc.num_classes, num), upscale=4))
   if "joint" in trained:
     images, tokens = trainer.sample(state, "joint", rng, num)
     if is_main:
-      written.append(sample_io.save_grid(images, f"{outdir}/joint_{tag}.png", upscale=4))
+      written.append(sample_io.save_visual_grid(images, f"{outdir}/joint_{tag}", upscale=4))
       written.append(sample_io.save_text(
           f"{outdir}/joint_{tag}.txt",
           "".join(f"{i}: {tokenizer.decode(t)}\n" for i, t in enumerate(tokens))))
@@ -277,12 +278,14 @@ def setup_input(config, tokenizer):
   train_iter = pipeline.make_dataset(
       dc.name, split="train", batch_size=config.batch_size // jax.process_count(),
       image_size=dc.image_size, channels=dc.channels, max_text_len=dc.max_text_len,
-      tokenizer=tokenizer, seed=config.seed, shard_index=jax.process_index(),
+      tokenizer=tokenizer, seed=config.seed, frames=config.model.frames,
+      shard_index=jax.process_index(),
       shard_count=jax.process_count(), data_dir=dc.data_dir, worker_count=dc.worker_count)
   try:
     eval_examples = pipeline.eval_examples(
         dc.name, split=pipeline.heldout_split(dc.name), num=config.sample.num,
-        image_size=dc.image_size, channels=dc.channels, data_dir=dc.data_dir)
+        image_size=dc.image_size, channels=dc.channels, data_dir=dc.data_dir,
+        frames=config.model.frames)
   except Exception as e:  # a dataset without a held-out split still trains
     logging.warning("No held-out examples for samples (%s)", e)
     eval_examples = []

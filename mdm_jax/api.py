@@ -104,7 +104,7 @@ class Pipeline:
     mc = run.trainer.model_cfg
     self.num_classes = mc.num_classes
     self.class_names = run.info.get("class_names")
-    self.image_shape = (mc.image_size, mc.image_size, mc.channels)
+    self.image_shape = mc.visual_shape   # (H, W, C); a clip model's (T, H, W, C)
     self.max_text_len = mc.max_text_len
     self.batch_size = int(batch_size or run.config.sample.num)
     if self.batch_size < 1:
@@ -130,15 +130,17 @@ class Pipeline:
     return labels.astype(np.int32)
 
   def _images(self, images, n=None) -> np.ndarray:
-    """uint8 or [-1, 1] float images (N, H, W[, C]) or PIL images -> float32 NHWC in [-1, 1]."""
+    """uint8 or [-1, 1] float images (N, H, W[, C]) or PIL images -> float32 NHWC in [-1, 1]; a
+    clip model's clips (N, T, H, W[, C]) -> (N, T, H, W, C)."""
     if isinstance(images, (list, tuple)) and images and hasattr(images[0], "mode"):
       images = np.stack([np.asarray(im) for im in images])
     x = np.asarray(images)
-    h, w, c = self.image_shape
-    if x.ndim == 3 and c == 1:
+    shape = self.image_shape
+    if x.ndim == len(shape) and shape[-1] == 1:
       x = x[..., None]
-    if x.ndim != 4 or x.shape[1:] != (h, w, c):
-      raise ValueError(f"images must be (N, {h}, {w}, {c}) (this model's size), got {x.shape}")
+    if x.ndim != len(shape) + 1 or x.shape[1:] != shape:
+      raise ValueError(f"images must be (N, {', '.join(map(str, shape))}) (this model's size), "
+                       f"got {x.shape}")
     if x.shape[0] == 0:
       raise ValueError("no images given")
     if n is not None and x.shape[0] != n:

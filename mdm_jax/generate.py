@@ -117,8 +117,10 @@ def generate(model: MDM, variables, task: str, rng: jax.Array, *, num: int,
     labels: (num,) class ids for the tasks that use the class (None: null class).
     text: (num, T) ids: the caption for t2i; question <sep> answer (answer ignored) for vqa.
     prompt_len: (num,) tokens of ``text`` that are given (vqa).
-    images: (num, H, W, C) in [-1, 1]: the given image (caption, vqa, inpaint).
-    image_mask: (num, H, W, C) or (num, H, W, 1) bool, True where the image is known (inpaint).
+    images: (num, H, W, C) in [-1, 1]: the given image (caption, vqa, inpaint); a clip model's
+      are clips (num, T, H, W, C) (``MDM.encode_visual``), as are its outputs.
+    image_mask: (num, H, W, C) or (num, H, W, 1) bool, True where the image is known (inpaint);
+      a clip model's (num, T, H, W, C or 1): e.g. the first k frames (video prediction).
     text_mask: (num, T) bool, True where ``text`` is given (infilling, for text/caption/joint).
   Returns:
     images (num, H, W, C) float32 in [-1, 1], tokens (num, T) int32. For tasks where a
@@ -147,7 +149,7 @@ def generate(model: MDM, variables, task: str, rng: jax.Array, *, num: int,
       text_temperature=float(sample_cfg.text_temperature))
   if images is not None and spec.image == tasks_lib.CLEAN:
     return images, tokens
-  return jnp.clip(bound.decode_image(z0 / bound.latent_scale()[0]), -1.0, 1.0), tokens
+  return jnp.clip(bound.decode_visual(z0 / bound.latent_scale()[0]), -1.0, 1.0), tokens
 
 
 def _start(bound, spec: tasks_lib.Task, procs: Processes, key, num, *, text, prompt_len,
@@ -164,7 +166,7 @@ def _start(bound, spec: tasks_lib.Task, procs: Processes, key, num, *, text, pro
            text_absent=spec.text == tasks_lib.ABSENT,
            text_mask=None, text_known=None, latent_mask=None, image_known=None)
   if images is not None:
-    clean_latents = bound.encode_image(images)[0] * bound.latent_scale()[0]
+    clean_latents = bound.encode_visual(images)[0] * bound.latent_scale()[0]
   if spec.text == tasks_lib.CLEAN:
     s["tokens_T"] = text.astype(jnp.int32)
   if spec.image == tasks_lib.CLEAN:
@@ -175,9 +177,10 @@ def _start(bound, spec: tasks_lib.Task, procs: Processes, key, num, *, text, pro
   if text_mask is not None:
     s["text_mask"], s["text_known"] = jnp.asarray(text_mask, bool), text.astype(jnp.int32)
   if spec.image == tasks_lib.KNOWN:
-    # A latent token is known when its whole patch is known.
+    # A latent token is known when its whole patch (tubelet) is known; an image is one frame.
     p = cfg.patch_size
-    m = jnp.all(image_mask.reshape(num, cfg.grid[0], p, cfg.grid[1], p, -1), axis=(2, 4, 5))
+    m = jnp.all(image_mask.reshape(num, cfg.token_frames, cfg.tubelet, cfg.grid[0], p,
+                                   cfg.grid[1], p, -1), axis=(2, 4, 6, 7))
     s["latent_mask"] = jnp.broadcast_to(m.reshape(num, n_img, 1), s["z_T"].shape)
     s["image_known"] = clean_latents
   return s

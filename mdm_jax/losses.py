@@ -115,10 +115,11 @@ def training_text(batch: dict, task: jax.Array, max_text_len: int):
 
 def vae_terms(model: MDM, image, text0: Optional[jax.Array], k_img, k_txt):
   """The unified VAE's reconstruction and KL terms (no text terms when ``text0`` is None) and
-  the sampled latents. -> (z_image, z_text or None, rec_img, rec_txt, kl)."""
-  mu_i, ls_i = model.encode_image(image)
+  the sampled latents; ``image`` is the visual modality (images, or clips for a clip model:
+  ``MDM.encode_visual``). -> (z_image, z_text or None, rec_img, rec_txt, kl)."""
+  mu_i, ls_i = model.encode_visual(image)
   z_i = mu_i + jnp.exp(ls_i) * jax.random.normal(k_img, mu_i.shape)
-  rec_img = jnp.mean((model.decode_image(z_i) - image) ** 2)
+  rec_img = jnp.mean((model.decode_visual(z_i) - image) ** 2)
   if text0 is None:
     return z_i, None, rec_img, jnp.zeros((), jnp.float32), jnp.mean(
         kl_to_standard_normal(mu_i, ls_i))
@@ -186,7 +187,9 @@ def mdm_loss(model: MDM, batch: dict, rng: jax.Array, cfg: LossConfig,
 
   Args:
     model: the bound MDM module.
-    batch: ``image`` (b, H, W, C) float in [-1, 1]; ``label`` (b,) int (-1: none);
+    batch: ``image`` (b, H, W, C) float in [-1, 1] (a clip model's: clips (b, T, H, W, C),
+      read as images are: a clip is the visual modality with a time axis, so every task
+      trains on clips unchanged); ``label`` (b,) int (-1: none);
       optionally ``caption`` (b, T) int (absent: data without text, see the module docstring),
       ``vqa`` (b, T) int and ``vqa_prompt_len`` (b,) int.
     rng: PRNG key.

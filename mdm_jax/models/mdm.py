@@ -169,6 +169,13 @@ class MDMConfig:
     return self.token_frames * self.n_frame_tokens
 
   @property
+  def visual_shape(self) -> tuple[int, ...]:
+    """One example of the visual modality: (H, W, C) for an image model (frames 1), (frames,
+    H, W, C) for a clip model."""
+    image = (self.image_size, self.image_size, self.channels)
+    return image if self.frames == 1 else (self.frames, *image)
+
+  @property
   def patch_dim(self) -> int:
     """Values of one token: tubelet * p * p * channels."""
     return self.tubelet * self.patch_size**2 * self.channels
@@ -518,6 +525,18 @@ class MDM(nn.Module):
     cfg = self.cfg
     return unpatchify_clip(self.vae.decode_image(z), cfg.frames, cfg.grid, cfg.patch_size,
                            cfg.channels, cfg.tubelet)
+
+  def encode_visual(self, x):
+    """The visual modality as the config has it -> mu, log_sigma (b, N, latent_dim): images
+    (b, H, W, C) through ``encode_image`` for an image model (frames 1), clips (b, T, H, W, C)
+    through ``encode_clip`` otherwise. The losses and samplers call this (and
+    ``decode_visual``), so every task of the task table runs on clips unchanged."""
+    return self.encode_clip(x) if self.cfg.frames > 1 else self.encode_image(x)
+
+  def decode_visual(self, z):
+    """z (b, N, latent_dim) (VAE scale) -> images (b, H, W, C), or clips (b, T, H, W, C) for a
+    clip model: the inverse of ``encode_visual``."""
+    return self.decode_clip(z) if self.cfg.frames > 1 else self.decode_image(z)
 
   def encode_text(self, ids):
     return self.vae.encode_text(ids)

@@ -114,7 +114,7 @@ class Trainer:
   def dummy_batch(self, batch_size: int) -> dict[str, jax.Array]:
     mc = self.model_cfg
     b, t = batch_size, mc.max_text_len
-    batch = {"image": jnp.zeros((b, mc.image_size, mc.image_size, mc.channels), jnp.float32),
+    batch = {"image": jnp.zeros((b, *mc.visual_shape), jnp.float32),
              "label": jnp.zeros((b,), jnp.int32)}
     if "caption" in self.data_keys:
       batch["caption"] = jnp.zeros((b, t), jnp.int32)
@@ -126,7 +126,7 @@ class Trainer:
   def _init_state(self, rng):
     k_params, k_state = jax.random.split(rng)
     mc = self.model_cfg
-    images = jnp.zeros((1, mc.image_size, mc.image_size, mc.channels), jnp.float32)
+    images = jnp.zeros((1, *mc.visual_shape), jnp.float32)   # clips for a clip model
     variables = self.model.init(k_params, images, jnp.zeros((1, mc.max_text_len), jnp.int32))
     params = variables["params"]
     return {"params": params, "latent_stats": variables["latent_stats"],
