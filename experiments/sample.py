@@ -73,9 +73,7 @@ from mdm_jax.generate import JOINT_ORDERS
 
 FLAGS = flags.FLAGS
 INFILL = "infill"   # the text task with the [MASK]s of --prompt to fill (its text_mask)
-# Inpainting in time, for a clip model: the first half of the frames given, the rest generated
-# (video prediction); the first and last frames given, those between generated (interpolation).
-FRAME_TASKS = ("predict", "interpolate")
+FRAME_TASKS = tasks.FRAME_TASKS
 # A clip model's tasks are the image tasks on clips; these spellings name them.
 VIDEO_ALIASES = {"class2video": "class2img", "t2v": "t2i", "video_caption": "caption",
                  "video_vqa": "vqa", "video_joint": "joint"}
@@ -145,17 +143,11 @@ def inpaint_mask(spec: str, shape: tuple[int, int]) -> np.ndarray:
 
 
 def frame_mask(task: str, frames: int) -> np.ndarray:
-  """bool (frames, 1, 1), True for the frames KEPT from each held-out clip: ``predict`` the
-  first ``frames // 2``, ``interpolate`` the first and the last."""
-  if frames < 2:
-    raise app.UsageError(f"--task={task} generates frames of a clip, but this run's model has "
-                         f"model.frames={frames} (images); use --task=inpaint")
-  m = np.zeros((frames, 1, 1), bool)
-  if task == "predict":
-    m[:frames // 2] = True
-  else:
-    m[[0, -1]] = True
-  return m
+  """``tasks.frame_mask``; an image run's refusal names the image task to use instead."""
+  try:
+    return tasks.frame_mask(task, frames)
+  except ValueError as e:
+    raise app.UsageError(f"--task={task}: {e}; use --task=inpaint") from None
 
 
 def _stem(path):

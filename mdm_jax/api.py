@@ -34,6 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mdm_jax import tasks as tasks_lib
+
 # Opening a run lives in run_io; its names stay importable from here (mdm_jax.api.open_run, ...).
 from mdm_jax.run_io import (CONFIG_FILE, INFO_FILE, SAFETENSORS_FILE,  # noqa: F401
                             SAMPLING_KEYS, TOKENIZER_FILE, Run, open_run, read_safetensors,
@@ -105,6 +107,7 @@ class Pipeline:
     self.num_classes = mc.num_classes
     self.class_names = run.info.get("class_names")
     self.image_shape = mc.visual_shape   # (H, W, C); a clip model's (T, H, W, C)
+    self.frames = mc.frames              # 1: an image model
     self.max_text_len = mc.max_text_len
     self.batch_size = int(batch_size or run.config.sample.num)
     if self.batch_size < 1:
@@ -115,6 +118,11 @@ class Pipeline:
     if self.tokenizer is None:
       raise ValueError(f"{what} needs text, but this run's data ({self.config.data.name}) has "
                        "none (it trained class-to-image only); use class_to_image or inpaint")
+
+  def _need_clips(self, what, image_method):
+    if self.frames == 1:
+      raise ValueError(f"{what} generates clips, but this run's model takes images "
+                       f"(model.frames=1); use {image_method}")
 
   def check_labels(self, labels) -> np.ndarray:
     labels = np.asarray(labels)
@@ -308,6 +316,56 @@ class Pipeline:
     _, tokens = self.generate("text", len(texts), seed=seed, first_index=first_index,
                               text=np.stack(seqs), text_mask=np.stack(masks))
     return [tok.decode(t) for t in tokens]
+
+  # --- video: the same tasks on a clip model (model.frames > 1) -------------------------
+  def class_to_video(self, labels, *, seed: int = 0, first_index: int = 0) -> np.ndarray:
+    """uint8 (len(labels), T, H, W, C), one clip of each class id in ``labels``."""
+    self._need_clips("class_to_video", "class_to_image")
+    return self.class_to_image(labels, seed=seed, first_index=first_index)
+
+  def text_to_video(self, prompts, *, seed: int = 0, first_index: int = 0) -> np.ndarray:
+    """uint8 (len(prompts), T, H, W, C), one clip per caption."""
+    self._need_clips("text_to_video", "text_to_image")
+    return self.text_to_image(prompts, seed=seed, first_index=first_index)
+
+  def caption_video(self, videos, *, seed: int = 0, first_index: int = 0) -> list[str]:
+    """One caption per clip (uint8 or [-1, 1] float (N, T, H, W, C))."""
+    self._need_clips("caption_video", "caption")
+    return self.caption(videos, seed=seed, first_index=first_index)
+
+  def video_vqa(self, videos, questions, *, temperature: float | None = 0.0, seed: int = 0,
+                first_index: int = 0) -> list[str]:
+    """One answer per (clip, question); ``temperature`` as in ``vqa``."""
+    self._need_clips("video_vqa", "vqa")
+    return self.vqa(videos, questions, temperature=temperature, seed=seed,
+                    first_index=first_index)
+
+  def joint_video(self, n: int, *, seed: int = 0, first_index: int = 0):
+    """``n`` clips and their captions generated together: (uint8 (n, T, H, W, C), list[str])."""
+    self._need_clips("joint_video", "joint")
+    return self.joint(n, seed=seed, first_index=first_index)
+
+  def predict(self, videos, *, labels=None, seed: int = 0, first_index: int = 0) -> np.ndarray:
+    """Video prediction: keeps the first ``T // 2`` frames of each clip (uint8 or [-1, 1] float
+    (N, T, H, W, C)) and generates the rest. Returns uint8 (N, T, H, W, C), the kept frames
+    exactly. ``labels`` optionally guide the generated frames, as in ``inpaint``."""
+    self._need_clips("predict", "inpaint")
+    return self.inpaint(videos, self._frame_mask("predict"), labels=labels, seed=seed,
+                        first_index=first_index)
+
+  def interpolate(self, videos, *, labels=None, seed: int = 0,
+                  first_index: int = 0) -> np.ndarray:
+    """Frame interpolation: keeps each clip's first and last frames and generates those
+    between. Shapes as in ``predict``."""
+    self._need_clips("interpolate", "inpaint")
+    return self.inpaint(videos, self._frame_mask("interpolate"), labels=labels, seed=seed,
+                        first_index=first_index)
+
+  def _frame_mask(self, task) -> np.ndarray:
+    """bool (T, H, W, 1) from ``tasks.frame_mask`` (T, 1, 1), the shape ``inpaint`` takes."""
+    h, w = self.image_shape[1:3]
+    return np.broadcast_to(tasks_lib.frame_mask(task, self.frames)[..., None],
+                           (self.frames, h, w, 1))
 
   def text_nll(self, texts, *, num_draws: int = 16, seed: int = 0):
     """SEDD's bound on each text's negative log-likelihood (the text task, image absent; the

@@ -32,6 +32,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Iterable, Optional, Sequence
 
+import numpy as np
+
 NOISED, CLEAN, ABSENT, PROMPT, KNOWN = "noised", "clean", "absent", "prompt", "known"
 IMAGE_ROLES = (NOISED, CLEAN, ABSENT, KNOWN)
 TEXT_ROLES = (NOISED, CLEAN, ABSENT, PROMPT)
@@ -101,6 +103,9 @@ TASKS = tuple(t.name for t in _TABLE if t.trained)        # the network's task i
 TASK_IDS = {name: i for i, name in enumerate(TASKS)}
 GEN_TASKS = tuple(SPECS)
 ALIASES = {"class": "class2img"}                            # CLI spellings
+# Inpainting in time, for a clip model: video prediction keeps the first half of each clip's
+# frames and generates the rest; interpolation keeps the first and the last frame.
+FRAME_TASKS = ("predict", "interpolate")
 
 
 def get(name: str) -> Task:
@@ -109,6 +114,23 @@ def get(name: str) -> Task:
   if name not in SPECS:
     raise ValueError(f"unknown task {name!r}; choose one of {GEN_TASKS}")
   return SPECS[name]
+
+
+def frame_mask(task: str, frames: int) -> np.ndarray:
+  """bool (frames, 1, 1), True for the frames KEPT of each clip by ``task`` (a
+  ``FRAME_TASKS`` entry): ``predict`` the first ``frames // 2``, ``interpolate`` the first and
+  the last. Both generate as ``inpaint`` with this mask broadcast over the frames' pixels."""
+  if task not in FRAME_TASKS:
+    raise ValueError(f"unknown frame task {task!r}; choose one of {FRAME_TASKS}")
+  if frames < 2:
+    raise ValueError(f"{task} generates frames of a clip, but this model has "
+                     f"model.frames={frames} (images)")
+  m = np.zeros((frames, 1, 1), bool)
+  if task == "predict":
+    m[:frames // 2] = True
+  else:
+    m[[0, -1]] = True
+  return m
 
 
 def servable(data_keys: Iterable[str]) -> tuple[str, ...]:

@@ -61,6 +61,13 @@ def test_class_to_image(pipe):
   assert len(api.to_pil(images)) == 6 and api.to_pil(images)[0].size == (8, 8)
 
 
+@pytest.mark.parametrize("method,args", [("class_to_video", ([3],)), ("predict", (None,)),
+                                         ("joint_video", (1,))])
+def test_video_methods_refuse_an_image_model(pipe, method, args):
+  with pytest.raises(ValueError, match=r"takes images \(model.frames=1\); use "):
+    getattr(pipe, method)(*args)
+
+
 @pytest.mark.parametrize("labels,match", [([10], "label 10 is out of range: this run has 10"),
                                           ([-3], "label -3 is out of range"),
                                           ([], "non-empty"), ([1.5], "integers")])
