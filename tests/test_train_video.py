@@ -4,12 +4,21 @@ resumed (a new trainer, the state and the data position restored from the checkp
 exactly the steps 3 and 4 of an uninterrupted 4-step run (the oracle).
 
 In-process on one CPU device, with one trainer (its update step compiled once): the resumed run
-starts from the state and data position read back from the checkpoint, nothing else."""
+starts from the state and data position read back from the checkpoint, nothing else.
+
+A 2-step `train` of the same config (class-to-video only, to compile one sampler) writes its
+sample grids as animated GIFs, and its TensorBoard events carry each GIF, byte for byte, as an
+image summary at the step it was sampled."""
 
 from __future__ import annotations
 
+import io
+import os
+import struct
+
 import jax
 import numpy as np
+from PIL import Image
 import pytest
 
 from data import pipeline
@@ -93,3 +102,39 @@ def test_resumed_run_matches_the_uninterrupted_one(setup, uninterrupted, tmp_pat
   for (path, g), (_, w) in zip(got_leaves, want_leaves):
     np.testing.assert_array_equal(np.asarray(g), np.asarray(w),
                                   err_msg=jax.tree_util.keystr(path))
+
+
+def _events(folder):
+  """Every event of the TensorBoard files in ``folder`` (TFRecord framing: length, its CRC,
+  the data, its CRC; read by hand, TensorFlow is not a dependency)."""
+  from tensorboardX.proto import event_pb2
+  events = []
+  for name in sorted(os.listdir(folder)):
+    data = open(os.path.join(folder, name), "rb").read()
+    pos = 0
+    while pos < len(data):
+      (length,) = struct.unpack("<Q", data[pos:pos + 8])
+      events.append(event_pb2.Event.FromString(data[pos + 12:pos + 12 + length]))
+      pos += 12 + length + 4
+  return events
+
+
+def test_a_clip_run_writes_its_gif_grids_to_tensorboard(tmp_path):
+  from experiments import train as train_lib
+  config = configs.load("video_tiny")
+  config.update(dict(total_steps=2, log_every=1, sample_every=1, checkpoint_every=2))
+  config.optim.warmup_steps = 1
+  config.loss.task_weights = (1.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+  config.sample.update(dict(num=2, steps=2))
+  train_lib.train(config, str(tmp_path))
+  images = {(e.step, v.tag): v.image for e in _events(tmp_path / "tb") if e.HasField("summary")
+            for v in e.summary.value if v.HasField("image")}
+  assert sorted(images) == [(1, "samples/class2img"), (2, "samples/class2img")]
+  for step, name in ((1, "class2img_step1.gif"), (2, "class2img_final.gif")):
+    image = images[(step, "samples/class2img")]
+    gif = (tmp_path / "samples" / name).read_bytes()
+    assert image.encoded_image_string == gif
+    with Image.open(io.BytesIO(gif)) as decoded:
+      assert decoded.format == "GIF" and decoded.is_animated
+      assert (image.width, image.height) == decoded.size
+    assert image.colorspace == 1                  # grey digits
