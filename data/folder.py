@@ -287,7 +287,6 @@ def prepare(src: str, out: str, *, image_size: int | None = None,
   too_short = []
 
   def to_png(img: Image.Image) -> bytes:
-    nonlocal transposed
     mode = img.mode
     img, changed = images_lib.convert_mode(img, channels)
     if changed:
