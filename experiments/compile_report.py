@@ -542,15 +542,21 @@ def run_topology(config, topology: str, config_name: str = "config") -> Slice:
 
 
 # ----------------------------------------------------------------------------- fake devices
+def parameter_counts(mc) -> dict[str, int]:
+  """``param_count.count_params`` of the model, from abstract shapes (nothing allocated): a
+  clip model is initialised with a clip (1, T, H, W, C), an image model with an image."""
+  from mdm_jax.models import param_count  # pylint: disable=g-import-not-at-top
+  visual = jax.ShapeDtypeStruct((1, *mc.visual_shape), jnp.float32)
+  ids = jax.ShapeDtypeStruct((1, mc.max_text_len), jnp.int32)
+  return param_count.count_params(MDM(mc).init, jax.random.PRNGKey(0), visual, ids)
+
+
 def dry_run(config):
   """Parameter count, then an ahead-of-time compile of the full train step on a simulated
   ``--dry_run_devices`` mesh of fake CPU devices, with the compiled memory analysis."""
   from mdm_jax.models import param_count  # pylint: disable=g-import-not-at-top
   mc = model_config(config)
-  model = MDM(mc)
-  visual = jax.ShapeDtypeStruct((1, *mc.visual_shape), jnp.float32)   # (1, T, H, W, C): clips
-  ids = jax.ShapeDtypeStruct((1, mc.max_text_len), jnp.int32)
-  counts = param_count.count_params(model.init, jax.random.PRNGKey(0), visual, ids)
+  counts = parameter_counts(mc)
   clip = (f", clips of {mc.frames} frames in tubelets of {mc.tubelet}" if mc.frames > 1
           else "")
   print(f"Parameters of {mc.backbone} MDM ({mc.n_layers} blocks, d_model {mc.d_model}; "
