@@ -1,4 +1,4 @@
-"""A local folder of images, converted once to array_record and read by grain.
+"""A local folder of images or clips, converted once to array_record and read by grain.
 
 Accepted layouts of the source folder:
 
@@ -10,12 +10,19 @@ Accepted layouts of the source folder:
                       lines gets several captions.
   flat                images directly in SRC: unlabelled, no text.
 
+Clips (``prepare(..., frames=T)``, for video configs): the captions.jsonl layout, each
+'file' an animated image (GIF, WebP, APNG: every frame PIL reads) or a folder of frame images
+(sorted by name). A clip keeps T frames, every ``frame_stride``-th frame of the window centred on
+the clip; clips with fewer than (T - 1) * frame_stride + 1 frames are left out and counted.
+
 `prepare(src, out, ...)` (also `python -m data.prepare`) writes
 OUT/<split>.array_record (one record per image) and OUT/metadata.json. A record
 is `uint32 little-endian header length | JSON header | PNG bytes`, the header
 holding {"label": int, "captions": [str, ...], "file": str}: PNG keeps the
 images lossless and the format needs neither TensorFlow nor pickle. Images with
-an EXIF orientation tag (photos from cameras and phones) are stored upright.
+an EXIF orientation tag (photos from cameras and phones) are stored upright. A
+clip's record holds its T frames' PNGs one after another, the header's
+"frame_bytes" their lengths.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import zlib
 
 from absl import logging
 from PIL import Image
+from PIL import ImageSequence
 
 from data import images as images_lib
 from data import source as source_lib
@@ -168,20 +176,58 @@ def _scan_captions(src: str, path: str):
   return entries, class_names
 
 
-def encode_record(png: bytes, label: int, captions: list[str],
+def encode_record(png: bytes | list[bytes], label: int, captions: list[str],
                   file: str) -> bytes:
-  header = json.dumps({"label": int(label), "captions": list(captions),
-                       "file": file}).encode("utf-8")
+  """One record: an image's PNG, or a clip's frames' PNGs (a list)."""
+  fields = {"label": int(label), "captions": list(captions), "file": file}
+  if isinstance(png, list):
+    fields["frame_bytes"] = [len(p) for p in png]
+    png = b"".join(png)
+  header = json.dumps(fields).encode("utf-8")
   return _HEADER.pack(len(header)) + header + png
 
 
 def decode_record(record: bytes) -> source_lib.Example:
+  """A record -> Example; 'image' is a PIL image, or a clip's list of T PIL frames."""
   (n,) = _HEADER.unpack_from(record)
   header = json.loads(record[_HEADER.size:_HEADER.size + n])
   # Opened lazily: pixels are decoded only when the image is used.
-  image = Image.open(io.BytesIO(record[_HEADER.size + n:]))
+  start = _HEADER.size + n
+  if "frame_bytes" in header:
+    image = []
+    for size in header["frame_bytes"]:
+      image.append(Image.open(io.BytesIO(record[start:start + size])))
+      start += size
+  else:
+    image = Image.open(io.BytesIO(record[start:]))
   return {"image": image, "label": header["label"],
           "captions": tuple(header["captions"])}
+
+
+def _clip_frames(path: str, frames: int, frame_stride: int) -> list[Image.Image] | None:
+  """The clip's `frames` frames, every `frame_stride`-th of the centred window, loaded; None
+  when the clip has too few. `path` is an animated image or a folder of frame images."""
+  need = (frames - 1) * frame_stride + 1
+  if os.path.isdir(path):
+    files = sorted(f for f in os.listdir(path) if _is_image(f))
+    if len(files) < need:
+      return None
+    start = (len(files) - need) // 2
+    out = []
+    for f in files[start:start + need:frame_stride]:
+      with Image.open(os.path.join(path, f)) as img:
+        img.load()
+        out.append(images_lib.upright(img)[0])
+    return out
+  with Image.open(path) as img:
+    count = getattr(img, "n_frames", 1)
+    if count < need:
+      return None
+    start = (count - need) // 2
+    # Each frame converted to RGBA as it is reached: a GIF's later frames are drawn over the
+    # earlier ones (PIL composites them on seek), and their palettes differ.
+    return [f.convert("RGBA") for i, f in enumerate(ImageSequence.Iterator(img))
+            if start <= i < start + need and (i - start) % frame_stride == 0]
 
 
 def _split_of(file: str, test_fraction: float) -> str:
@@ -191,8 +237,9 @@ def _split_of(file: str, test_fraction: float) -> str:
 
 
 def prepare(src: str, out: str, *, image_size: int | None = None,
-            channels: int = 3, test_fraction: float = 0.0) -> dict[str, Any]:
-  """Converts an image folder to array_record files plus metadata.json.
+            channels: int = 3, test_fraction: float = 0.0, frames: int | None = None,
+            frame_stride: int = 1) -> dict[str, Any]:
+  """Converts an image (or clip) folder to array_record files plus metadata.json.
 
   Args:
     src: the image folder (see the module docstring for layouts).
@@ -202,22 +249,33 @@ def prepare(src: str, out: str, *, image_size: int | None = None,
     channels: 1 (grey) or 3 (RGB); other modes (RGBA, grey, palette) are
       converted and counted.
     test_fraction: share of images (by a hash of the path) in a 'test' split.
+    frames: None for images; T >= 2: each listed file is a clip (see the module
+      docstring), stored as T frames.
+    frame_stride: keep every frame_stride-th frame of a clip.
 
   Returns:
     stats: {'images': written, 'converted': images whose channels changed,
     'converted_from': {mode: count}, 'unreadable': [(file, reason)],
     'uncaptioned': images in SRC that captions.jsonl does not list (left out),
     'transposed': images turned upright by their EXIF orientation tag,
-    'splits': {split: count}, 'layout': ..., 'num_classes': ...}; also
-    written to OUT/metadata.json.
+    'splits': {split: count}, 'layout': ..., 'num_classes': ...; for clips
+    'too_short': clips with too few frames (left out)}; also written to
+    OUT/metadata.json.
   """
   from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
   images_lib.check_channels(channels)
   if not 0.0 <= test_fraction < 1.0:
     raise ValueError(f"test_fraction={test_fraction} must be in [0, 1).")
+  if frames is not None and (frames < 2 or frame_stride < 1):
+    raise ValueError(f"frames={frames}, frame_stride={frame_stride}: a clip has at least 2 "
+                     "frames and a stride of at least 1 (leave frames unset for images).")
   entries, class_names, layout = scan(src)
+  if frames is not None and layout != "captions":
+    raise ValueError(f"{src}: clips (frames={frames}) are listed in SRC/{CAPTIONS_FILE} "
+                     '({"file": clip, "caption": ...}, a clip being an animated image or a '
+                     f"folder of frames); {src} has the {layout!r} layout.")
   uncaptioned = 0
-  if layout == "captions":
+  if layout == "captions" and frames is None:
     listed = {e["file"] for e in entries}
     uncaptioned = sum(1 for f in _images_under(src) if f not in listed)
     if uncaptioned:
@@ -226,40 +284,58 @@ def prepare(src: str, out: str, *, image_size: int | None = None,
   os.makedirs(out, exist_ok=True)
   writers, counts = {}, collections.Counter()
   converted_from, unreadable, transposed = collections.Counter(), [], 0
+  too_short = []
+
+  def to_png(img: Image.Image) -> bytes:
+    mode = img.mode
+    img, changed = images_lib.convert_mode(img, channels)
+    if changed:
+      converted_from[mode] += 1
+    if image_size:
+      img = images_lib.center_square(img).resize(
+          (image_size, image_size), Image.Resampling.BICUBIC)
+    png = io.BytesIO()
+    img.save(png, format="PNG")
+    return png.getvalue()
+
   try:
     for e in entries:
       path = os.path.join(src, e["file"])
       try:
-        with Image.open(path) as img:
-          img.load()
-          mode = img.mode
-          img, turned = images_lib.upright(img)
-          img, changed = images_lib.convert_mode(img, channels)
+        if frames is None:
+          with Image.open(path) as img:
+            img.load()
+            img, turned = images_lib.upright(img)
+            transposed += turned
+            data = to_png(img)
+        else:
+          clip = _clip_frames(path, frames, frame_stride)
+          if clip is None:
+            too_short.append(e["file"])
+            continue
+          data = [to_png(f) for f in clip]
       except (OSError, ValueError, Image.DecompressionBombError) as err:
         unreadable.append((e["file"], f"{type(err).__name__}: {err}"))
-        logging.warning("Skipping unreadable image %s: %s", path, err)
+        logging.warning("Skipping unreadable %s %s: %s", "image" if frames is None else "clip",
+                        path, err)
         continue
-      if changed:
-        converted_from[mode] += 1
-      transposed += turned
-      if image_size:
-        img = images_lib.center_square(img).resize(
-            (image_size, image_size), Image.Resampling.BICUBIC)
-      png = io.BytesIO()
-      img.save(png, format="PNG")
       split = _split_of(e["file"], test_fraction)
       if split not in writers:
         writers[split] = array_record_module.ArrayRecordWriter(
             os.path.join(out, f"{split}.array_record"), "group_size:1")
-      writers[split].write(
-          encode_record(png.getvalue(), e["label"], e["captions"], e["file"]))
+      writers[split].write(encode_record(data, e["label"], e["captions"], e["file"]))
       counts[split] += 1
   finally:
     for w in writers.values():
       w.close()
+  if too_short:
+    logging.warning("Left out %d clips with fewer than %d frames (frames=%d, frame_stride=%d), "
+                    "e.g. %s.", len(too_short), (frames - 1) * frame_stride + 1, frames,
+                    frame_stride, too_short[:3])
   if not counts:
-    raise ValueError(f"None of the {len(entries)} images in {src} could be "
-                     f"read: {unreadable[:5]}...")
+    raise ValueError(f"None of the {len(entries)} {'images' if frames is None else 'clips'} "
+                     f"in {src} could be read: unreadable {unreadable[:5]}, too short "
+                     f"{too_short[:5]} (frames={frames}, frame_stride={frame_stride}).")
   labels = [e["label"] for e in entries]
   stats = {
       "images": sum(counts.values()),
@@ -273,6 +349,8 @@ def prepare(src: str, out: str, *, image_size: int | None = None,
       "num_classes": (len(class_names) if class_names else
                       max(labels) + 1 if max(labels) >= 0 else 0),
   }
+  if frames is not None:
+    stats.update(frames=frames, frame_stride=frame_stride, too_short=len(too_short))
   if transposed:
     logging.info("Turned %d images upright as their EXIF orientation tag says.", transposed)
   if stats["converted"]:
@@ -319,5 +397,6 @@ def open_folder(data_dir: str, *, split: str) -> source_lib.ExampleSource:
       name=f"folder:{data_dir}", records=records, decode=decode_record,
       num_classes=metadata["num_classes"],
       class_names=tuple(class_names) if class_names else None,
-      label_text=label_text, has_captions=metadata["has_captions"])
+      label_text=label_text, has_captions=metadata["has_captions"],
+      frames=metadata.get("frames") or 1)
 

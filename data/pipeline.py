@@ -4,8 +4,8 @@
 so orbax's grain handler checkpoints it) yielding dicts of numpy arrays:
 
   image           float32 (B, S, S, C) in [-1, 1]; centre-cropped, resized. A
-                  clip dataset's (moving_digits): clips (B, T, S, S, C), each
-                  frame so (T = `frames`).
+                  clip dataset's (moving_digits, a folder of clips): clips
+                  (B, T, S, S, C), each frame so (T = `frames`).
   label           int32 (B,); -1 where the dataset has no labels.
   caption         int32 (B, T): caption ids, eos, then pad (0). Present when
                   the dataset has text: its own captions (coco_captions, a
@@ -36,7 +36,7 @@ hosts never overlap, a seed fixes the whole stream, and `get_state()` /
 Datasets: 'digits' (bundled, default), 'moving_digits' (bundled clips,
 `data.moving_digits`), 'mnist', 'cifar10', 'imagenet2012', 'coco_captions'
 (tfds, prepared as array_record in data_dir), 'folder' (a folder converted by
-`python -m data.prepare`, data_dir = its output).
+`python -m data.prepare`, data_dir = its output; of clips with `--frames=T`).
 """
 
 from __future__ import annotations
@@ -80,14 +80,22 @@ def open_source(name: str, *, split: str, data_dir: str | None = None,
                        "video_tiny config's 4).")
     return moving_digits.open_moving_digits(
         split, moving_digits.DEFAULT_FRAMES if frames is None else frames)
+  if name == "folder":
+    src = folder.open_folder(data_dir, split=split)
+    if src.frames > 1 and frames not in (None, src.frames):
+      raise ValueError(f"The prepared folder {data_dir} holds clips of {src.frames} frames, "
+                       f"but frames={frames} (model.frames) asks for {frames}; set "
+                       f"model.frames={src.frames}, or prepare the clips again with "
+                       f"`python -m data.prepare --frames={frames}`.")
+    if src.frames > 1 or frames in (None, 1):
+      return src
   if frames not in (None, 1):
     raise ValueError(f"Dataset {name!r} holds images, not clips, but frames={frames} (the "
                      f"model's model.frames) asks for clips; set model.frames=1, or train "
-                     f"on a clip dataset ({', '.join(CLIP_DATASETS)}).")
+                     f"on a clip dataset ({', '.join(CLIP_DATASETS)}, or a folder "
+                     "prepared with `python -m data.prepare --frames=T`).")
   if name == "digits":
     return digits.open_digits(split)
-  if name == "folder":
-    return folder.open_folder(data_dir, split=split)
   if name in tfds_sources.SUPPORTED:
     return tfds_sources.open_tfds(name, split=split, data_dir=data_dir,
                                   skip_images=skip_images)

@@ -245,7 +245,7 @@ def _sample_inputs(trainer: Trainer, task: str, num: int) -> dict:
   rep = sharding.replicated(trainer.mesh)
   shapes = dict(labels=((num,), jnp.int32), text=((num, mc.max_text_len), jnp.int32),
                 prompt_len=((num,), jnp.int32),
-                images=((num, mc.image_size, mc.image_size, mc.channels), jnp.float32))
+                images=((num, *mc.visual_shape), jnp.float32))   # clips for a clip model
   spec = gen.tasks_lib.SPECS[task]
   names = tuple(spec.needs) + (("labels",) if spec.uses_class else ())
   return {k: jax.ShapeDtypeStruct(*shapes[k], sharding=rep) for k in dict.fromkeys(names)}
@@ -542,16 +542,25 @@ def run_topology(config, topology: str, config_name: str = "config") -> Slice:
 
 
 # ----------------------------------------------------------------------------- fake devices
+def parameter_counts(mc) -> dict[str, int]:
+  """``param_count.count_params`` of the model, from abstract shapes (nothing allocated): a
+  clip model is initialised with a clip (1, T, H, W, C), an image model with an image."""
+  from mdm_jax.models import param_count  # pylint: disable=g-import-not-at-top
+  visual = jax.ShapeDtypeStruct((1, *mc.visual_shape), jnp.float32)
+  ids = jax.ShapeDtypeStruct((1, mc.max_text_len), jnp.int32)
+  return param_count.count_params(MDM(mc).init, jax.random.PRNGKey(0), visual, ids)
+
+
 def dry_run(config):
   """Parameter count, then an ahead-of-time compile of the full train step on a simulated
   ``--dry_run_devices`` mesh of fake CPU devices, with the compiled memory analysis."""
   from mdm_jax.models import param_count  # pylint: disable=g-import-not-at-top
   mc = model_config(config)
-  model = MDM(mc)
-  images = jax.ShapeDtypeStruct((1, mc.image_size, mc.image_size, mc.channels), jnp.float32)
-  ids = jax.ShapeDtypeStruct((1, mc.max_text_len), jnp.int32)
-  counts = param_count.count_params(model.init, jax.random.PRNGKey(0), images, ids)
-  print(f"Parameters of {mc.backbone} MDM ({mc.n_layers} blocks, d_model {mc.d_model}):")
+  counts = parameter_counts(mc)
+  clip = (f", clips of {mc.frames} frames in tubelets of {mc.tubelet}" if mc.frames > 1
+          else "")
+  print(f"Parameters of {mc.backbone} MDM ({mc.n_layers} blocks, d_model {mc.d_model}; "
+        f"{mc.n_image_tokens} visual tokens{clip}):")
   print(param_count.format_counts(counts))
 
   n = jax.device_count()

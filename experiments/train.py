@@ -121,6 +121,15 @@ def write_samples(trainer: Trainer, state, tokenizer, eval_examples, outdir: str
   return written
 
 
+def _log_grids(metrics: metrics_log.MetricsLog, step: int, tag: str, written) -> None:
+  """Each sample grid ``write_samples`` wrote (``class2img_{tag}.png``, a clip model's
+  ``joint_{tag}.gif``, ...) to TensorBoard as image ``samples/class2img`` etc. at ``step``."""
+  for path in written:
+    stem, ext = os.path.splitext(os.path.basename(path))
+    if ext in (".png", ".gif"):
+      metrics.write_image_file(step, f"samples/{stem.removesuffix('_' + tag)}", path)
+
+
 # ----------------------------------------------------------------------------- main
 def _quiet_library_info_logs():
   """Orbax logs every checkpoint phase at INFO; keep the console for training progress."""
@@ -383,7 +392,9 @@ def _train(config, workdir: str, *, kill_at_step: int, signal_at_step: int, on_l
       preempted = watch.reached(step - start)  # on every process at the same step
       if (config.sample_every and step % config.sample_every == 0 and step != total
           and not preempted):
-        write_samples(trainer, state, tokenizer, eval_examples, samples_dir, f"step{step}")
+        _log_grids(metrics, step, f"step{step}",
+                   write_samples(trainer, state, tokenizer, eval_examples, samples_dir,
+                                 f"step{step}"))
       if itstime(step, config.checkpoint_every, total) or preempted:
         # NaN guard: a step whose loss is not finite is never checkpointed (and save itself
         # refuses a state with a non-finite leaf).
@@ -400,8 +411,10 @@ def _train(config, workdir: str, *, kill_at_step: int, signal_at_step: int, on_l
         _kill_every_process()
     checkpointer.wait()
     logging.info("Training done in %.0fs; writing final samples", time.time() - t_start)
-    for path in write_samples(trainer, state, tokenizer, eval_examples, samples_dir, "final"):
+    written = write_samples(trainer, state, tokenizer, eval_examples, samples_dir, "final")
+    for path in written:
       logging.info("Wrote %s", path)
+    _log_grids(metrics, total, "final", written)
   finally:  # on any exit: in-flight checkpoint writes finish, logs are closed
     checkpointer.close()
     metrics.close()

@@ -223,3 +223,25 @@ def test_config_file_fields_are_checked_against_the_base_config(tmp_path):
   arg.write_text("from experiments.configs import tiny\n\ndef get_config(steps):\n"
                  "  c = tiny.get_config()\n  c.total_steps = int(steps)\n  return c\n")
   assert configs.load(f"{arg}:9").total_steps == 9
+
+
+def test_video256_tokens_count_and_the_dry_runs_clip_inputs():
+  """video256 is coco256 on 16-frame clips in tubelets of 2: 8 x 32 x 32 tokens, and the dry
+  run's count (from clips) is coco256's plus the closed form of what clips add: the per-frame
+  position table (T/k, d) and the VAE's first and last patch layers widened from p*p*c to
+  k*p*p*c values (weights in, weights and biases out). The sampler's given clips have the
+  pipeline's clip shape."""
+  from experiments import compile_report
+  video, image = (trainer_lib.model_config(configs.load(n)) for n in ("video256", "coco256"))
+  assert video.n_image_tokens == (16 // 2) * (256 // 8) ** 2 == 8192
+  k, ppc, width = 2, 8 * 8 * 3, video.vae_width
+  added = (16 // k) * video.d_model + 2 * (k - 1) * ppc * width + (k - 1) * ppc
+  got = compile_report.parameter_counts(video)["total"]
+  assert got - compile_report.parameter_counts(image)["total"] == added
+  assert got == 7_158_416_497                       # the figure video256's docstring gives
+  c = configs.load("video_tiny")
+  trainer = trainer_lib.Trainer(c, sharding.make_mesh(devices=jax.devices()[:1]),
+                                vocab_size=c.data.vocab_size, num_classes=10)
+  given = compile_report._sample_inputs(trainer, "caption", 3)  # pylint: disable=protected-access
+  assert given["images"].shape == (3, c.model.frames, c.data.image_size, c.data.image_size,
+                                   c.data.channels)

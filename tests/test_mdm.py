@@ -21,8 +21,8 @@ from mdm_jax.diffusion import score_entropy as se
 from mdm_jax.losses import LossConfig, mdm_loss
 from mdm_jax.models.mdm import (MDM, TASKS, Denoiser, MDMConfig, PooledTextEmbedding,
                                 absorbing_log_score)
-from tiny_mdm import (FAST_COMPILE, NUM_CLASSES, TEXT_LEN, VOCAB, key, randomize_zero_kernels,
-                      tiny_config)
+from tiny_mdm import (FAST_COMPILE, NUM_CLASSES, TEXT_LEN, VOCAB, key, only_layer,
+                      randomize_zero_kernels, tiny_config, token_dependencies)
 
 BATCH = 6
 QUESTION_LEN = 3
@@ -240,24 +240,13 @@ def test_denoiser_layers_scan_the_grid_in_their_orders():
                               *ints))["params"]
   params = randomize_zero_kernels(params, scale=0.5)
 
-  @jax.jit(compiler_options=FAST_COMPILE)
-  def dependencies(p):
-    """Per (output token, input token): max |d out / d in| over channels."""
-    # Reverse mode: the SSD's custom VJP (impl "xla" and "pallas") has no forward-mode rule.
-    jac = jax.jacrev(apply, argnums=(1, 2))({"params": p}, z_img, z_txt)
-    dep = lambda j: jnp.max(jnp.abs(j[0, :, :, 0]), axis=(1, 3))
-    (ii, it), (ti, tt) = jac
-    return jnp.block([[dep(ii), dep(it)], [dep(ti), dep(tt)]])  # [out, in]: image, then text
+  dependencies = token_dependencies(apply, z_img, z_txt)   # [out, in]: image, then text
 
   # Real image tokens in the (gh, gw + 1) scanned grid (its last column: row-end tokens).
   real = np.arange(gh * (gw + 1)).reshape(gh, gw + 1)[:, :gw].reshape(-1)
   n_grid = gh * (gw + 1)
-  out_proj = params["layers"]["mixer"]["out_proj"]["kernel"]  # (n_layers, d_inner, d_model)
   for layer in range(4):
-    keep = (jnp.arange(cfg.n_layers) == layer)[:, None, None]
-    p = jax.tree.map(lambda x: x, params)  # fresh dicts, same arrays
-    p["layers"]["mixer"]["out_proj"] = dict(kernel=jnp.where(keep, out_proj, 0.0))
-    dep = np.asarray(dependencies(p))
+    dep = np.asarray(dependencies(only_layer(params, layer)))
 
     text_first = layer % 2 == 1
     t = np.arange(n_txt)

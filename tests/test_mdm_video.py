@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from mdm_jax.models.mdm import MDM, Denoiser, MDMConfig
-from tiny_mdm import FAST_COMPILE, NUM_CLASSES, VOCAB, key, tiny_config
+from tiny_mdm import (FAST_COMPILE, NUM_CLASSES, VOCAB, key, only_layer, tiny_config,
+                      token_dependencies)
 
 # ---------------------------------------------------------------- the image model's oracle
 # Captured from main's model before video reached it (commit 3c3fce3, whose MDM had no frames):
@@ -304,26 +305,15 @@ def test_denoiser_layers_mix_frames_in_their_scan_orders():
                                         scalars[2], ids, *ints))["params"]
   params = deterministic_params(shapes)
 
-  @jax.jit(compiler_options=FAST_COMPILE)
-  def dependencies(p):
-    """Per (output token, input token): max |d out / d in| over channels."""
-    jac = jax.jacrev(apply, argnums=(1, 2))({"params": p}, z_img, z_txt)
-    dep = lambda j: jnp.max(jnp.abs(j[0, :, :, 0]), axis=(1, 3))
-    (ii, it), (ti, tt) = jac
-    return jnp.block([[dep(ii), dep(it)], [dep(ti), dep(tt)]])  # [out, in]: clip, then text
-
+  dependencies = token_dependencies(apply, z_img, z_txt)   # [out, in]: clip, then text
   full = np.asarray(dependencies(params))
   n_frame = gh * gw
   assert np.all(full[:n_frame, n_img - n_frame:n_img] > 0)  # frame 0 <- frame T-1
 
   # Real clip tokens among the scanned (frames, gh, gw + 1) tokens, then the text.
   real = np.arange(frames * gh * (gw + 1)).reshape(frames, gh, gw + 1)[..., :gw].reshape(-1)
-  out_proj = params["layers"]["mixer"]["out_proj"]["kernel"]  # (n_layers, d_inner, d_model)
   for layer in range(cfg.n_layers):
-    keep = (jnp.arange(cfg.n_layers) == layer)[:, None, None]
-    p = jax.tree.map(lambda x: x, params)  # fresh dicts, same arrays
-    p["layers"]["mixer"]["out_proj"] = dict(kernel=jnp.where(keep, out_proj, 0.0))
-    dep = np.asarray(dependencies(p))
+    dep = np.asarray(dependencies(only_layer(params, layer)))
     rank = scan_rank(layer, 6, frames, gh, gw + 1, n_txt)
     rank = np.concatenate([rank[real], rank[frames * gh * (gw + 1):]])
     np.testing.assert_array_equal(dep > 0, rank[None, :] <= rank[:, None],

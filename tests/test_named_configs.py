@@ -4,8 +4,10 @@ stand-in data, a 3-step run preempted (SIGTERM, --signal_at_step) after step 2's
 the same command resumes from step 2, finishes and writes its final samples.
 
 Stand-in data: `tfds.testing.mock_data` (random examples from each tfds builder's own features;
-tests/mock_tfds_run.py wraps the subprocess in it) for imagenet2012, mnist and cifar10, and a tiny
-coco_captions prepared as array_record (tests/tiny_tfds.py; its builder code needs TensorFlow).
+tests/mock_tfds_run.py wraps the subprocess in it) for imagenet2012, mnist and cifar10, a tiny
+coco_captions prepared as array_record (tests/tiny_tfds.py; its builder code needs TensorFlow),
+and for video256 a tiny folder of captioned 16-frame GIF clips prepared by `data.prepare`; its
+final sample grid is an animated GIF, which the run's TensorBoard events carry as they are.
 ImageNet has no text: it trains class-to-image with no tokenizer, and its workdir reopens for
 `sample` without one.
 
@@ -24,6 +26,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from data import folder
 from experiments import configs
 from mdm_jax.models.mdm import TASKS
 import subproc
@@ -54,6 +57,7 @@ CASES = {
                         "captions_final.txt"], True),
     "cifar10": ("cifar10", ["class2img_final.png", "joint_final.png", "joint_final.txt",
                             "captions_final.txt"], True),
+    "video256": ("folder", ["joint_final.gif", "joint_final.txt", "captions_final.txt"], True),
 }
 
 
@@ -64,13 +68,13 @@ def _run(module: str, args: list[str], *, mock: bool) -> tuple[int, str]:
   return proc.returncode, proc.stdout + proc.stderr
 
 
-def _train_twice(name: str, root: str, coco_dir: str) -> dict:
+def _train_twice(name: str, root: str, coco_dir: str, clip_dir: str) -> dict:
   dataset = CASES[name][0]
-  mock = dataset != "coco_captions"
+  mock = dataset not in ("coco_captions", "folder")
   workdir = os.path.join(root, name)
   args = [f"--config={name}", f"--workdir={workdir}", *TINY]
   if not mock:
-    args.append(f"--config.data.data_dir={coco_dir}")
+    args.append(f"--config.data.data_dir={coco_dir if dataset == 'coco_captions' else clip_dir}")
   out = {"workdir": workdir}
   args.append("--config.total_steps=3")
   out["rc1"], out["log1"] = _run("experiments.train", [*args, "--signal_at_step=2"], mock=mock)
@@ -92,6 +96,23 @@ def _train_twice(name: str, root: str, coco_dir: str) -> dict:
   return out
 
 
+def _tensorboard_images(workdir) -> dict[tuple[str, int], bytes]:
+  """{(tag, step): encoded image} of the image summaries in workdir/tb (TFRecord framing read
+  by hand: length, its CRC, the event, its CRC; TensorFlow is not a dependency)."""
+  from tensorboardX.proto import event_pb2
+  tb, found = os.path.join(workdir, "tb"), {}
+  for name in sorted(os.listdir(tb)):
+    data, pos = open(os.path.join(tb, name), "rb").read(), 0
+    while pos < len(data):
+      length = int.from_bytes(data[pos:pos + 8], "little")
+      event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+      pos += 12 + length + 4
+      for v in event.summary.value:
+        if v.HasField("image"):
+          found[(v.tag, event.step)] = v.image.encoded_image_string
+  return found
+
+
 def _metrics(workdir) -> list[dict]:
   path = os.path.join(workdir, "metrics.jsonl")
   if not os.path.exists(path):
@@ -107,11 +128,33 @@ def _samples(workdir) -> dict[str, float]:
           if os.path.isdir(d) else {})
 
 
+def _tiny_clips(src: str, out: str) -> str:
+  """6 clips of 16 frames (GIFs, a grey square moving right), 4 for training and 2 held out
+  (named so that their path hashes put them there), prepared for video256 (16 frames)."""
+  rows = []
+  for i in range(6):
+    frames = []
+    for t in range(16):
+      x = np.full((IMAGE_SIZE, IMAGE_SIZE, 3), 20 * i, np.uint8)
+      x[4:8, t % 12:t % 12 + 4] = 255
+      frames.append(Image.fromarray(x))
+    name = f"clip{i}.gif"
+    frames[0].save(os.path.join(src, name), save_all=True, append_images=frames[1:])
+    rows.append({"file": name, "caption": f"square {i} moves right"})
+  with open(os.path.join(src, folder.CAPTIONS_FILE), "w") as f:
+    f.write("".join(json.dumps(r) + "\n" for r in rows))
+  stats = folder.prepare(src, out, frames=16, test_fraction=0.4)
+  assert stats["splits"] == {"train": 4, "test": 2}, stats
+  return out
+
+
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory):
-  """(root for workdirs, tiny coco_captions data_dir)."""
+  """(root for workdirs, tiny coco_captions data_dir, tiny clip folder data_dir)."""
   return (str(tmp_path_factory.mktemp("named")),
-          tiny_tfds.prepare_tiny_coco(str(tmp_path_factory.mktemp("tfds"))))
+          tiny_tfds.prepare_tiny_coco(str(tmp_path_factory.mktemp("tfds"))),
+          _tiny_clips(str(tmp_path_factory.mktemp("clips")),
+                      str(tmp_path_factory.mktemp("clips_out"))))
 
 
 def _grid_size(n, nrow, size=IMAGE_SIZE, pad=1, upscale=4):
@@ -144,14 +187,18 @@ def test_named_config_trains_resumes_and_samples(name, shared):
     path = os.path.join(workdir, "samples", f)
     if f.endswith(".txt"):
       lines = open(path).read().splitlines()
-      # captions: one per held-out example (tiny coco's val has 2)
-      n = 2 if (dataset == "coco_captions" and f.startswith("captions")) else NUM
+      # captions: one per held-out example (tiny coco's val and the tiny clips' test have 2)
+      n = 2 if (dataset in ("coco_captions", "folder") and f.startswith("captions")) else NUM
       assert len(lines) == n, lines
     else:
       nrow = min(NUM, config.model.num_classes) if f.startswith("class2img") else 2
       img = Image.open(path)
       assert img.size == _grid_size(NUM, nrow), (f, img.size)
-      assert img.mode == ("L" if config.data.channels == 1 else "RGB")
+      if f.endswith(".gif"):   # a clip grid: one frame per clip frame
+        assert img.n_frames == config.model.frames, (f, img.n_frames)
+        assert _tensorboard_images(workdir) == {("samples/joint", 3): open(path, "rb").read()}
+      else:
+        assert img.mode == ("L" if config.data.channels == 1 else "RGB")
   # Tasks the config gives weight 0 (or the data cannot serve) never train.
   weights = dict(zip(TASKS, config.loss.task_weights))
   if not has_text:

@@ -4,12 +4,20 @@ resumed (a new trainer, the state and the data position restored from the checkp
 exactly the steps 3 and 4 of an uninterrupted 4-step run (the oracle).
 
 In-process on one CPU device, with one trainer (its update step compiled once): the resumed run
-starts from the state and data position read back from the checkpoint, nothing else."""
+starts from the state and data position read back from the checkpoint, nothing else.
+
+The training loop's sample grids (a clip model's animated GIFs) reach TensorBoard byte for byte
+as image summaries at the step they were sampled."""
 
 from __future__ import annotations
 
+import io
+import os
+import struct
+
 import jax
 import numpy as np
+from PIL import Image
 import pytest
 
 from data import pipeline
@@ -93,3 +101,52 @@ def test_resumed_run_matches_the_uninterrupted_one(setup, uninterrupted, tmp_pat
   for (path, g), (_, w) in zip(got_leaves, want_leaves):
     np.testing.assert_array_equal(np.asarray(g), np.asarray(w),
                                   err_msg=jax.tree_util.keystr(path))
+
+
+def _events(folder):
+  """Every event of the TensorBoard files in ``folder`` (TFRecord framing: length, its CRC,
+  the data, its CRC; read by hand, TensorFlow is not a dependency)."""
+  from tensorboardX.proto import event_pb2
+  events = []
+  for name in sorted(os.listdir(folder)):
+    data = open(os.path.join(folder, name), "rb").read()
+    pos = 0
+    while pos < len(data):
+      (length,) = struct.unpack("<Q", data[pos:pos + 8])
+      events.append(event_pb2.Event.FromString(data[pos + 12:pos + 12 + length]))
+      pos += 12 + length + 4
+  return events
+
+
+def test_sample_grids_go_to_tensorboard_as_they_were_written(tmp_path):
+  """The loop's periodic and final sample files (a clip model's GIF grids, an image model's PNG,
+  text) reach TensorBoard as image summaries named by task, at their step, the encoded file
+  unchanged; text files stay out. (The named-config test checks the same for a whole video256
+  run's final grid.)"""
+  from experiments import sample_io
+  from experiments import train as train_lib
+  from mdm_jax.training import metrics_log
+  rs = np.random.RandomState(0)
+  clips = rs.uniform(-1, 1, (4, 3, 8, 8, 1)).astype(np.float32)   # 3 frames of random noise
+  rgb = rs.uniform(-1, 1, (2, 8, 8, 3)).astype(np.float32)
+  log = metrics_log.MetricsLog(tmp_path, start_step=0, tensorboard_dir=str(tmp_path / "tb"))
+  written = {}
+  for step, tag in ((5, "step5"), (10, "final")):
+    paths = [sample_io.save_visual_grid(clips, f"{tmp_path}/class2img_{tag}"),
+             sample_io.save_visual_grid(rgb, f"{tmp_path}/joint_{tag}"),
+             sample_io.save_text(f"{tmp_path}/captions_{tag}.txt", "0: a caption\n")]
+    train_lib._log_grids(log, step, tag, paths)  # pylint: disable=protected-access
+    written[(step, "samples/class2img")], written[(step, "samples/joint")] = paths[:2]
+  log.close()
+  images = {(e.step, v.tag): v.image for e in _events(tmp_path / "tb") if e.HasField("summary")
+            for v in e.summary.value if v.HasField("image")}
+  assert sorted(images) == sorted(written)
+  for key, path in written.items():
+    image, data = images[key], open(path, "rb").read()
+    assert image.encoded_image_string == data
+    with Image.open(io.BytesIO(data)) as decoded:
+      assert (image.width, image.height) == decoded.size
+      assert decoded.format == ("GIF" if key[1] == "samples/class2img" else "PNG")
+      if decoded.format == "GIF":
+        assert decoded.n_frames == 3
+    assert image.colorspace == (1 if key[1] == "samples/class2img" else 3)

@@ -1,5 +1,6 @@
-"""Shared by the model tests: a tiny MDM config, fast-compiling keys and options, and making the
-zero-initialised kernels random so that at init every block and head reacts to its input."""
+"""Shared by the model tests: a tiny MDM config, fast-compiling keys and options, making the
+zero-initialised kernels random so that at init every block and head reacts to its input, and
+the token-to-token dependencies of a denoiser (its Jacobian), one block's scan at a time."""
 from __future__ import annotations
 
 import jax
@@ -48,3 +49,30 @@ def randomize_zero_kernels(params, seed=10, scale=0.1):
     return x
 
   return jax.tree_util.tree_map_with_path(fill, params)
+
+
+def token_dependencies(apply, z_img, z_txt):
+  """The jitted ``p -> [out, in]`` dependency matrix of a denoiser: ``apply({"params": p},
+  z_img, z_txt)`` returns (image or clip output, text output) for one example; entry (o, i) is
+  max |d out_o / d in_i| over channels, the tokens the image (or clip) segment's then the text's.
+  Reverse mode: the SSD's custom VJP (impl "xla" and "pallas") has no forward-mode rule."""
+
+  @jax.jit(compiler_options=FAST_COMPILE)
+  def dependencies(p):
+    jac = jax.jacrev(apply, argnums=(1, 2))({"params": p}, z_img, z_txt)
+    dep = lambda j: jnp.max(jnp.abs(j[0, :, :, 0]), axis=(1, 3))
+    (ii, it), (ti, tt) = jac
+    return jnp.block([[dep(ii), dep(it)], [dep(ti), dep(tt)]])
+
+  return dependencies
+
+
+def only_layer(params, layer: int):
+  """The denoiser's params with every block's mixer output projection zeroed but ``layer``'s:
+  a token then reaches another only through that block's scan (the residual stream carries the
+  rest token by token)."""
+  out_proj = params["layers"]["mixer"]["out_proj"]["kernel"]  # (n_layers, d_inner, d_model)
+  keep = (jnp.arange(out_proj.shape[0]) == layer)[:, None, None]
+  p = jax.tree.map(lambda x: x, params)  # fresh dicts, same arrays
+  p["layers"]["mixer"]["out_proj"] = dict(kernel=jnp.where(keep, out_proj, 0.0))
+  return p

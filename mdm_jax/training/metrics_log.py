@@ -1,4 +1,5 @@
-"""The run's metrics: ``metrics.jsonl`` (one JSON object a logged step) and TensorBoard events.
+"""The run's metrics: ``metrics.jsonl`` (one JSON object a logged step) and TensorBoard events
+(the scalars, and the sample grids: PNG images, a clip model's animated GIFs).
 
 A resumed run continues the log from the restored step: records of steps after it (logged
 before a kill, but past the checkpoint the run restarts from) are dropped from
@@ -99,6 +100,33 @@ class MetricsLog:
     if self._writer is not None:
       for k, v in record.items():
         self._writer.add_scalar(k, v, step)
+
+  def write_image_file(self, step: int, tag: str, path: str | os.PathLike) -> None:
+    """The encoded image at ``path`` (a PNG grid, or a clip model's animated GIF grid) as a
+    TensorBoard image summary ``tag`` at ``step``; TensorBoard's image dashboard plays a GIF.
+
+    This is the summary tensorboardX's ``add_video`` writes (an image summary holding a GIF),
+    but ``add_video`` encodes the GIF with moviepy, which is not a dependency, and the trainer
+    has already encoded the grid (``sample_io.save_gif_grid``), so its bytes go in as they are.
+    """
+    if self._writer is None:
+      return
+    import io  # pylint: disable=g-import-not-at-top
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    from tensorboardX.proto.summary_pb2 import Summary  # pylint: disable=g-import-not-at-top
+    data = epath.Path(path).read_bytes()
+    with Image.open(io.BytesIO(data)) as img:
+      (width, height), mode, palette = img.size, img.mode, img.getpalette() or []
+    if mode == "P":   # a GIF's frames: grey when every palette entry is
+      grey = all(palette[i] == palette[i + 1] == palette[i + 2]
+                 for i in range(0, len(palette) - 2, 3))
+      mode = "L" if grey else "RGB"
+    colorspace = {"1": 1, "L": 1, "LA": 2, "RGBA": 4}.get(mode, 3)
+    summary = Summary(value=[Summary.Value(tag=tag, image=Summary.Image(
+        height=height, width=width, colorspace=colorspace, encoded_image_string=data))])
+    # SummaryWriter has no public call for an encoded image; add_image goes through the same
+    # file writer after encoding an array itself.
+    self._writer._get_file_writer().add_summary(summary, step)  # pylint: disable=protected-access
 
   def close(self) -> None:
     if not self.enabled:
