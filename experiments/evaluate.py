@@ -55,15 +55,13 @@ from etils import epath
 
 from experiments import allocator
 from experiments import distributed
-from experiments.evaluators import (EVALUATORS, K, Context, EvaluateUsageError,  # noqa: F401
-                                    Options)
+from experiments.evaluators import (EVAL_TASKS, EVALUATORS, K, Context,  # noqa: F401
+                                    EvaluateUsageError, Options)
 from experiments.workdir import open_run, sampler_overrides
-from mdm_jax import tasks as tasks_lib
 from mdm_jax.evaluation import inception, reference_batch
 from mdm_jax.generate import JOINT_ORDERS
 
 FLAGS = flags.FLAGS
-EVAL_TASKS = tasks_lib.TASKS   # every trained task has its metrics
 EVAL_JSON = "eval.json"
 
 
@@ -90,7 +88,8 @@ def define_flags():
                       "in reference_stats/ of --out_dir (default: the workdir).")
   flags.DEFINE_integer("ref_num", None, "With --ref_split: its first N images (default: all).")
   flags.DEFINE_list("tasks", list(EVAL_TASKS), "The tasks to sample and score (comma-separated; "
-                    "empty: only the --samples file against the reference).")
+                    "predict and interpolate: a clip model's inpainting in time; empty: only "
+                    "the --samples file against the reference).")
   flags.DEFINE_string("inception_weights", None, "InceptionV3 weights (.npz or .safetensors, "
                       "PyTorch state_dict keys; see mdm_jax.evaluation.inception).")
   flags.DEFINE_string("out_dir", None, "Where eval.json, the reference statistics and the "
@@ -281,7 +280,7 @@ def print_table(results: dict) -> None:
       print(f"| {k} | {v} |")
   for question, acc in results.get("vqa_accuracy_by_question", {}).items():
     print(f"| vqa_accuracy: {question} | {acc:.4f} |")
-  for k in ("caption_examples", "vqa_examples", "joint_examples"):
+  for k in ("caption_examples", "vqa_examples", "joint_examples", "video_joint_examples"):
     for row in results.get(k, [])[:5]:
       print(f"  {k[:-9]}: {row}", flush=True)
 

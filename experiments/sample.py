@@ -68,14 +68,13 @@ from experiments import allocator
 from experiments import distributed, sample_io
 from experiments.workdir import open_run, sampler_overrides
 from mdm_jax import api
+from mdm_jax import run_io
 from mdm_jax import tasks
 from mdm_jax.generate import JOINT_ORDERS
 
 FLAGS = flags.FLAGS
 INFILL = "infill"   # the text task with the [MASK]s of --prompt to fill (its text_mask)
-# Inpainting in time, for a clip model: the first half of the frames given, the rest generated
-# (video prediction); the first and last frames given, those between generated (interpolation).
-FRAME_TASKS = ("predict", "interpolate")
+FRAME_TASKS = sample_io.FRAME_TASKS   # predict, interpolate: inpainting in time
 # A clip model's tasks are the image tasks on clips; these spellings name them.
 VIDEO_ALIASES = {"class2video": "class2img", "t2v": "t2i", "video_caption": "caption",
                  "video_vqa": "vqa", "video_joint": "joint"}
@@ -150,12 +149,7 @@ def frame_mask(task: str, frames: int) -> np.ndarray:
   if frames < 2:
     raise app.UsageError(f"--task={task} generates frames of a clip, but this run's model has "
                          f"model.frames={frames} (images); use --task=inpaint")
-  m = np.zeros((frames, 1, 1), bool)
-  if task == "predict":
-    m[:frames // 2] = True
-  else:
-    m[[0, -1]] = True
-  return m
+  return sample_io.kept_frames(task, frames)[:, None, None]
 
 
 def _stem(path):
@@ -310,10 +304,23 @@ def sample_batch(pipe, task, idx, keep, *, first_index, labels, heldout, prompts
   return arrays
 
 
+def check_adm(workdir) -> None:
+  """--format=adm writes ADM's image batch: refused for a clip model, from its saved config
+  alone (nothing restored or compiled)."""
+  frames = run_io.saved_config(workdir).model.frames
+  if frames > 1:
+    raise app.UsageError(
+        f"--format=adm writes ADM's image batch (arr_0 uint8 (N, H, W, C)), but {workdir} is a "
+        f"clip model's run (model.frames={frames}): its samples are videos. Pass --format=npz "
+        "(videos uint8 (N, T, H, W, C) and an animated GIF grid)")
+
+
 def main(argv):
   del argv
   task = TASK_NAMES[FLAGS.task]
   check_flags(task)
+  if FLAGS.format == "adm":
+    check_adm(FLAGS.workdir)
   distributed.maybe_initialize("auto")
   lock = sample_io.OutputLock(_stem(FLAGS.out) + ".lock")
   if jax.process_index() == 0:   # the one writer

@@ -24,6 +24,27 @@ from PIL import Image
 
 from mdm_jax.training.paths import is_local
 
+# Inpainting in time, for a clip model: the first half of the frames given, the rest generated
+# (video prediction); the first and last frames given, those between generated (interpolation).
+# Read by `experiments.sample` and `experiments.evaluate`.
+FRAME_TASKS = ("predict", "interpolate")
+
+
+def kept_frames(task: str, frames: int) -> np.ndarray:
+  """bool (frames,), True for the frames of a clip that ``task`` (one of ``FRAME_TASKS``) keeps:
+  ``predict`` the first ``frames // 2``, ``interpolate`` the first and the last."""
+  if task not in FRAME_TASKS:
+    raise ValueError(f"unknown frame task {task!r}; use one of {FRAME_TASKS}")
+  if frames < 2:
+    raise ValueError(f"{task} generates frames of a clip and needs frames >= 2, got {frames}")
+  kept = np.zeros(frames, bool)
+  if task == "predict":
+    kept[:frames // 2] = True
+  else:
+    kept[[0, -1]] = True
+  return kept
+
+
 # Every writer takes a local path or any `etils.epath` path (gs://, ...) and creates its folder.
 
 

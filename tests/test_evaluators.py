@@ -35,13 +35,13 @@ class Tokenizer:
     return np.asarray(self.ids("a a", max_len), np.int32), 2, None
 
 
-def make_run(data="digits", weights=None, tokenizer=True, num_classes=10):
+def make_run(data="digits", weights=None, tokenizer=True, num_classes=10, frames=1):
   weights = weights or {t: 1.0 for t in tasks_lib.TASKS}
   config = types.SimpleNamespace(
       data=types.SimpleNamespace(name=data, data_dir=None),
       loss=types.SimpleNamespace(task_weights=[weights.get(t, 0.0) for t in tasks_lib.TASKS]))
   trainer = types.SimpleNamespace(
-      model_cfg=types.SimpleNamespace(num_classes=num_classes, max_text_len=6),
+      model_cfg=types.SimpleNamespace(num_classes=num_classes, max_text_len=6, frames=frames),
       sample_cfg=SampleCfg())
   return types.SimpleNamespace(config=config, trainer=trainer, step=6,
                                tokenizer=Tokenizer() if tokenizer else None)
