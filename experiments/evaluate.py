@@ -21,6 +21,28 @@ defines its keys), chosen by what the run and its data provide; this module is t
   text_likelihood     text trained, held-out captions            text_bits_per_token,
                                                                  text_perplexity
 
+A clip model's run (``model.frames`` > 1) on data with a clip reader (moving digits: the digits
+classifier on each frame, the ink's centre-of-mass motion) gets, in place of the image readers':
+
+  evaluator                runs when                        eval.json keys
+  class2video_accuracy     class2img trained                class2video_digit_accuracy,
+                                                            class2video_consistency,
+                                                            class2video_moving
+  t2v_accuracy             t2i trained, captions            t2v_digit_accuracy,
+                                                            t2v_direction_accuracy,
+                                                            t2v_accuracy, t2v_consistency
+  video_joint_consistency  joint trained                    video_joint_consistency,
+                                                            video_joint_digit_consistency,
+                                                            video_joint_direction_consistency
+  captions                 as above                         bleu4, cider_d, caption_accuracy
+                                                            (digit and direction),
+                                                            caption_digit_accuracy,
+                                                            caption_direction_accuracy
+  vqa                      as above                         vqa_accuracy(_by_question)
+  frame_prediction         class2img trained, --tasks       predict_mse, predict_psnr,
+                           predict / interpolate (default)  predict_direction_accuracy,
+                                                            interpolate_... likewise
+
 VQA answers are decoded greedily (``--vqa_temperature=0``), as VQA benchmarks decode;
 ``vqa_accuracy_sampled`` scores answers sampled at the config's ``sample.text_temperature``.
 
@@ -55,15 +77,13 @@ from etils import epath
 
 from experiments import allocator
 from experiments import distributed
-from experiments.evaluators import (EVALUATORS, K, Context, EvaluateUsageError,  # noqa: F401
-                                    Options)
+from experiments.evaluators import (EVAL_TASKS, EVALUATORS, K, Context,  # noqa: F401
+                                    EvaluateUsageError, Options)
 from experiments.workdir import open_run, sampler_overrides
-from mdm_jax import tasks as tasks_lib
 from mdm_jax.evaluation import inception, reference_batch
 from mdm_jax.generate import JOINT_ORDERS
 
 FLAGS = flags.FLAGS
-EVAL_TASKS = tasks_lib.TASKS   # every trained task has its metrics
 EVAL_JSON = "eval.json"
 
 
@@ -90,7 +110,8 @@ def define_flags():
                       "in reference_stats/ of --out_dir (default: the workdir).")
   flags.DEFINE_integer("ref_num", None, "With --ref_split: its first N images (default: all).")
   flags.DEFINE_list("tasks", list(EVAL_TASKS), "The tasks to sample and score (comma-separated; "
-                    "empty: only the --samples file against the reference).")
+                    "predict and interpolate: a clip model's inpainting in time; empty: only "
+                    "the --samples file against the reference).")
   flags.DEFINE_string("inception_weights", None, "InceptionV3 weights (.npz or .safetensors, "
                       "PyTorch state_dict keys; see mdm_jax.evaluation.inception).")
   flags.DEFINE_string("out_dir", None, "Where eval.json, the reference statistics and the "
@@ -281,7 +302,7 @@ def print_table(results: dict) -> None:
       print(f"| {k} | {v} |")
   for question, acc in results.get("vqa_accuracy_by_question", {}).items():
     print(f"| vqa_accuracy: {question} | {acc:.4f} |")
-  for k in ("caption_examples", "vqa_examples", "joint_examples"):
+  for k in ("caption_examples", "vqa_examples", "joint_examples", "video_joint_examples"):
     for row in results.get(k, [])[:5]:
       print(f"  {k[:-9]}: {row}", flush=True)
 

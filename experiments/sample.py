@@ -68,6 +68,7 @@ from experiments import allocator
 from experiments import distributed, sample_io
 from experiments.workdir import open_run, sampler_overrides
 from mdm_jax import api
+from mdm_jax import run_io
 from mdm_jax import tasks
 from mdm_jax.generate import JOINT_ORDERS
 
@@ -302,10 +303,23 @@ def sample_batch(pipe, task, idx, keep, *, first_index, labels, heldout, prompts
   return arrays
 
 
+def check_adm(workdir) -> None:
+  """--format=adm writes ADM's image batch: refused for a clip model, from its saved config
+  alone (nothing restored or compiled)."""
+  frames = run_io.saved_config(workdir).model.frames
+  if frames > 1:
+    raise app.UsageError(
+        f"--format=adm writes ADM's image batch (arr_0 uint8 (N, H, W, C)), but {workdir} is a "
+        f"clip model's run (model.frames={frames}): its samples are videos. Pass --format=npz "
+        "(videos uint8 (N, T, H, W, C) and an animated GIF grid)")
+
+
 def main(argv):
   del argv
   task = TASK_NAMES[FLAGS.task]
   check_flags(task)
+  if FLAGS.format == "adm":
+    check_adm(FLAGS.workdir)
   distributed.maybe_initialize("auto")
   lock = sample_io.OutputLock(_stem(FLAGS.out) + ".lock")
   if jax.process_index() == 0:   # the one writer

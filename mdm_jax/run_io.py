@@ -104,6 +104,29 @@ def sampler_overrides(steps: int | None = None, guidance: float | None = None,
     overrides["sample.text_temperature"] = temperature
   return overrides
 
+def saved_config(path):
+  """The config that ``path`` (a workdir's newest checkpoint with a readable config, or an
+  export) was saved with, brought up to today's fields (``upgrade_saved_config``): what a CLI
+  checks its flags against before anything is restored or compiled."""
+  import ml_collections
+  from mdm_jax.training import checkpoint as ckpt_lib
+  root = epath.Path(path)
+  if (root / "checkpoints").is_dir():
+    checkpointer = ckpt_lib.Checkpointer(root, read_only=True)
+    try:
+      saved = checkpointer.restore_config()
+    finally:
+      checkpointer.close()
+    if saved is None:
+      raise FileNotFoundError(f"no checkpoint in {root / 'checkpoints'}")
+  elif (root / CONFIG_FILE).exists():
+    saved = json.loads((root / CONFIG_FILE).read_text())
+  else:
+    raise FileNotFoundError(f"{path} has no checkpoints/ (nor an export's {CONFIG_FILE}): "
+                            f"train first with `python -m experiments.train --workdir={path}`")
+  return upgrade_saved_config(ml_collections.ConfigDict(saved))
+
+
 def open_run(path, overrides: dict | None = None, *, full_state: bool = False) -> Run:
   """Opens what ``experiments.train`` (a workdir) or ``experiments.export`` wrote, read-only.
 

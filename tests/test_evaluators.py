@@ -35,13 +35,13 @@ class Tokenizer:
     return np.asarray(self.ids("a a", max_len), np.int32), 2, None
 
 
-def make_run(data="digits", weights=None, tokenizer=True, num_classes=10):
+def make_run(data="digits", weights=None, tokenizer=True, num_classes=10, frames=1):
   weights = weights or {t: 1.0 for t in tasks_lib.TASKS}
   config = types.SimpleNamespace(
       data=types.SimpleNamespace(name=data, data_dir=None),
       loss=types.SimpleNamespace(task_weights=[weights.get(t, 0.0) for t in tasks_lib.TASKS]))
   trainer = types.SimpleNamespace(
-      model_cfg=types.SimpleNamespace(num_classes=num_classes, max_text_len=6),
+      model_cfg=types.SimpleNamespace(num_classes=num_classes, max_text_len=6, frames=frames),
       sample_cfg=SampleCfg())
   return types.SimpleNamespace(config=config, trainer=trainer, step=6,
                                tokenizer=Tokenizer() if tokenizer else None)
@@ -314,3 +314,174 @@ def test_image_quality_refuses_a_run_with_nothing_to_score():
                 ref_split="test", inception_weights="w.npz")
   with pytest.raises(ev.EvaluateUsageError, match="did not train class2img"):
     ev.ImageQuality().check(ctx)
+
+
+# ----------------------------------------------------------------------------- clips
+WAYS = ("up", "down", "left", "right")
+
+
+def clip_of(label, direction, frames=4, rng=None, frame_labels=None):
+  """float (frames, 2, 2, 1): pixel (0, 0) of frame t is its class / 10, pixel (0, 1) of every
+  frame (direction + 1) / 10 (0: still); the rest is noise."""
+  rng = rng or np.random.default_rng(0)
+  x = rng.uniform(0.5, 1, (frames, 2, 2, 1)).astype(np.float32)
+  x[:, 0, 0, 0] = np.asarray(frame_labels if frame_labels is not None else [label] * frames) / 10
+  x[:, 0, 1, 0] = (direction + 1) / 10
+  return x
+
+
+class StandInClipReader(ev.ClipReader):
+  """Reads what ``clip_of`` wrote; text names WAYS and DIGITS words."""
+  directions = WAYS
+
+  def read(self, clips):
+    x = np.asarray(clips, np.float64)
+    frame_digits = np.round(x[:, :, 0, 0, 0] * 10).astype(int)
+    digits = np.asarray([np.bincount(f.clip(0), minlength=10).argmax() for f in frame_digits])
+    return ev.ClipReading(frame_digits=frame_digits, digits=digits,
+                          consistent=(frame_digits == frame_digits[:, :1]).all(axis=1),
+                          directions=np.round(x[:, 0, 0, 1, 0] * 10).astype(int) - 1)
+
+  def text_class(self, text):
+    return Reader().text_class(text)
+
+  def text_direction(self, text):
+    named = [k for k, w in enumerate(WAYS) if w in text.split()]
+    return named[0] if len(named) == 1 else None
+
+  def text_agreement(self, texts, classes, directions):
+    digit = np.asarray([self.text_class(t) == c for t, c in zip(texts, classes)])
+    way = np.asarray([self.text_direction(t) == d for t, d in zip(texts, directions)])
+    return {"digit": digit.mean(), "direction": way.mean(), "both": (digit & way).mean()}
+
+
+def clip_context(n=0, **options):
+  """A clip model's run (4 frames) on data with a clip reader; held-out clip i shows digit
+  i % 10 moving WAYS[i % 4], with two captions naming both."""
+  ctx = context(run=make_run(data="clips", frames=4), reader=False, **options)
+  ctx.run.config.data.name = "clips"
+  ctx.clip_reader = StandInClipReader()
+  ev.base.CLIP_READERS["clips"] = None    # has_clip_reader: the data has one
+  ctx.heldout = [{"index": i, "image": clip_of(i % 10, i % 4), "label": i % 10,
+                  "captions": [f"{DIGITS[i % 10]} moving {WAYS[i % 4]}",
+                               f"{DIGITS[i % 10]} drifts {WAYS[i % 4]} slowly"],
+                  "question": "a digit", "answer": DIGITS[i % 10]} for i in range(n)]
+  ctx.heldout_images = np.stack([e["image"] for e in ctx.heldout]) if n else None
+  return ctx
+
+
+@pytest.fixture
+def clip_readers(monkeypatch):
+  monkeypatch.setattr(ev.base, "CLIP_READERS", dict(ev.base.CLIP_READERS))
+
+
+def test_a_clip_run_gets_the_video_evaluators_and_no_image_ones(clip_readers):
+  names = [e.name for e in ev.EVALUATORS if e.applies(clip_context(4))]
+  assert names == ["class2img_samples", "class2video_accuracy", "t2v_accuracy",
+                   "video_joint_consistency", "captions", "vqa", "text_likelihood",
+                   "frame_prediction"]
+  # A reference scores images: refused for clips, before anything is sampled.
+  ctx = clip_context(4, tasks=("class2img",), ref_split="test", inception_weights="w.npz")
+  with pytest.raises(ev.EvaluateUsageError, match="clip model's run.*drop them"):
+    ev.ImageQuality().check(ctx)
+  # --tasks picks the frame tasks too.
+  assert [e.name for e in ev.EVALUATORS if e.applies(clip_context(4, tasks=("predict",)))] == [
+      "frame_prediction"]
+
+
+def test_class_to_video_accuracy(clip_readers):
+  ctx = clip_context()
+  labels = np.asarray([3, 3, 5, 5])
+  ctx.products["class2img"] = (np.stack([
+      clip_of(3, 0), clip_of(3, -1, frame_labels=[3, 3, 3, 8]),   # right, half consistent
+      clip_of(5, 2, frame_labels=[6, 6, 5, 6]), clip_of(5, -1)]), labels)   # wrong; still
+  out = ev.ClassToVideoAccuracy()(ctx)
+  assert out == {"class2video_digit_accuracy": 0.75, "class2video_consistency": 0.5,
+                 "class2video_moving": 0.5}
+
+
+class ClipPipe:
+  """t2v: the clip the prompt names, with the digit + 1 for prompts in `wrong_digit` and the
+  next direction for those in `wrong_way`; joint: the given clips and captions; inpaint: the
+  given clips, their generated frames offset by `offset`."""
+
+  def __init__(self, reader, wrong_digit=(), wrong_way=(), joint=None, offset=0.0):
+    self.reader, self.wrong_digit, self.wrong_way = reader, set(wrong_digit), set(wrong_way)
+    self.joint_out, self.offset, self.prompts = joint, offset, []
+
+  def text_to_image(self, prompts, seed):
+    self.prompts += prompts
+    return np.stack([clip_of((self.reader.text_class(p) + (i in self.wrong_digit)) % 10,
+                             (self.reader.text_direction(p) + (i in self.wrong_way)) % 4)
+                     for i, p in enumerate(prompts)])
+
+  def joint(self, n, seed):
+    assert n == len(self.joint_out[1])
+    return self.joint_out
+
+  def inpaint(self, clips, mask, labels, seed):
+    assert mask.shape == (4, 1, 1)
+    return np.where(mask[..., None], clips, clips - self.offset)
+
+
+def test_text_to_video_accuracy(clip_readers):
+  ctx = clip_context(8)
+  ctx.pipe = ClipPipe(ctx.clip_reader, wrong_digit=(1, 2), wrong_way=(2, 5, 6))
+  out = ev.TextToVideoAccuracy()(ctx)
+  # Held-out clip i's caption template i mod 2.
+  assert ctx.pipe.prompts == [e["captions"][i % 2] for i, e in enumerate(ctx.heldout)]
+  assert (out["t2v_digit_accuracy"], out["t2v_direction_accuracy"],
+          out["t2v_accuracy"]) == (6 / 8, 5 / 8, 4 / 8)
+  assert out["t2v_consistency"] == 1.0
+
+
+def test_video_joint_consistency(clip_readers):
+  ctx = clip_context(per_class=1)
+  clips = np.stack([clip_of(d, m) for d, m in [(7, 2), (7, 2), (7, -1), (1, 0), (4, 1)] * 2])
+  captions = ["seven moving left", "seven moving up", "seven moving left",
+              "one two moving up", "four down"] * 2
+  ctx.pipe = ClipPipe(ctx.clip_reader, joint=(clips, captions))
+  out = ev.VideoJointConsistency()(ctx)
+  assert (out["video_joint_consistency"], out["video_joint_digit_consistency"],
+          out["video_joint_direction_consistency"]) == (4 / 10, 8 / 10, 6 / 10)
+  assert out["video_joint_examples"][2] == {"read_as": 7, "moving": "still",
+                                            "text": "seven moving left"}
+
+
+def test_captions_of_clips_name_the_digit_and_the_direction(clip_readers):
+  ctx = clip_context(4)
+
+  class CaptionPipe:
+    def generate(self, task, n, *, seed, images):
+      texts = ["zero moving up", "one moving up", "two drifts left", "three moving up"]
+      return None, np.stack([Tokenizer2.ids(t) for t in texts])
+
+  class Tokenizer2:
+    vocab = ("", "moving", "drifts", *WAYS, *DIGITS)
+
+    @classmethod
+    def ids(cls, text):
+      return [cls.vocab.index(w) for w in text.split()] + [0] * 2
+
+    def decode(self, ids):
+      return " ".join(self.vocab[i] for i in ids if i)
+
+  ctx.run.tokenizer, ctx.pipe = Tokenizer2(), CaptionPipe()
+  out = ev.Captions()(ctx)       # truth: zero up, one down, two left, three right
+  assert (out["caption_accuracy"], out["caption_digit_accuracy"],
+          out["caption_direction_accuracy"]) == (2 / 4, 1.0, 2 / 4)
+
+
+def test_frame_prediction_error_on_the_generated_frames(clip_readers):
+  ctx = clip_context(5)
+  ctx.pipe = ClipPipe(ctx.clip_reader, offset=0.1)
+  out = ev.FramePrediction()(ctx)
+  # [-1, 1] clips: an offset of 0.1 is 0.05 in [0, 1] units, on every generated pixel.
+  for task in ("predict", "interpolate"):
+    assert out[f"{task}_mse"] == pytest.approx(0.05 ** 2)
+    assert out[f"{task}_psnr"] == pytest.approx(10 * np.log10(1 / 0.05 ** 2))
+    # The offset moved the direction pixel of the generated frames: read as the one before.
+    assert out[f"{task}_direction_accuracy"] == 0.0
+  ctx.pipe = ClipPipe(ctx.clip_reader, offset=0.0)
+  out = ev.FramePrediction()(ctx)
+  assert out["predict_direction_accuracy"] == out["interpolate_direction_accuracy"] == 1.0

@@ -16,12 +16,16 @@ from absl import logging
 from etils import epath
 import numpy as np
 
+from experiments import sample_io
 from mdm_jax import api
 from mdm_jax import tasks as tasks_lib
 from mdm_jax.evaluation import digits_classifier, multimodal
+from mdm_jax.evaluation import video as video_metrics
 
 K = 3         # precision / recall's k-NN: each set needs more than K images
 SEED = 1234   # every evaluator samples with it (each call seeded by it and its sample index)
+# Every trained task, and a clip model's inpainting in time (the class2img network task).
+EVAL_TASKS = tasks_lib.TASKS + tasks_lib.FRAME_TASKS
 
 
 class EvaluateUsageError(ValueError):
@@ -34,7 +38,7 @@ class Options:
   per_class: int = 30
   num_heldout: int | None = None
   batch: int = 100
-  tasks: tuple[str, ...] = tasks_lib.TASKS
+  tasks: tuple[str, ...] = EVAL_TASKS
   vqa_temperature: float = 0.0
   text_draws: int = 16
   ref_batch: str | None = None
@@ -71,10 +75,18 @@ class Context:
   def num_classes(self) -> int:
     return self.run.trainer.model_cfg.num_classes
 
+  @property
+  def frames(self) -> int:
+    """Frames of the model's visual input: 1 for images, T for clips."""
+    return self.run.trainer.model_cfg.frames
+
   def trained(self, task: str) -> bool:
     """``task`` is asked for (--tasks), was trained (weight > 0), and its text exists (a run
-    without a tokenizer trained class-to-image only)."""
+    without a tokenizer trained class-to-image only). A frame task (predict, interpolate) is
+    class2img's network task on a clip model."""
     weights = dict(zip(tasks_lib.TASKS, self.config.loss.task_weights))
+    if task in tasks_lib.FRAME_TASKS:
+      return task in self.options.tasks and self.frames > 1 and weights["class2img"] > 0
     return (task in self.options.tasks and weights[task] > 0
             and (self.tokenizer is not None or task in tasks_lib.servable(())))
 
@@ -87,7 +99,7 @@ class Context:
     d = self.config.data
     return pipeline.eval_examples(d.name, split=pipeline.heldout_split(d.name), num=num,
                                   image_size=d.image_size, channels=d.channels,
-                                  data_dir=d.data_dir)
+                                  data_dir=d.data_dir, frames=self.frames)
 
   @functools.cached_property
   def heldout(self) -> list[dict]:
@@ -96,7 +108,7 @@ class Context:
 
   @functools.cached_property
   def heldout_images(self) -> np.ndarray:
-    """float32 (n, S, S, C) in [-1, 1]."""
+    """float32 (n, S, S, C) in [-1, 1]; a clip model's clips (n, T, S, S, C)."""
     return np.stack([e["image"] for e in self.heldout])
 
   @functools.cached_property
@@ -114,13 +126,24 @@ class Context:
 
   @property
   def has_reader(self) -> bool:
-    return self.config.data.name in CLASS_READERS
+    """An image model's data has a class reader (``CLASS_READERS``)."""
+    return self.frames == 1 and self.config.data.name in CLASS_READERS
 
   @functools.cached_property
   def reader(self) -> "ClassReader":
     """The dataset's own class reader (``CLASS_READERS``), built (or read from its cache) at
     first use."""
     return CLASS_READERS[self.config.data.name](self)
+
+  @property
+  def has_clip_reader(self) -> bool:
+    """A clip model's data has a clip reader (``CLIP_READERS``)."""
+    return self.frames > 1 and self.config.data.name in CLIP_READERS
+
+  @functools.cached_property
+  def clip_reader(self) -> "ClipReader":
+    """The clip dataset's own reader (``CLIP_READERS``), built at first use."""
+    return CLIP_READERS[self.config.data.name](self)
 
 
 class Evaluator:
@@ -226,3 +249,89 @@ class DigitsReader(ClassReader):
 
 # Datasets that come with a class reader: data name -> its factory (taking the Context).
 CLASS_READERS = {"digits": DigitsReader.for_context}
+
+
+# ----------------------------------------------------------------------------- clip readers
+@dataclasses.dataclass(frozen=True)
+class ClipReading:
+  """What a clip reader reads in N clips of T frames.
+
+  Attributes:
+    frame_digits: int32 (N, T), each frame's class (-1: a frame without ink).
+    digits: int32 (N,), each clip's majority class over its frames (-1: no frame read).
+    consistent: bool (N,), every frame read as the same class.
+    directions: int32 (N,), each clip's direction of motion, an index into the reader's
+      ``directions`` (-1: still, or fewer than two frames with ink).
+  """
+  frame_digits: np.ndarray
+  digits: np.ndarray
+  consistent: np.ndarray
+  directions: np.ndarray
+
+
+class ClipReader:
+  """A clip dataset's own reading of its clips (each frame's class, the clip's class, its
+  direction of motion) and of its text (the class and the direction a text names), so that
+  generated clips and texts can be checked against what they were asked for and against each
+  other. ``directions``: the direction words, in the order of the data's direction indices."""
+  directions: tuple[str, ...] = ()
+
+  def read(self, clips: np.ndarray) -> ClipReading:
+    """Clips (n, T, H, W, C), uint8 or [-1, 1] floats."""
+    raise NotImplementedError
+
+  def text_class(self, text: str) -> int | None:
+    """The one class ``text`` names; None when it names none or several."""
+    raise NotImplementedError
+
+  def text_direction(self, text: str) -> int | None:
+    """The one direction ``text`` names (an index into ``directions``); None when it names
+    none or several."""
+    raise NotImplementedError
+
+  def text_agreement(self, texts, classes, directions) -> dict[str, float]:
+    """{"digit", "direction", "both"}: the fractions of ``texts`` that name their class
+    (``classes``: int (n,)), their direction (``directions``: int (n,), -1 or None for none)
+    and both, each alone."""
+    raise NotImplementedError
+
+  def direction_name(self, direction: int) -> str:
+    return self.directions[direction] if direction >= 0 else "still"
+
+
+class MovingDigitsReader(ClipReader):
+  """The moving digits: the digits classifier (``DigitsReader``'s, cached as
+  ``digits_classifier.npz``) reads each frame's 8x8 window around its ink
+  (``mdm_jax.evaluation.video``), the clip's direction is its ink's centre-of-mass motion, and
+  text names digits as words or numerals and the directions by ``moving_digits.DIRECTIONS``."""
+
+  def __init__(self, params):
+    from data import moving_digits
+    self.params = params
+    self.directions = tuple(moving_digits.DIRECTIONS)
+    self.steps = tuple(moving_digits.DIRECTION_STEPS)
+
+  @classmethod
+  def for_context(cls, ctx: Context) -> "MovingDigitsReader":
+    return cls(digits_classifier_params(ctx.out_dir, ctx.workdir))
+
+  def read(self, clips):
+    frame_digits = video_metrics.read_frames(self.params, clips)
+    return ClipReading(frame_digits=frame_digits,
+                       digits=video_metrics.clip_digits(frame_digits),
+                       consistent=video_metrics.temporally_consistent(frame_digits),
+                       directions=video_metrics.motion_directions(clips, self.steps))
+
+  def text_class(self, text):
+    return multimodal.digit_named(text)
+
+  def text_direction(self, text):
+    return video_metrics.direction_named(text, self.directions)
+
+  def text_agreement(self, texts, classes, directions):
+    directions = [video_metrics.STILL if d is None else d for d in directions]
+    return video_metrics.caption_accuracy(texts, classes, directions, self.directions)
+
+
+# Clip datasets that come with a clip reader: data name -> its factory (taking the Context).
+CLIP_READERS = {"moving_digits": MovingDigitsReader.for_context}

@@ -99,6 +99,10 @@ class ImageQuality(Evaluator):
   def check(self, ctx):
     from data import pipeline
     o, d = ctx.options, ctx.config.data
+    if ctx.frames > 1:
+      raise EvaluateUsageError(f"--ref_batch / --ref_split score images with InceptionV3, but "
+                               f"this is a clip model's run (model.frames={ctx.frames}); drop "
+                               "them: its video metrics need no reference")
     if o.ref_split is not None:
       try:
         n = pipeline.split_size(d.name, split=o.ref_split, data_dir=d.data_dir)

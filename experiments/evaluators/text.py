@@ -14,7 +14,11 @@ from mdm_jax.evaluation import perplexity, text_metrics, vqa
 class Captions(Evaluator):
   """One caption per held-out image: ``bleu4`` and ``cider_d`` against the image's reference
   captions; with a class reader, ``caption_accuracy``: the fraction that name the image's class
-  and no other; ``caption_examples``: the first 10."""
+  and no other; ``caption_examples``: the first 10.
+
+  A clip model's held-out clips, with a clip reader: ``caption_accuracy`` is the fraction that
+  name both the clip's class and its direction (the one its reference caption names) and no
+  other, beside ``caption_digit_accuracy`` and ``caption_direction_accuracy``."""
   name = "captions"
 
   def applies(self, ctx):
@@ -30,6 +34,13 @@ class Captions(Evaluator):
     if ctx.has_reader:
       out["caption_accuracy"] = float(np.mean(
           [ctx.reader.text_class(c) == e["label"] for c, e in zip(captions, heldout)]))
+    if ctx.has_clip_reader:
+      reader = ctx.clip_reader
+      named = reader.text_agreement(
+          captions, [e["label"] for e in heldout],
+          [reader.text_direction(e["captions"][0]) for e in heldout])
+      out.update(caption_accuracy=named["both"], caption_digit_accuracy=named["digit"],
+                 caption_direction_accuracy=named["direction"])
     out["caption_examples"] = [{"label": e["label"], "text": c}
                                for e, c in list(zip(heldout, captions))[:10]]
     return out
