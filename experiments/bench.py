@@ -6,6 +6,7 @@ r"""Benchmarks, one CLI. Speed and memory are measured here, not in timed tests.
       --out when given. --peer adds mamba_ssm's minimal SSD reference under PyTorch CPU (needs
       torch and einops; see ``benchmarks/peer.py``).
   python -m experiments.bench model [--image_tokens=256,1024,4096,16384] [--max_gib=12]
+      [--clip_frames=8,16,32,64 --frame_tokens=256]   # clips: per clip length
       train-step time and compiled memory of MDM against the Transformer backbone at matched
       parameter counts; a step whose compiled memory exceeds --max_gib is reported, not run.
   python -m experiments.bench mfu

@@ -151,8 +151,11 @@ def evaluate(workdir: str, *, per_class=30, num_heldout=None, batch=100, overrid
     e.check(ctx)
   logging.info("evaluators: %s", ", ".join(e.name for e in chosen) or "none")
   results = {"step": run.step, "config": run.config.data.name, "per_class": per_class}
-  for e in chosen:
+  for i, e in enumerate(chosen):
+    t0 = time.time()
     results.update(e(ctx))
+    logging.info("evaluator %d/%d %s: done in %.0f s", i + 1, len(chosen), e.name,
+                 time.time() - t0)
   if show is not None:
     show(results)
   if write:

@@ -44,6 +44,16 @@ def test_transformer_matches_mamba_parameter_count(bench_flags):
     bench.bench_config("rwkv", 64)
 
 
+def test_clip_configs_match_parameters_and_count_every_frame(bench_flags):
+  """--clip_frames: T frames of the same grid, tubelet 1; the two backbones still match."""
+  m = bench.bench_config("mamba2", 16, frames=4)
+  t = bench.bench_config("transformer", 16, frames=4)
+  for c in (m, t):
+    mc = model_config(c, vocab_size=256, num_classes=10)
+    assert (mc.frames, mc.tubelet, mc.n_image_tokens) == (4, 1, 4 * 16)
+  assert abs(_count(m) - _count(t)) <= 3 * 64 * 2 / 2 + 1
+
+
 def test_model_bench_skips_a_step_over_the_memory_budget(bench_flags, capsys):
   FLAGS.image_tokens = ["16"]
   FLAGS.max_gib = 1e-6
@@ -52,6 +62,9 @@ def test_model_bench_skips_a_step_over_the_memory_budget(bench_flags, capsys):
   out = capsys.readouterr().out
   assert out.count("skipped, the compiled step needs") == 2
   assert "| 16 | skipped (memory) |" in out
+  FLAGS.clip_frames, FLAGS.frame_tokens = ["2"], 16     # clips: one row per clip length
+  bench.bench_model()
+  assert "| 2 | 32 | skipped (memory) |" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("cli", ["experiments.ablation", "experiments.bench"])

@@ -32,9 +32,10 @@ def tiny_config(**overrides) -> MDMConfig:
 
 
 def abstract_inputs(cfg: MDMConfig):
-  """(PRNG key, images, text ids) as ShapeDtypeStructs for an abstract ``MDM(cfg).init``."""
+  """(PRNG key, images (clips for a clip model), text ids) as ShapeDtypeStructs for an abstract
+  ``MDM(cfg).init``."""
   return (jax.ShapeDtypeStruct((2,), jnp.uint32),  # a raw PRNG key
-          jax.ShapeDtypeStruct((1, cfg.image_size, cfg.image_size, cfg.channels), jnp.float32),
+          jax.ShapeDtypeStruct((1, *cfg.visual_shape), jnp.float32),
           jax.ShapeDtypeStruct((1, cfg.max_text_len), jnp.int32))
 
 
