@@ -9,6 +9,9 @@ r"""Benchmarks, one CLI. Speed and memory are measured here, not in timed tests.
       [--clip_frames=8,16,32,64 --frame_tokens=256]   # clips: per clip length
       train-step time and compiled memory of MDM against the Transformer backbone at matched
       parameter counts; a step whose compiled memory exceeds --max_gib is reported, not run.
+  python -m experiments.bench steps [--configs=digits,video_digits]
+      named configs' train steps timed in turn in one process, and each loop's estimate
+      (total_steps x step) against the first config's.
   python -m experiments.bench mfu
       the digits train step's achieved FLOP/s against a matmul peak measured in the same run.
   python -m experiments.bench sampler --workdir=DIR
@@ -34,9 +37,10 @@ from experiments.benchmarks.model import bench_config, bench_model  # noqa: F401
 from experiments.benchmarks.peer import load_peer, peer_source  # noqa: F401
 from experiments.benchmarks.sampler import bench_sampler
 from experiments.benchmarks.ssd import bench_ssd, print_table  # noqa: F401
+from experiments.benchmarks.steps import bench_steps
 
 BENCHES = {"ssd": bench_ssd, "model": bench_model, "mfu": bench_mfu, "sampler": bench_sampler,
-           "data": bench_data}
+           "data": bench_data, "steps": bench_steps}
 
 
 def main(argv):
