@@ -68,12 +68,14 @@ _GROUPS = {  # module (or module::test) -> its group; others go to whichever wor
     "test_api.py": "api",                     # one trained workdir
     "test_train.py": "train",                 # runs A, B, C and the sample/evaluate CLIs
     "test_evaluate_video.py": "evaluate_video",   # one trained video_tiny workdir
+    "test_api_video.py": "api_video",             # another (one per worker otherwise)
     # The dry run starts with the folder test and runs alongside it:
     "test_cli.py::test_train_on_prepared_folder_counts_conversions_and_truncations": "dry_run",
     "test_cli.py::test_dry_run_on_eight_devices": "dry_run",
 }
 _FIRST = ["test_multiprocess.py", "test_api.py", "test_train.py", "test_named_configs.py",
-          "test_notebook.py", "test_cli.py", "test_evaluate_video.py", "test_bench.py", "test_run_bookkeeping.py",
+          "test_notebook.py", "test_cli.py", "test_evaluate_video.py", "test_api_video.py",
+          "test_bench.py", "test_run_bookkeeping.py",
           "test_ssd.py", "test_samplers.py"]
 
 
