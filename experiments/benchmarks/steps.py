@@ -44,18 +44,18 @@ def bench_steps():
           r["state"] = tr.train_step(r["state"], r["batch"])[0]
         jax.block_until_ready(r["state"])
       r["times"].append((time.perf_counter() - t0) / FLAGS.steps_per_round)
-  ref = None
+  ref_loop_s = None
   rows, table = [], []
   for name, r in runs.items():
     c, tr = r["config"], r["trainer"]
     ms = statistics.median(r["times"][FLAGS.warmup:]) * 1e3
-    ref = ms * c.total_steps if ref is None else ref
     loop_s = ms * c.total_steps / 1e3
+    ref_loop_s = loop_s if ref_loop_s is None else ref_loop_s
     rows.append(dict(config=name, ms=ms, batch=c.batch_size, total_steps=c.total_steps,
                      tokens=tr.model_cfg.n_image_tokens, params=tr.num_params, loop_s=loop_s))
     table.append([name, str(c.batch_size), str(tr.model_cfg.n_image_tokens),
                   f"{tr.num_params / 1e6:.2f}", f"{ms:.0f}", str(c.total_steps),
-                  f"{loop_s:.0f}", f"{ms * c.total_steps / ref:.2f}x"])
+                  f"{loop_s:.0f}", f"{loop_s / ref_loop_s:.2f}x"])
   print(f"\nTrain step, medians of {FLAGS.repeats} rounds of {FLAGS.steps_per_round} steps per "
         f"config in turn; {machine()}")
   print_markdown(["config", "batch", "visual tokens", "params (M)", "step ms", "total_steps",
