@@ -51,9 +51,10 @@ def test_shapes_and_the_centre_of_mass_moves_the_stated_way(test_clips):
     assert sorted(c.directions[c.source_index == src].tolist()) == [0, 1, 2, 3]
 
 
-@pytest.mark.parametrize("canvas,split", [(16, "test"), (24, "train")])
-def test_every_frame_is_the_source_image_shifted_on_black(canvas, split):
-  c = md.load(split, canvas=canvas, num=40)
+@pytest.mark.parametrize("canvas,split,path", [(16, "test", "centred"), (24, "train", "centred"),
+                                               (16, "test", "random"), (24, "train", "random")])
+def test_every_frame_is_the_source_image_shifted_on_black(canvas, split, path):
+  c = md.load(split, canvas=canvas, num=40, path=path)
   raw = sk_datasets.load_digits()
   assert (c.labels == raw.target[c.source_index]).all()
   if canvas == 24:
@@ -74,6 +75,39 @@ def test_every_frame_is_the_source_image_shifted_on_black(canvas, split):
     for t, pos in enumerate(found):
       if pos is not None:
         np.testing.assert_array_equal(pos, c.starts[i] + t * c.speeds[i] * step)
+
+
+def _path_ends(c, canvas):
+  """(n, 2) the digit's (across, first-along) coordinates of each clip: where it sits across
+  the motion, and the top or left end of its path along it."""
+  vertical = np.isin(c.directions, [0, 1])
+  travel = c.speeds * (c.videos.shape[1] - 1)
+  across = np.where(vertical, c.starts[:, 1], c.starts[:, 0])
+  along = np.where(vertical, c.starts[:, 0], c.starts[:, 1])
+  backwards = np.isin(c.directions, [0, 2])           # up, left: the start is the far end
+  return np.stack([across, np.where(backwards, along - travel, along)], axis=1), travel
+
+
+@pytest.mark.parametrize("canvas", [16, 24])
+def test_the_centred_path_runs_through_the_canvas_centre(canvas):
+  c = md.load("test", canvas=canvas, num=200)         # the default path
+  ends, travel = _path_ends(c, canvas)
+  room = canvas - 8
+  # Across the motion at the centre; along it, as much room before the path as after it.
+  assert (ends[:, 0] == room // 2).all()
+  np.testing.assert_array_equal(ends[:, 1], (room - travel) // 2)
+  if canvas == 16:   # 4-pixel tokens: the digit's edges across the motion lie on token edges
+    assert (ends[:, 0] % 4 == 0).all()
+
+
+def test_the_random_path_spreads_the_digit_over_the_canvas():
+  c = md.load("test", path="random")
+  ends, travel = _path_ends(c, 16)
+  assert set(ends[:, 0].tolist()) == set(range(9))     # every place across the 8-pixel room
+  assert ends[:, 1].min() == 0 and (ends[:, 1] + travel).max() == 8
+  centred = md.load("test")                            # same images, directions and speeds
+  np.testing.assert_array_equal(c.directions, centred.directions)
+  np.testing.assert_array_equal(c.speeds, centred.speeds)
 
 
 def test_held_out_clips_use_only_held_out_digits(test_clips):
@@ -134,5 +168,7 @@ def test_bad_arguments_name_the_fix():
     md.load("validation")
   with pytest.raises(ValueError, match="raise clips_per_image"):
     md.load("test", clips_per_image=1, num=298)
+  with pytest.raises(ValueError, match=r"path 'diagonal': use one of \('centred', 'random'\)"):
+    md.load("test", num=1, path="diagonal")
   with pytest.raises(ValueError, match="direction must be an index"):
     md.captions(3, 4)

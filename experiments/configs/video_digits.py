@@ -1,7 +1,7 @@
 """The laptop video run: the digits network on the bundled moving digits (nothing downloaded).
 
 Each clip is 8 frames of a 16x16 canvas with one bundled digit moving up, down, left or right
-(`data.moving_digits`); the VAE cuts it into tubelets of 4x4 pixels over 2 frames, a 4x4 token
+through the canvas's middle (`data.moving_digits`, its default path); the VAE cuts it into tubelets of 4x4 pixels over 2 frames, a 4x4 token
 grid on 4 token frames (64 clip tokens, 32 values each, 8 latent channels). Every task of the
 table trains on clips in one mixture: class-to-video, text-to-video, video captioning, video VQA,
 joint clip+caption and text; prediction and interpolation sample as inpainting in time. The 6
