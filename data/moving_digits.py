@@ -29,8 +29,8 @@ every image is used ``clips_per_image`` times) and its ``i // n``-th direction i
 through the four directions that starts at a per-image random offset: with a multiple of 4
 clips per image every image moves in every direction once per 4 clips, so neither the digit nor
 the image predicts the direction. The offset, the speed and (on the random path) the start come
-from numpy generators seeded by (seed, split, image or clip index): a clip is fixed by the seed, the split
-and its index, nothing is downloaded. The held-out split uses only the digits test split's
+from numpy generators seeded by (seed, split, image or clip index): a clip is fixed by the seed,
+the split and its index, nothing is downloaded. The held-out split uses only the digits test split's
 images, so held-out clips show handwriting the training clips never do.
 
 Text comes from the label and the direction (`text_templates.video_captions`, `video_qa`).

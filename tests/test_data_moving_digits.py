@@ -77,7 +77,7 @@ def test_every_frame_is_the_source_image_shifted_on_black(canvas, split, path):
         np.testing.assert_array_equal(pos, c.starts[i] + t * c.speeds[i] * step)
 
 
-def _path_ends(c, canvas):
+def _path_ends(c):
   """(n, 2) the digit's (across, first-along) coordinates of each clip: where it sits across
   the motion, and the top or left end of its path along it."""
   vertical = np.isin(c.directions, [0, 1])
@@ -91,7 +91,7 @@ def _path_ends(c, canvas):
 @pytest.mark.parametrize("canvas", [16, 24])
 def test_the_centred_path_runs_through_the_canvas_centre(canvas):
   c = md.load("test", canvas=canvas, num=200)         # the default path
-  ends, travel = _path_ends(c, canvas)
+  ends, travel = _path_ends(c)
   room = canvas - 8
   # Across the motion at the centre; along it, as much room before the path as after it.
   assert (ends[:, 0] == room // 2).all()
@@ -100,14 +100,15 @@ def test_the_centred_path_runs_through_the_canvas_centre(canvas):
     assert (ends[:, 0] % 4 == 0).all()
 
 
-def test_the_random_path_spreads_the_digit_over_the_canvas():
+def test_the_random_path_spreads_the_digit_over_the_canvas(test_clips):
   c = md.load("test", path="random")
-  ends, travel = _path_ends(c, 16)
+  ends, travel = _path_ends(c)
   assert set(ends[:, 0].tolist()) == set(range(9))     # every place across the 8-pixel room
   assert ends[:, 1].min() == 0 and (ends[:, 1] + travel).max() == 8
-  centred = md.load("test")                            # same images, directions and speeds
-  np.testing.assert_array_equal(c.directions, centred.directions)
-  np.testing.assert_array_equal(c.speeds, centred.speeds)
+  # Same images, directions and speeds as the default (centred) clips.
+  np.testing.assert_array_equal(c.source_index, test_clips.source_index)
+  np.testing.assert_array_equal(c.directions, test_clips.directions)
+  np.testing.assert_array_equal(c.speeds, test_clips.speeds)
 
 
 def test_held_out_clips_use_only_held_out_digits(test_clips):

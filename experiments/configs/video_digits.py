@@ -1,8 +1,9 @@
 """The laptop video run: the digits network on the bundled moving digits (nothing downloaded).
 
 Each clip is 8 frames of a 16x16 canvas with one bundled digit moving up, down, left or right
-through the canvas's middle (`data.moving_digits`, its default path); the VAE cuts it into tubelets of 4x4 pixels over 2 frames, a 4x4 token
-grid on 4 token frames (64 clip tokens, 32 values each, 8 latent channels). Every task of the
+through the canvas's middle (`data.moving_digits`, its default path); the VAE cuts it into
+tubelets of 4x4 pixels over 2 frames, a 4x4 token grid on 4 token frames (64 clip tokens, 32
+values each, 8 latent channels). Every task of the
 table trains on clips in one mixture: class-to-video, text-to-video, video captioning, video VQA,
 joint clip+caption and text; prediction and interpolation sample as inpainting in time. The 6
 blocks are one period of the clip scan schedule (4 image orders over the frames, 2 time-major).
