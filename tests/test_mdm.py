@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -21,8 +22,8 @@ from mdm_jax.diffusion import score_entropy as se
 from mdm_jax.losses import LossConfig, mdm_loss
 from mdm_jax.models.mdm import (MDM, TASKS, Denoiser, MDMConfig, PooledTextEmbedding,
                                 absorbing_log_score)
-from tiny_mdm import (FAST_COMPILE, NUM_CLASSES, TEXT_LEN, VOCAB, key, only_layer,
-                      randomize_zero_kernels, tiny_config, token_dependencies)
+from tiny_mdm import (FAST_COMPILE, NUM_CLASSES, TEXT_LEN, VOCAB, abstract_inputs, key,
+                      only_layer, randomize_zero_kernels, tiny_config, token_dependencies)
 
 BATCH = 6
 QUESTION_LEN = 3
@@ -152,6 +153,37 @@ def test_bad_config_and_input_raise():
     tiny_config(directions=2)
   with pytest.raises(ValueError, match="patch_size"):
     tiny_config(image_size=9)
+  with pytest.raises(ValueError, match="scan_unroll"):
+    tiny_config(scan_unroll=0)
+
+
+def test_unrolled_layer_scan_is_the_loop_over_the_layers():
+  """``scan_unroll`` changes how the layer scan runs, not what it computes nor the stacked
+  parameters a checkpoint holds: with 2 of 3 layers per iteration (a remainder), the loss and
+  every gradient equal those of a Python loop over the layers (``scan_layers=False``) given each
+  layer's slice of the same parameters."""
+  cfg = tiny_config(n_layers=3, scan_unroll=2)
+  model, params, stats = init_model(cfg)
+  rolled = jax.eval_shape(MDM(tiny_config(n_layers=3)).init, key(0), *abstract_inputs(cfg)[1:])
+  assert jax.tree.structure(nn.meta.unbox(rolled)["params"]) == jax.tree.structure(params)
+
+  loop_model = MDM(tiny_config(n_layers=3, scan_layers=False))
+  layer = lambda tree, i: jax.tree.map(lambda x: x[i], tree)
+  denoiser = {k: v for k, v in params["denoiser"].items() if k != "layers"}
+  loop_params = dict(params, denoiser=denoiser)
+  for i in range(3):
+    denoiser[f"layers_{i}"] = layer(params["denoiser"]["layers"], i)
+
+  weights = np.ones(len(TASKS))
+  (loss, _), grads = make_loss_and_grad(model, stats)(params, weights)
+  (loop_loss, _), loop_grads = make_loss_and_grad(loop_model, stats)(loop_params, weights)
+  np.testing.assert_allclose(float(loss), float(loop_loss), rtol=1e-5)
+  for i in range(3):
+    chex.assert_trees_all_close(layer(grads["denoiser"]["layers"], i),
+                                loop_grads["denoiser"][f"layers_{i}"], rtol=1e-4, atol=1e-6)
+  chex.assert_trees_all_close(grads["denoiser"]["eps_head"], loop_grads["denoiser"]["eps_head"],
+                              rtol=1e-4, atol=1e-6)
+  chex.assert_trees_all_close(grads["vae"], loop_grads["vae"], rtol=1e-4, atol=1e-6)
 
 
 def test_wrong_image_shape_raises(default_model):
