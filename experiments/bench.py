@@ -10,8 +10,9 @@ r"""Benchmarks, one CLI. Speed and memory are measured here, not in timed tests.
       train-step time and compiled memory of MDM against the Transformer backbone at matched
       parameter counts; a step whose compiled memory exceeds --max_gib is reported, not run.
   python -m experiments.bench steps [--configs=digits,video_digits]
-      named configs' train steps timed in turn in one process, and each loop's estimate
-      (total_steps x step) against the first config's.
+      [--variant='LABEL=CONFIG key=value ...']   # repeatable
+      named configs' train steps (and variants of them with fields changed) timed in turn in one
+      process, and each loop's estimate (total_steps x step) against the first config's.
   python -m experiments.bench mfu
       the digits train step's achieved FLOP/s against a matmul peak measured in the same run.
   python -m experiments.bench sampler --workdir=DIR

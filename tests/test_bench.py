@@ -118,3 +118,29 @@ def test_ssd_table_has_one_column_per_number(bench_flags, capsys, impls, header)
   assert lines[i + 1] == "|" + "---|" * (header.count("|") - 1)
   assert lines[i + 2].count("|") == header.count("|")
   assert f"{impls[0]}: 512 / 256 tokens = 2.0x the time (linear: 2x)" in lines
+
+
+
+def test_steps_variant_sets_the_named_fields():
+  from experiments import configs
+  from experiments.benchmarks.steps import parse_variant, with_fields
+  label, name, values = parse_variant("rolled=digits model.scan_unroll=1 model.ssd_impl=xla "
+                                      "optim.lr=1e-3")
+  assert (label, name) == ("rolled", "digits")
+  assert values == {"model.scan_unroll": 1, "model.ssd_impl": "xla", "optim.lr": 1e-3}
+  c = with_fields(configs.load(name), values, label)
+  assert (c.model.scan_unroll, c.model.ssd_impl, c.optim.lr) == (1, "xla", 1e-3)
+  assert c.model.n_layers == configs.load("digits").model.n_layers   # the rest unchanged
+
+
+@pytest.mark.parametrize("spec, match", [
+    ("digits model.scan_unroll=1", "LABEL=CONFIG"),
+    ("a=digits model.scan_unroll", "LABEL=CONFIG"),
+    ("a=digits model.scan_unrol=1", "no field 'model.scan_unrol'"),
+    ("a=digits modle.n_layers=2", "no field 'modle.n_layers'")])
+def test_steps_variant_errors_name_the_problem(spec, match):
+  from experiments import configs
+  from experiments.benchmarks.steps import parse_variant, with_fields
+  with pytest.raises(app.UsageError, match=match):
+    label, name, values = parse_variant(spec)
+    with_fields(configs.load(name), values, label)

@@ -16,7 +16,8 @@ def get_config():
   c.checkpoint_every = 400
   c.data.update(dict(name="digits", image_size=8, channels=1, max_text_len=12, vocab_size=256))
   # One SSD chunk holds the 34 tokens, and the 6 layers run unrolled (the same stacked
-  # parameters): on a 2-core CPU the step takes about 3/4 of the time of chunks of 16 in a rolled scan.
+  # parameters): on a 2-core CPU the step takes 3/4 of the time of 16-token chunks in a rolled
+  # scan.
   c.model.update(dict(latent_dim=4, n_layers=6, d_state=16, headdim=64, chunk_size=48,
                       remat=False, scan_unroll=6))
   c.loss.update(dict(task_weights=(0.5, 1.5, 1.0, 1.5, 0.25, 0.25), beta_kl=1e-3))
