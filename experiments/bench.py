@@ -13,6 +13,9 @@ r"""Benchmarks, one CLI. Speed and memory are measured here, not in timed tests.
       [--variant='LABEL=CONFIG key=value ...']   # repeatable
       named configs' train steps (and variants of them with fields changed) timed in turn in one
       process, and each loop's estimate (total_steps x step) against the first config's.
+  python -m experiments.bench profile [--profile_config=digits] [--trace_dir=DIR]
+      a config's train step traced with jax.profiler: its time by XLA op kind, beside the step's
+      wall time and XLA's FLOP and byte counts (the trace stays for TensorBoard or Perfetto).
   python -m experiments.bench mfu
       the digits train step's achieved FLOP/s against a matmul peak measured in the same run.
   python -m experiments.bench sampler --workdir=DIR
@@ -36,12 +39,13 @@ from experiments.benchmarks.input_pipeline import bench_data
 from experiments.benchmarks.mfu import bench_mfu
 from experiments.benchmarks.model import bench_config, bench_model  # noqa: F401
 from experiments.benchmarks.peer import load_peer, peer_source  # noqa: F401
+from experiments.benchmarks.profile import bench_profile
 from experiments.benchmarks.sampler import bench_sampler
 from experiments.benchmarks.ssd import bench_ssd, print_table  # noqa: F401
 from experiments.benchmarks.steps import bench_steps
 
 BENCHES = {"ssd": bench_ssd, "model": bench_model, "mfu": bench_mfu, "sampler": bench_sampler,
-           "data": bench_data, "steps": bench_steps}
+           "data": bench_data, "steps": bench_steps, "profile": bench_profile}
 
 
 def main(argv):

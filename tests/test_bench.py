@@ -144,3 +144,14 @@ def test_steps_variant_errors_name_the_problem(spec, match):
   with pytest.raises(app.UsageError, match=match):
     label, name, values = parse_variant(spec)
     with_fields(configs.load(name), values, label)
+
+
+def test_profile_sums_op_time_by_kind_and_skips_what_is_not_an_op():
+  from experiments.benchmarks.profile import op_time_by_kind
+  x = lambda name, dur: {"ph": "X", "name": name, "dur": dur}
+  events = [x("ynn_fusion.3", 3000), x("ynn_fusion.12", 1000), x("copy_bitcast_fusion", 2000),
+            x("ThunkExecutor::Execute", 9000), x("$api.py:2479 block_until_ready", 9000),
+            x("while.398", 9000), {"ph": "i", "name": "copy.4"}, x("copy.4", 400)]
+  assert op_time_by_kind(events, steps=2) == [("ynn_fusion", 2.0, 1.0),
+                                              ("copy_bitcast_fusion", 1.0, 0.5),
+                                              ("copy", 0.2, 0.5)]
