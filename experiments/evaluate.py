@@ -303,6 +303,8 @@ def print_table(results: dict) -> None:
       print(f"| {k} | {v:.4f} |")
     elif isinstance(v, (int, str)):
       print(f"| {k} | {v} |")
+  for template, acc in results.get("t2i_accuracy_by_template", {}).items():
+    print(f"| t2i_accuracy: {template} | {acc:.4f} |")
   for question, acc in results.get("vqa_accuracy_by_question", {}).items():
     print(f"| vqa_accuracy: {question} | {acc:.4f} |")
   for k in ("caption_examples", "vqa_examples", "joint_examples", "video_joint_examples"):

@@ -62,7 +62,8 @@ class Reader(ev.ClassReader):
     return next(iter(named)) if len(named) == 1 else None
 
   def template_prompts(self, per_class):
-    return [f"{DIGITS[d]} digit" for d in range(10) for _ in range(per_class)]
+    return {t: [t.format(DIGITS[d]) for d in range(10) for _ in range(per_class)]
+            for t in ("{} digit", "digit {}")}
 
 
 def image_of(label, rng, size=4):
@@ -194,10 +195,14 @@ def test_text_to_image_accuracy():
   rng = np.random.default_rng(2)
   heldout = heldout_examples(4, rng)       # prompts: "zero digit" ... "three digit"
   ctx = context(heldout=heldout, per_class=2)
-  ctx.pipe = ImagePipe(rng, ctx.reader, wrong=("one digit", "five digit"))
+  ctx.pipe = ImagePipe(rng, ctx.reader, wrong=("one digit", "five digit", "digit five"))
   out = ev.TextToImageAccuracy()(ctx)
   assert out["t2i_accuracy"] == pytest.approx(3 / 4)
-  assert out["t2i_accuracy_templates"] == pytest.approx(16 / 20)   # five and one wrong, twice each
+  # Of each template's 20 prompts (10 classes, twice): "{} digit" has one and five wrong,
+  # "digit {}" five.
+  assert out["t2i_accuracy_templates"] == pytest.approx(34 / 40)
+  assert out["t2i_accuracy_by_template"] == {"{} digit": pytest.approx(16 / 20),
+                                             "digit {}": pytest.approx(18 / 20)}
 
 
 def test_joint_consistency():

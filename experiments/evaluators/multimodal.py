@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
+
 from experiments.evaluators.base import SEED, Evaluator
 from mdm_jax.evaluation import multimodal
 
@@ -11,7 +13,9 @@ from mdm_jax.evaluation import multimodal
 class TextToImageAccuracy(Evaluator):
   """``t2i_accuracy``: the fraction of images generated from the held-out captions that the
   classifier reads as the class the caption names; ``t2i_accuracy_templates``: the same with
-  every caption template of every class as prompts (``per_class // templates`` each, >= 1)."""
+  every caption template of every class as prompts (``per_class // templates`` each, >= 1), and
+  ``t2i_accuracy_by_template`` that per template (a weak way of naming the class, such as the
+  digits' numerals, shows there)."""
   name = "t2i_accuracy"
 
   def applies(self, ctx):
@@ -20,13 +24,18 @@ class TextToImageAccuracy(Evaluator):
   def __call__(self, ctx):
     reader = ctx.reader
     t0 = time.time()
+    by_template = reader.template_prompts(ctx.options.per_class)
     prompt_sets = {"t2i_accuracy": [e["captions"][0] for e in ctx.heldout],
-                   "t2i_accuracy_templates": reader.template_prompts(ctx.options.per_class)}
-    out = {}
+                   "t2i_accuracy_templates": [p for ps in by_template.values() for p in ps]}
+    out, right = {}, {}
     for name, prompts in prompt_sets.items():
-      images = ctx.pipe.text_to_image(prompts, seed=SEED)
-      out[name] = multimodal.text_to_image_accuracy(reader.predict(images), prompts,
-                                                    text_class=reader.text_class)
+      read = reader.predict(ctx.pipe.text_to_image(prompts, seed=SEED))
+      right[name] = [reader.text_class(p) == int(r) for p, r in zip(prompts, read)]
+      out[name] = multimodal.text_to_image_accuracy(read, prompts, text_class=reader.text_class)
+    template_right = iter(right["t2i_accuracy_templates"])
+    out["t2i_accuracy_by_template"] = {
+        template: float(np.mean([next(template_right) for _ in prompts]))
+        for template, prompts in by_template.items()}
     out["t2i_seconds"] = time.time() - t0
     return out
 
