@@ -37,18 +37,18 @@ the network must tell [MASK] and every word apart from a ``latent_dim``-channel 
 [MASK] row of the VAE's table is never trained by reconstruction; SEDD's own networks embed the
 ids.
 
-The backbone is a stack of ``n_layers`` residual blocks run with ``nn.scan`` (and ``nn.remat``)
-so compile time does not grow with depth; ``scan_unroll`` layers run per iteration of that scan
-(``n_layers``: the whole stack unrolled, with the same stacked parameters: XLA:CPU then skips
-the loop's per-layer copies of the stashed activations, a fifth of a small model's step).
-Layer ``l`` permutes image tokens into scan order
-``l mod 4`` and text tokens into ``l mod 2`` (``scan_order``; reversed-text layers scan the text
-before the image, so information flows both ways between modalities), runs its Mamba-2 mixer,
-and permutes back. A clip's tokens use clip order ``l mod 6`` (the image orders over the frames
-in time order, and the time-major orders that scan each grid position through the frames), or
-``l mod 4`` with ``time_orders=False`` (the frame-by-frame ablation); ``scan_order`` has the
-orders and why. ``backbone="transformer"`` swaps the mixer for bidirectional softmax attention
-(a DiT-style baseline with the same interface; no permutation needed).
+The backbone is a stack of ``n_layers`` residual blocks run with ``nn.scan`` (and ``nn.remat``) so
+compile time does not grow with depth; ``scan_unroll`` layers run per iteration of that scan
+(``n_layers``: the whole stack unrolled, with the same stacked parameters: XLA:CPU then skips the
+loop's per-layer copies of the stashed activations, a fifth of a small model's step). Layer ``l``
+permutes image tokens into scan order ``l mod 4`` and text tokens into ``l mod 2`` (``scan_order``;
+reversed-text layers scan the text before the image, so information flows both ways between
+modalities), runs its Mamba-2 mixer, and permutes back. A clip's tokens use clip order ``l mod 6``
+(the image orders over the frames in time order, and the time-major orders that scan each grid
+position through the frames), or ``l mod 4`` with ``time_orders=False`` (the frame-by-frame
+ablation); ``scan_order`` has the orders and why. ``backbone="transformer"`` swaps the mixer for
+bidirectional softmax attention (a DiT-style baseline with the same interface; no permutation
+needed).
 
 Heads: ``eps`` (the image latents' noise) and text log-scores over vocab + [MASK]
 (``diffusion.processes.absorbing_log_score``), in the form of the true absorbing score by default
