@@ -88,6 +88,8 @@ def bench_model():
           print(f"  {tokens * frames} tokens, {backbone}: skipped, the compiled step needs "
                 f"{peak_mib / 1024:.1f} GiB > --max_gib={FLAGS.max_gib}", flush=True)
           continue
+        # The step donates its state, so each call takes the last one's: common.time_fn, which
+        # calls with the same arguments each time, cannot time it.
         step = lambda s: compiled(s, batch)[0]
         jax.block_until_ready(state := step(state))
         times = []
