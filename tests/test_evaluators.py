@@ -62,8 +62,8 @@ class Reader(ev.ClassReader):
     return next(iter(named)) if len(named) == 1 else None
 
   def template_prompts(self, per_class):
-    return {t: [t.format(DIGITS[d]) for d in range(10) for _ in range(per_class)]
-            for t in ("{} digit", "digit {}")}
+    return [(t, t.format(DIGITS[d])) for d in range(10) for t in ("{} digit", "digit {}")
+            for _ in range(per_class)]
 
 
 def image_of(label, rng, size=4):

@@ -190,9 +190,9 @@ class ClassReader:
     """The one class ``text`` names; None when it names none or several."""
     raise NotImplementedError
 
-  def template_prompts(self, per_class: int) -> dict[str, list[str]]:
-    """Every caption template -> its prompts, ``max(1, per_class // templates)`` for each
-    class."""
+  def template_prompts(self, per_class: int) -> list[tuple[str, str]]:
+    """(template, prompt) pairs: every caption template of every class, ``max(1, per_class //
+    templates)`` of each, class by class."""
     raise NotImplementedError
 
 
@@ -243,8 +243,8 @@ class DigitsReader(ClassReader):
     from data import text_templates
     templates = text_templates.DIGIT_CAPTION_TEMPLATES
     repeats = max(1, per_class // len(templates))
-    return {t: [t.format(word=text_templates.DIGIT_WORDS[d], num=d)
-                for d in range(10) for _ in range(repeats)] for t in templates}
+    return [(t, t.format(word=text_templates.DIGIT_WORDS[d], num=d))
+            for d in range(10) for t in templates for _ in range(repeats)]
 
 
 # Datasets that come with a class reader: data name -> its factory (taking the Context).

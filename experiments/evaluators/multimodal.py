@@ -24,18 +24,18 @@ class TextToImageAccuracy(Evaluator):
   def __call__(self, ctx):
     reader = ctx.reader
     t0 = time.time()
-    by_template = reader.template_prompts(ctx.options.per_class)
+    pairs = reader.template_prompts(ctx.options.per_class)
     prompt_sets = {"t2i_accuracy": [e["captions"][0] for e in ctx.heldout],
-                   "t2i_accuracy_templates": [p for ps in by_template.values() for p in ps]}
-    out, right = {}, {}
+                   "t2i_accuracy_templates": [prompt for _, prompt in pairs]}
+    out, read = {}, {}
     for name, prompts in prompt_sets.items():
-      read = reader.predict(ctx.pipe.text_to_image(prompts, seed=SEED))
-      right[name] = [reader.text_class(p) == int(r) for p, r in zip(prompts, read)]
-      out[name] = multimodal.text_to_image_accuracy(read, prompts, text_class=reader.text_class)
-    template_right = iter(right["t2i_accuracy_templates"])
-    out["t2i_accuracy_by_template"] = {
-        template: float(np.mean([next(template_right) for _ in prompts]))
-        for template, prompts in by_template.items()}
+      read[name] = reader.predict(ctx.pipe.text_to_image(prompts, seed=SEED))
+      out[name] = multimodal.text_to_image_accuracy(read[name], prompts,
+                                                    text_class=reader.text_class)
+    by_template = {}
+    for (template, prompt), r in zip(pairs, read["t2i_accuracy_templates"]):
+      by_template.setdefault(template, []).append(reader.text_class(prompt) == int(r))
+    out["t2i_accuracy_by_template"] = {t: float(np.mean(oks)) for t, oks in by_template.items()}
     out["t2i_seconds"] = time.time() - t0
     return out
 
