@@ -5,7 +5,9 @@ Traces ``--profile_steps`` train steps with ``jax.profiler`` (the trace is kept 
 XLA op's name without its number (``copy_bitcast_fusion.34`` -> ``copy_bitcast_fusion``; on
 CPU ``ynn_fusion`` are the matmuls and what XLA fused into them). Beside the table: the step's
 wall time and XLA's cost analysis (FLOPs and bytes accessed), which tell a step bound by its
-arithmetic from one bound by moving data. On 2 cores XLA runs independent ops side by side, so
+arithmetic from one bound by moving data; XLA counts a rolled loop's body once, so with a
+scanned layer stack the counts are the whole step's only with ``model.scan_unroll`` at
+``n_layers``. On 2 cores XLA runs independent ops side by side, so
 the op times can add up to more than the step.
 """
 from __future__ import annotations
