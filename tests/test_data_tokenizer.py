@@ -94,6 +94,20 @@ def test_encode_vqa(tok):
     t.encode_vqa(q, a, 3)
 
 
+def test_punctuation_is_a_piece_of_its_own():
+  """BPE merges a mark into the word it follows most ('9,' and '9' two pieces, each rarer);
+  with the marks as pieces of their own, the numeral is one piece however it is followed."""
+  corpus = ["9, an image of a digit", "9, a blurry number", "9 written by hand",
+            "nine, hand drawn", "nine in a scan", "what digit is this?"] * 30
+  t = tokenizer_lib.Tokenizer.train(corpus, None, vocab_size=64)
+  pieces = lambda text: [t._sp.id_to_piece(i) for i in t.encode(text)]
+  assert pieces("9, an image of a digit")[:2] == ["▁9", ","]
+  assert pieces("9 written by hand")[0] == "▁9"
+  assert pieces("nine, hand drawn")[:2] == ["▁nine", ","]
+  assert t.decode(t.encode("9, an image of a digit")) == "9, an image of a digit"
+  assert t.decode(t.encode("what digit is this?")) == "what digit is this?"
+
+
 def test_byte_fallback_only_for_large_vocab(tmp_path):
   small = tokenizer_lib.Tokenizer.train(CORPUS, None, vocab_size=64)
   assert small.decode(small.encode("zebra!")) != "zebra!"  # unknown chars
