@@ -74,12 +74,17 @@ def upgrade_saved_config(config):
   return config
 
 
-def _apply_overrides(config, overrides):
+def apply_overrides(config, overrides):
+  """Sets the dotted fields of ``overrides`` ({"sample.steps": 50, ...}) in ``config``, each
+  value converted to its field's type; a field the config does not have is a ValueError
+  naming it."""
   for key, value in (overrides or {}).items():
     node = config
     *path, leaf = key.split(".")
     for p in path:
-      node = node[p]
+      node = node.get(p) if hasattr(node, "get") else None
+    if node is None or not hasattr(node, "get") or leaf not in node:
+      raise ValueError(f"the config has no field {key!r}")
     node[leaf] = type(node[leaf])(value) if node[leaf] is not None else value
 
 
@@ -164,7 +169,7 @@ def open_run(path, overrides: dict | None = None, *, full_state: bool = False) -
     raise FileNotFoundError(f"{path} has no checkpoints/ (nor an export's {SAFETENSORS_FILE}): "
                             f"train first with `python -m experiments.train --workdir={path}`")
   config = upgrade_saved_config(ml_collections.ConfigDict(saved))
-  _apply_overrides(config, overrides)
+  apply_overrides(config, overrides)
   if (root / INFO_FILE).exists():
     info = json.loads((root / INFO_FILE).read_text())
   else:

@@ -43,15 +43,13 @@ def parse_variant(spec: str) -> tuple[str, str, dict]:
 
 
 def with_fields(config, values: dict, label: str):
-  """``config`` with the dotted fields of ``values`` set; an unknown field is a UsageError."""
-  for key, value in values.items():
-    *sections, leaf = key.split(".")
-    node = config
-    for section in sections:
-      node = node.get(section) if hasattr(node, "get") else None
-    if node is None or not hasattr(node, "get") or leaf not in node:
-      raise app.UsageError(f"--variant {label!r}: the config has no field {key!r}")
-    node[leaf] = value
+  """``config`` with the dotted fields of ``values`` set (``run_io.apply_overrides``); an
+  unknown field is a UsageError naming the variant."""
+  from mdm_jax.run_io import apply_overrides
+  try:
+    apply_overrides(config, values)
+  except ValueError as e:
+    raise app.UsageError(f"--variant {label!r}: {e}") from None
   return config
 
 
