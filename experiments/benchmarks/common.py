@@ -33,6 +33,16 @@ def time_fn(fn: Callable, *args, warmup: int, repeats: int) -> float:
   return statistics.median(times)
 
 
+def undonated_train_step(config):
+  """(trainer, ``state -> state`` jitted without donation, a fresh state) for ``config`` on a
+  dummy batch: a step that ``time_fn`` can call again and again with the same state."""
+  from mdm_jax.training import sharding  # pylint: disable=g-import-not-at-top
+  from mdm_jax.training.trainer import Trainer  # pylint: disable=g-import-not-at-top
+  tr = Trainer(config, sharding.make_mesh(), vocab_size=256, num_classes=10)
+  batch = tr.dummy_batch(config.batch_size)
+  return tr, jax.jit(lambda s: tr.update(s, batch)[0]), tr.init_state()
+
+
 def machine() -> str:
   dev = jax.devices()[0]
   return (f"{dev.device_kind} ({jax.default_backend()}), {jax.device_count()} device(s), "

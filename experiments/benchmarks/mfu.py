@@ -7,7 +7,7 @@ from absl import flags
 import jax
 import jax.numpy as jnp
 
-from experiments.benchmarks.common import machine, print_markdown, time_fn
+from experiments.benchmarks.common import machine, print_markdown, time_fn, undonated_train_step
 
 FLAGS = flags.FLAGS
 
@@ -49,15 +49,9 @@ def matmul_peak_flops(n: int = 2048) -> float:
 def bench_mfu():
   """Achieved FLOP/s of the digits train step against this machine's measured matmul peak."""
   from experiments import configs
-  from mdm_jax.training.trainer import Trainer
-  from mdm_jax.training import sharding
   peak = matmul_peak_flops()
   c = configs.load("digits")
-  mesh = sharding.make_mesh()
-  tr = Trainer(c, mesh, vocab_size=256, num_classes=10)
-  batch = tr.dummy_batch(c.batch_size)
-  state = tr.init_state()
-  step = jax.jit(lambda s: tr.update(s, batch)[0])  # no donation: the state is reused
+  tr, step, state = undonated_train_step(c)
   with tr.mesh_context():
     seconds = time_fn(step, state, warmup=FLAGS.warmup, repeats=FLAGS.repeats)
   flops = train_step_flops(tr.model_cfg, c.batch_size)

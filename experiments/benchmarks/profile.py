@@ -19,13 +19,13 @@ import json
 import os
 import re
 import tempfile
-import time
 from typing import Iterable
 
 from absl import flags
 import jax
 
-from experiments.benchmarks.common import machine, print_markdown, write_json
+from experiments.benchmarks.common import (machine, print_markdown, time_fn,
+                                           undonated_train_step, write_json)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("profile_config", "digits", "profile: the named config (or config file).")
@@ -64,36 +64,25 @@ def _trace_events(trace_dir: str) -> list[dict]:
 def bench_profile():
   """The named config's train step: wall time, XLA's cost analysis and the traced op kinds."""
   from experiments import configs
-  from mdm_jax.training import sharding
-  from mdm_jax.training.trainer import Trainer
   c = configs.load(FLAGS.profile_config)
-  tr = Trainer(c, sharding.make_mesh(), vocab_size=256, num_classes=10)
-  batch, state = tr.dummy_batch(c.batch_size), tr.init_state()
-  step = jax.jit(lambda s: tr.update(s, batch)[0])   # no donation: the state is reused
+  tr, step, state = undonated_train_step(c)
   trace_dir = FLAGS.trace_dir or tempfile.mkdtemp(prefix="mdm_profile_")
   n = FLAGS.profile_steps
   with tr.mesh_context():
     compiled = step.lower(state).compile()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    for _ in range(1 + FLAGS.warmup):
-      jax.block_until_ready(compiled(state))
-    times = []
-    for _ in range(FLAGS.repeats):
-      t0 = time.perf_counter()
-      jax.block_until_ready(compiled(state))
-      times.append(time.perf_counter() - t0)
+    step_ms = time_fn(compiled, state, warmup=FLAGS.warmup, repeats=FLAGS.repeats) * 1e3
     with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
       for _ in range(n):
         jax.block_until_ready(compiled(state))
-  step_ms = sorted(times)[len(times) // 2] * 1e3
   kinds = op_time_by_kind(_trace_events(trace_dir), n)
   total = sum(t for _, t, _ in kinds)
   top, rest = kinds[:FLAGS.profile_top], kinds[FLAGS.profile_top:]
   rows = [[k, f"{t:.1f}", f"{t / total:.0%}", f"{cnt:.0f}"] for k, t, cnt in top]
   if rest:
-    rows.append([f"{len(rest)} other kinds", f"{sum(t for _, t, _ in rest):.1f}",
-                 f"{sum(t for _, t, _ in rest) / total:.0%}",
+    rest_ms = sum(t for _, t, _ in rest)
+    rows.append([f"{len(rest)} other kinds", f"{rest_ms:.1f}", f"{rest_ms / total:.0%}",
                  f"{sum(cnt for _, _, cnt in rest):.0f}"])
   flops, nbytes = cost.get("flops", 0.0), cost.get("bytes accessed", 0.0)
   print(f"\n{FLAGS.profile_config} train step (batch {c.batch_size}): {step_ms:.0f} ms "
