@@ -77,7 +77,6 @@ def bench_model():
       c = bench_config(backbone, tokens, frames)
       tr = Trainer(c, mesh, vocab_size=256, num_classes=10)
       batch = tr.dummy_batch(c.batch_size)
-      state = tr.init_state()
       with tr.mesh_context():
         compiled = tr.train_step.lower(tr.abstract_state, batch).compile()
         mem = compiled.memory_analysis()
@@ -88,8 +87,11 @@ def bench_model():
           print(f"  {tokens * frames} tokens, {backbone}: skipped, the compiled step needs "
                 f"{peak_mib / 1024:.1f} GiB > --max_gib={FLAGS.max_gib}", flush=True)
           continue
-        # The step donates its state, so each call takes the last one's: common.time_fn, which
-        # calls with the same arguments each time, cannot time it.
+        # The state is made only for a step that fits: the guard is there to keep a size that
+        # does not fit from being allocated. The step donates its state, so each call takes the
+        # last one's: common.time_fn, which calls with the same arguments each time, cannot
+        # time it.
+        state = tr.init_state()
         step = lambda s: compiled(s, batch)[0]
         jax.block_until_ready(state := step(state))
         times = []
