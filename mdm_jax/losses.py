@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -279,14 +280,17 @@ def text_nll_bound(model: MDM, text0: jax.Array, rng: jax.Array, cfg: LossConfig
   null = jnp.full((b,), mc.num_classes, jnp.int32)
   ones = jnp.ones((b,), jnp.float32)
 
-  def draw(key):
+  def draw(mdl: MDM, carry, key):
     k_t, k_x, k_z = jax.random.split(key, 3)
     t = cfg.t_min + (1.0 - cfg.t_min) * jax.random.uniform(k_t, (b,))
     sigma, dsigma = noise(t)
     x_t = graph.sample_transition(k_x, text0, sigma[:, None])
     z = jax.random.normal(k_z, (b, mc.n_image_tokens, mc.latent_dim))   # the absent image
-    text_latents = model.encode_text(x_t)[0] * scale[1] if cfg.grad_to_encoder else None
-    _, log_score = model.denoise(z, ones, x_t, t, sigma, null, task, text_latents=text_latents)
-    return bound(log_score, sigma[:, None], dsigma[:, None], x_t, text0, graph)
+    text_latents = mdl.encode_text(x_t)[0] * scale[1] if cfg.grad_to_encoder else None
+    _, log_score = mdl.denoise(z, ones, x_t, t, sigma, null, task, text_latents=text_latents)
+    return carry, bound(log_score, sigma[:, None], dsigma[:, None], x_t, text0, graph)
 
-  return jnp.stack([draw(k) for k in jax.random.split(rng, num_draws)])
+  # Flax's lifted scan over the draws (every collection read-only): the program holds one copy
+  # of the network whatever num_draws is, where a Python loop would inline one per draw.
+  scan = nn.scan(draw, variable_broadcast=True, length=num_draws)
+  return scan(model, None, jax.random.split(rng, num_draws))[1]
