@@ -4,8 +4,11 @@ whole run.
 
 The tests' programs are tiny and run a few times each, so compiling them dominates the suite:
 `--xla_backend_optimization_level=0` with LLVM's expensive passes off halves the compile time of
-the tiny train step (the tests' largest program) and changes no result a test checks (every
-comparison is between programs compiled alike, or against an oracle with a tolerance). The flags
+the tiny train step (the tests' largest program), and XLA:CPU's loop emitters in place of its
+fusion emitters (`--xla_cpu_use_fusion_emitters=false`) cut what is left to a third (7.5 -> 2.4
+CPU-s; the suite: 14m21s -> 10m15s). Neither changes a result a test checks (every comparison
+is between programs compiled alike, or against an oracle with a tolerance); the CLIs keep XLA's
+defaults, whose fusion emitters give the faster train step (329 against 377 ms on digits). The flags
 travel with XLA_FLAGS to every subprocess (the CLI runs, the notebook's kernel) and are part of
 the compilation cache's key, so every process reads back the same executables.
 
@@ -25,7 +28,7 @@ import pytest
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 _FLAGS = ("--xla_force_host_platform_device_count=8", "--xla_backend_optimization_level=0",
-          "--xla_llvm_disable_expensive_passes=true")
+          "--xla_llvm_disable_expensive_passes=true", "--xla_cpu_use_fusion_emitters=false")
 for _flag in _FLAGS:
   if _flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
