@@ -70,8 +70,8 @@ _GROUPS = {  # module (or module::test) -> its group; others go to whichever wor
     "test_multiprocess.py": "multiprocess",   # one chain of 2-process runs
     "test_api.py": "api",                     # one trained workdir
     "test_train.py": "train",                 # runs A, B, C and the sample/evaluate CLIs
-    "test_evaluate_video.py": "evaluate_video",   # one trained video_tiny workdir
-    "test_api_video.py": "api_video",             # another (one per worker otherwise)
+    "test_evaluate_video.py": "video",   # these two share one trained video_tiny workdir
+    "test_api_video.py": "video",
     # The dry run starts with the folder test and runs alongside it:
     "test_cli.py::test_train_on_prepared_folder_counts_conversions_and_truncations": "dry_run",
     "test_cli.py::test_dry_run_on_eight_devices": "dry_run",
@@ -92,3 +92,17 @@ def pytest_collection_modifyitems(config, items):
   rank = {name: i for i, name in enumerate(_FIRST)}
   items.sort(key=lambda item: rank.get(item.path.name, len(_FIRST)))   # stable within a file
 
+
+@pytest.fixture(scope="session")
+def video_workdir(tmp_path_factory):
+  """One `video_tiny` workdir trained by the CLI (3 steps, one device), shared by the video API
+  and `evaluate` tests (one group above, so one worker trains it). Sampling settings are the
+  ones `evaluate` reads from the config: 2 steps, greedy text (VQA decoded once)."""
+  import subproc
+  wd = tmp_path_factory.mktemp("video_tiny") / "wd"
+  proc = subproc.run_module(
+      "experiments.train", "--config=video_tiny", f"--workdir={wd}", "--config.total_steps=3",
+      "--config.checkpoint_every=3", "--config.log_every=1", "--config.optim.warmup_steps=1",
+      "--config.sample.steps=2", "--config.sample.text_temperature=0.0")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return wd

@@ -1,4 +1,5 @@
-"""The Python API on a clip workdir (`video_tiny`, trained by the CLI): the video methods return
+"""The Python API on a clip workdir (`video_tiny`, trained by the CLI: the conftest's
+`video_workdir`, shared with tests/test_evaluate_video.py): the video methods return
 clips of the model's shape; prediction and interpolation keep the given frames exactly (the
 oracle: the input clips' own pixels) and generate the others."""
 
@@ -9,20 +10,13 @@ import pytest
 
 import mdm_jax
 from data import moving_digits
-from subproc import run_module
 
 N = 2
 
 
 @pytest.fixture(scope="module")
-def pipe(tmp_path_factory):
-  wd = tmp_path_factory.mktemp("video_api") / "wd"
-  proc = run_module("experiments.train", "--config=video_tiny", f"--workdir={wd}",
-                    "--config.total_steps=3", "--config.optim.warmup_steps=1",
-                    "--config.checkpoint_every=3",
-                    "--config.sample.num=2")
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return mdm_jax.load(str(wd), batch_size=N, steps=2)
+def pipe(video_workdir):
+  return mdm_jax.load(str(video_workdir), batch_size=N, steps=2)
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
-"""`experiments.evaluate` on a clip model's workdir (`video_tiny`, 3 steps, trained here by the
-CLI on one device): it prints and writes the video metrics, each a count over the clips it
-made; and `experiments.sample --format=adm` refuses the clip workdir before any work.
+"""`experiments.evaluate` on a clip model's workdir (`video_tiny`, 3 steps, trained by the CLI on
+one device: the conftest's `video_workdir`, shared with tests/test_api_video.py): it prints and
+writes the video metrics, each a count over the clips it made; and `experiments.sample
+--format=adm` refuses the clip workdir before any work.
 
 The evaluation samples in batches of the config's ``sample.num`` (8), the shapes of the
 training run's final samples, so most of its programs are read back from the compilation
@@ -20,14 +21,8 @@ TASKS = "class2img,t2i,caption,vqa,joint,predict,interpolate"
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-  wd = tmp_path_factory.mktemp("video_eval") / "wd"
-  proc = run_module("experiments.train", "--config=video_tiny", f"--workdir={wd}",
-                    "--config.total_steps=3", "--config.checkpoint_every=3",
-                    "--config.log_every=1", "--config.sample.steps=2",
-                    "--config.sample.text_temperature=0.0")
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return wd
+def workdir(video_workdir):
+  return video_workdir
 
 
 @pytest.fixture(scope="module")
