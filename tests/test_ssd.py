@@ -56,8 +56,9 @@ def test_xla_matches_sequential_scan(length, with_init, groups, dtype, tol):
   args = (x, dt, A, B, C, h0 if with_init else None)
   if not with_init:
     # Exercise the `initial_state=None` path for the forward pass too.
-    y_none, h_none = ssd(x, dt, A, B, C, chunk_size=64, impl="xla")
-    y_ref, h_ref = ssd(x, dt, A, B, C, impl="scan")
+    forward = jax.jit(ssd, static_argnames=("chunk_size", "impl"))
+    y_none, h_none = forward(x, dt, A, B, C, chunk_size=64, impl="xla")
+    y_ref, h_ref = forward(x, dt, A, B, C, impl="scan")
     assert rel_err(y_none, y_ref) <= tol and rel_err(h_none, h_ref) <= tol
   args = (x, dt, A, B, C, h0)
   (y_ref, h_ref), g_ref = value_and_grads(args, cot, "scan", 64)
