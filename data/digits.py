@@ -9,9 +9,12 @@ default run needs no download. A fixed stratified split gives 1500 training and
 from __future__ import annotations
 
 import functools
+import importlib.util
+import os
 
 import numpy as np
 
+from data import digits_split
 from data import source as source_lib
 from data import text_templates
 
@@ -19,19 +22,14 @@ NUM_CLASSES = 10
 NUM_TRAIN = 1500
 NUM_TEST = 297
 SPLITS = ("train", "test")
-_SPLIT_SEED = 0
 
 
 @functools.cache
 def _split_indices() -> dict[str, np.ndarray]:
-  # Imported here: scikit-learn is slow to import and only digits needs it.
-  from sklearn import datasets as sk_datasets  # pylint: disable=g-import-not-at-top
-  from sklearn import model_selection  # pylint: disable=g-import-not-at-top
-  labels = sk_datasets.load_digits().target
-  train, test = model_selection.train_test_split(
-      np.arange(len(labels)), test_size=NUM_TEST, stratify=labels,
-      random_state=_SPLIT_SEED)
-  return {"train": np.sort(train), "test": np.sort(test)}
+  # scikit-learn's stratified split (seed 0), written out in data/digits_split.py.
+  test = np.asarray(digits_split.TEST_INDICES, np.int64)
+  train = np.setdiff1d(np.arange(NUM_TRAIN + NUM_TEST), test)
+  return {"train": train, "test": test}
 
 
 def split_indices(split: str) -> np.ndarray:
@@ -41,13 +39,29 @@ def split_indices(split: str) -> np.ndarray:
   return _split_indices()[split].copy()
 
 
+def _sklearn_digits_csv() -> str:
+  """The path of the CSV file that ``sklearn.datasets.load_digits`` reads (64 pixel values and
+  the label per row), found without importing scikit-learn: its datasets package takes about a
+  second to import, in every process that reads the digits."""
+  spec = importlib.util.find_spec("sklearn")
+  if spec is None or not spec.submodule_search_locations:
+    raise ImportError("the bundled digits ship inside scikit-learn: pip install scikit-learn")
+  return os.path.join(spec.submodule_search_locations[0], "datasets", "data", "digits.csv.gz")
+
+
 @functools.cache
 def _load_all() -> tuple[np.ndarray, np.ndarray]:
-  from sklearn import datasets as sk_datasets  # pylint: disable=g-import-not-at-top
-  d = sk_datasets.load_digits()
+  path = _sklearn_digits_csv()
+  if os.path.exists(path):   # read as load_digits reads it
+    data = np.loadtxt(path, delimiter=",")
+    pixels, target = data[:, :-1].reshape(-1, 8, 8), data[:, -1]
+  else:                      # a scikit-learn that keeps the file elsewhere
+    from sklearn import datasets as sk_datasets  # pylint: disable=g-import-not-at-top
+    d = sk_datasets.load_digits()
+    pixels, target = d.images, d.target
   # 0..16 ink intensity -> 0..255, ink bright as in MNIST.
-  images = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)
-  return images, d.target.astype(np.int32)
+  images = np.round(pixels * (255.0 / 16.0)).astype(np.uint8)
+  return images, target.astype(np.int32)
 
 
 def load(split: str) -> tuple[np.ndarray, np.ndarray]:
