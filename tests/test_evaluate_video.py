@@ -21,16 +21,12 @@ TASKS = "class2img,t2i,caption,vqa,joint,predict,interpolate"
 
 
 @pytest.fixture(scope="module")
-def workdir(video_workdir):
-  return video_workdir
-
-
-@pytest.fixture(scope="module")
-def evaluated(workdir):
-  proc = run_module("experiments.evaluate", f"--workdir={workdir}", f"--per_class={PER_CLASS}",
-                    f"--num_heldout={HELDOUT}", f"--batch={BATCH}", f"--tasks={TASKS}")
+def evaluated(video_workdir):
+  proc = run_module("experiments.evaluate", f"--workdir={video_workdir}",
+                    f"--per_class={PER_CLASS}", f"--num_heldout={HELDOUT}", f"--batch={BATCH}",
+                    f"--tasks={TASKS}")
   assert proc.returncode == 0, proc.stderr[-3000:]
-  with open(workdir / "eval.json") as f:
+  with open(video_workdir / "eval.json") as f:
     return json.load(f), proc.stdout
 
 
@@ -73,9 +69,9 @@ def test_evaluate_writes_the_video_metrics(evaluated):
     assert key not in saved
 
 
-def test_sample_refuses_the_adm_format_for_a_clip_workdir(workdir, tmp_path):
+def test_sample_refuses_the_adm_format_for_a_clip_workdir(video_workdir, tmp_path):
   out = tmp_path / "adm.npz"
-  proc = run_module("experiments.sample", f"--workdir={workdir}", "--task=class2video",
+  proc = run_module("experiments.sample", f"--workdir={video_workdir}", "--task=class2video",
                     "--format=adm", f"--out={out}")
   assert proc.returncode != 0
   assert "--format=adm writes ADM's image batch" in proc.stderr

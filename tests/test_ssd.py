@@ -29,6 +29,9 @@ def rel_err(a, b):
   return float(np.max(np.abs(a - b)) / (scale if scale > 0 else 1.0))
 
 
+forward = jax.jit(ssd, static_argnames=("impl", "chunk_size"))
+
+
 @functools.partial(jax.jit, static_argnames=("impl", "chunk_size"))
 def value_and_grads(args, cot, impl, chunk_size):
   """Outputs and the VJP of a random cotangent w.r.t. every array input."""
@@ -56,7 +59,6 @@ def test_xla_matches_sequential_scan(length, with_init, groups, dtype, tol):
   args = (x, dt, A, B, C, h0 if with_init else None)
   if not with_init:
     # Exercise the `initial_state=None` path for the forward pass too.
-    forward = jax.jit(ssd, static_argnames=("chunk_size", "impl"))
     y_none, h_none = forward(x, dt, A, B, C, chunk_size=64, impl="xla")
     y_ref, h_ref = forward(x, dt, A, B, C, impl="scan")
     assert rel_err(y_none, y_ref) <= tol and rel_err(h_none, h_ref) <= tol
