@@ -5,8 +5,8 @@ whole run.
 The tests' programs are tiny and run a few times each, so compiling them dominates the suite:
 `--xla_backend_optimization_level=0` with LLVM's expensive passes off halves the compile time of
 the tiny train step (the tests' largest program), and XLA:CPU's loop emitters in place of its
-fusion emitters (`--xla_cpu_use_fusion_emitters=false`) take it from about 6 to 3.4 s, tracing
-included. Neither changes a result a test checks (every comparison is between programs compiled
+fusion emitters (`--xla_cpu_use_fusion_emitters=false`, where the installed XLA still has them:
+jaxlib 0.12 does not) take it from about 6 to 3.4 s, tracing included. Neither changes a result a test checks (every comparison is between programs compiled
 alike, or against an oracle with a tolerance). The CLIs keep XLA's defaults: at full
 optimisation the fusion emitters give the faster step (docs/results.md, "The test suite"). The
 flags travel with XLA_FLAGS to every subprocess (the CLI runs, the notebook's kernel) and are part of
@@ -21,6 +21,7 @@ jax/jaxlib version and the backend), so it changes how long a test takes, never 
 """
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 
@@ -28,10 +29,27 @@ import pytest
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 _FLAGS = ("--xla_force_host_platform_device_count=8", "--xla_backend_optimization_level=0",
-          "--xla_llvm_disable_expensive_passes=true", "--xla_cpu_use_fusion_emitters=false")
+          "--xla_llvm_disable_expensive_passes=true")
+_LOOP_EMITTERS = "--xla_cpu_use_fusion_emitters=false"
+
+
+def _xla_knows(flag):
+  """Whether this jaxlib's XLA accepts `flag`: XLA aborts any process whose XLA_FLAGS name a flag
+  it does not know, and jaxlib 0.12 removed the loop emitters with their flag. Asked of a
+  throwaway process (about a second, once per run: the workers and subprocesses inherit the
+  answer through XLA_FLAGS)."""
+  probe = subprocess.run([sys.executable, "-c", "import jax; jax.devices()"],
+                         env={**os.environ, "XLA_FLAGS": flag, "JAX_PLATFORMS": "cpu"},
+                         capture_output=True, timeout=300, check=False)
+  return probe.returncode == 0
+
+
 for _flag in _FLAGS:
   if _flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
+if (_LOOP_EMITTERS.split("=")[0] not in os.environ["XLA_FLAGS"]
+    and not os.environ.get("PYTEST_XDIST_WORKER") and _xla_knows(_LOOP_EMITTERS)):
+  os.environ["XLA_FLAGS"] += " " + _LOOP_EMITTERS
 
 _CACHE_VAR = "MDM_TEST_COMPILATION_CACHE"   # set by the process that made the folder
 _made_cache = None
