@@ -100,15 +100,33 @@ _FIRST = ["test_multiprocess.py", "test_api.py", "test_train.py", "test_named_co
           "test_ssd.py", "test_samplers.py"]
 
 
+def _group_of(file_name, test_name):
+  return _GROUPS.get(file_name) or _GROUPS.get(f"{file_name}::{test_name}")
+
+
 @pytest.hookimpl(tryfirst=True)   # before xdist's own, which reads the group marks
 def pytest_collection_modifyitems(config, items):
   del config
   for item in items:
-    group = _GROUPS.get(item.path.name) or _GROUPS.get(f"{item.path.name}::{item.name}")
+    group = _group_of(item.path.name, item.name)
     if group:
       item.add_marker(pytest.mark.xdist_group(group))
   rank = {name: i for i, name in enumerate(_FIRST)}
   items.sort(key=lambda item: rank.get(item.path.name, len(_FIRST)))   # stable within a file
+
+
+def pytest_xdist_node_collection_finished(node, ids):
+  """On xdist's controller, each worker's collected node ids: a grouped test's id ends in
+  "@group" (xdist's loadgroup adds it). Without it the suite would still pass, each worker
+  building the shared fixtures again (minutes more), so the run stops here instead."""
+  del node
+  lost = [nodeid for nodeid in ids if "@" not in nodeid.rsplit("]", 1)[-1]   # no group suffix
+          and _group_of(os.path.basename(nodeid.split("::")[0]), nodeid.split("::")[-1])]
+  if lost:
+    pytest.exit(f"pytest-xdist did not group the tests that share a fixture ({len(lost)}, e.g. "
+                f"{lost[0]}): this pytest and pytest-xdist do not work together "
+                "(pytest-dev/pytest-xdist#1386); install the versions setup.cfg's test extra "
+                "admits: pip install -e '.[test]'", returncode=4)
 
 
 @pytest.fixture(scope="session")
