@@ -72,8 +72,10 @@ def test_frechet_distance_fewer_samples_than_dims_is_the_nonsingular_limit():
 
 
 def test_frechet_distance_rejects_a_matrix_that_is_not_a_covariance():
-  with pytest.raises(ValueError, match="negative eigenvalue"):
+  with pytest.raises(ValueError, match="sigma1 has a negative eigenvalue"):
     image_metrics.frechet_distance(np.zeros(2), -np.eye(2), np.zeros(2), np.eye(2))
+  with pytest.raises(ValueError, match="sigma2 has a negative eigenvalue"):
+    image_metrics.frechet_distance(np.zeros(2), np.eye(2), np.zeros(2), -np.eye(2))
   with pytest.raises(ValueError, match="not symmetric"):
     image_metrics.frechet_distance(np.zeros(2), np.array([[1.0, 0.5], [0.0, 1.0]]),
                                    np.zeros(2), np.eye(2))

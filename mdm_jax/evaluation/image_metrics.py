@@ -41,33 +41,38 @@ def gaussian_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   return features.mean(axis=0), np.atleast_2d(np.cov(features, rowvar=False))
 
 
-def _trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
+def _trace_sqrt_product(eig1: tuple[np.ndarray, np.ndarray], sigma2: np.ndarray) -> float:
   """``tr((sigma1 sigma2)^(1/2))`` for symmetric PSD (d, d) matrices, exact when singular.
 
-  ``sigma1 sigma2`` has the eigenvalues of the symmetric PSD ``s = r sigma2 r`` with
-  ``r = sigma1^(1/2)`` (``AB`` and ``BA`` share eigenvalues), so the trace of its principal root
-  is ``sum(sqrt(eig(s)))``. Two symmetric eigendecompositions need neither the ``eps * I`` retry
-  that pytorch-fid and ADM wrap around ``scipy.linalg.sqrtm`` for a singular product (fewer
-  samples than feature dimensions, a zero covariance) nor its complex round-off, and they give
-  the same value on every scipy/numpy release (``sqrtm``'s handling of singular input has
-  changed between releases, and the retry biases the result by about ``eps * d``).
+  ``eig1`` is sigma1's symmetric eigendecomposition ``(w1, v1)``. ``sigma1 sigma2`` has the
+  eigenvalues of the symmetric PSD ``s = r sigma2 r`` with ``r = sigma1^(1/2)`` (``AB`` and
+  ``BA`` share eigenvalues), so the trace of its principal root is ``sum(sqrt(eig(s)))``. Two
+  symmetric eigendecompositions need neither the ``eps * I`` retry that pytorch-fid and ADM wrap
+  around ``scipy.linalg.sqrtm`` for a singular product (fewer samples than feature dimensions, a
+  zero covariance) nor its complex round-off, and they give the same value on every scipy/numpy
+  release (``sqrtm``'s handling of singular input has changed between releases, and the retry
+  biases the result by about ``eps * d``).
   """
-  w1, v1 = np.linalg.eigh(sigma1)
+  w1, v1 = eig1
   root1 = (v1 * np.sqrt(np.clip(w1, 0.0, None))) @ v1.T
   s = root1 @ sigma2 @ root1
   w = np.linalg.eigvalsh((s + s.T) / 2.0)
   return float(np.sum(np.sqrt(np.clip(w, 0.0, None))))
 
 
-def _check_covariance(name: str, sigma: np.ndarray) -> None:
+def _checked_eigh(name: str, sigma: np.ndarray, vectors: bool
+                  ) -> tuple[np.ndarray, np.ndarray | None]:
+  """``sigma``'s eigenvalues (ascending) and, with ``vectors``, eigenvectors, after checking that
+  it is a covariance (symmetric, no negative eigenvalue beyond round-off)."""
   scale = max(float(np.max(np.abs(sigma))), 1e-300)
   if not np.allclose(sigma, sigma.T, rtol=0.0, atol=1e-8 * scale):
     raise ValueError(f"FID: {name} is not symmetric; pass a covariance matrix "
                      "(e.g. from gaussian_statistics).")
-  lowest = float(np.linalg.eigvalsh(sigma)[0])
-  if lowest < -1e-6 * scale:
-    raise ValueError(f"FID: {name} has a negative eigenvalue {lowest:g}; a covariance is "
+  w, v = np.linalg.eigh(sigma) if vectors else (np.linalg.eigvalsh(sigma), None)
+  if float(w[0]) < -1e-6 * scale:
+    raise ValueError(f"FID: {name} has a negative eigenvalue {float(w[0]):g}; a covariance is "
                      "positive semi-definite.")
+  return w, v
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
@@ -93,11 +98,11 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
   if sigma1.shape != (d, d) or sigma2.shape != (d, d):
     raise ValueError(f"covariances must be ({d}, {d}) to match the means, got {sigma1.shape} and "
                      f"{sigma2.shape}.")
-  _check_covariance("sigma1", sigma1)
-  _check_covariance("sigma2", sigma2)
+  eig1 = _checked_eigh("sigma1", sigma1, vectors=True)
+  _checked_eigh("sigma2", sigma2, vectors=False)
   diff = mu1 - mu2
   return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2)
-               - 2.0 * _trace_sqrt_product(sigma1, sigma2))
+               - 2.0 * _trace_sqrt_product(eig1, sigma2))
 
 
 def frechet_distance_from_features(features1: np.ndarray, features2: np.ndarray) -> float:
