@@ -6,11 +6,12 @@ The tests' programs are tiny and run a few times each, so compiling them dominat
 `--xla_backend_optimization_level=0` with LLVM's expensive passes off halves the compile time of
 the tiny train step (the tests' largest program), and XLA:CPU's loop emitters in place of its
 fusion emitters (`--xla_cpu_use_fusion_emitters=false`, where the installed XLA still has them:
-jaxlib 0.12 does not) take it from about 6 to 3.4 s, tracing included. Neither changes a result a test checks (every comparison is between programs compiled
-alike, or against an oracle with a tolerance). The CLIs keep XLA's defaults: at full
-optimisation the fusion emitters give the faster step (docs/results.md, "The test suite"). The
-flags travel with XLA_FLAGS to every subprocess (the CLI runs, the notebook's kernel) and are part of
-the compilation cache's key, so every process reads back the same executables.
+jaxlib 0.12 does not) take it from about 6 to 3.4 s, tracing included. Neither changes a result
+a test checks (every comparison is between programs compiled alike, or against an oracle with a
+tolerance). The CLIs keep XLA's defaults: at full optimisation the fusion emitters give the
+faster step (docs/results.md, "The test suite"). The flags travel with XLA_FLAGS to every
+subprocess (the CLI runs, the notebook's kernel) and are part of the compilation cache's key, so
+every process reads back the same executables.
 
 The cache is a fresh temporary folder made by the run's first process (pytest, or
 pytest-xdist's controller) and removed when it ends; the xdist workers and every subprocess a
