@@ -35,6 +35,7 @@ caption_guidance``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Optional
 
 import jax
@@ -139,7 +140,7 @@ def generate(model: MDM, variables, task: str, rng: jax.Array, *, num: int,
   class_id = labels if spec.uses_class and labels is not None else None
   guidance = {"class": sample_cfg.guidance, "caption": sample_cfg.caption_guidance}.get(
       spec.dropped, 0.0)
-  model_fn = _model_fn(bound, spec, procs, start, class_id, guidance)
+  model_fn = _model_fn(model, variables, bound.cfg, spec, procs, start, class_id, guidance)
   z0, tokens = samplers.joint_sample(
       model_fn, start["z_T"], start["tokens_T"], procs.image, procs.graph, procs.text_noise,
       k_sample, steps=sample_cfg.steps, image_solver=image_solver, text_method=text_method,
@@ -186,10 +187,23 @@ def _start(bound, spec: tasks_lib.Task, procs: Processes, key, num, *, text, pro
   return s
 
 
-def _model_fn(bound, spec: tasks_lib.Task, procs: Processes, start: dict, class_id, guidance):
+def denoise_network(model: MDM, variables, *args):
+  """``MDM.denoise`` as a function of (model, variables, inputs): each network call of a
+  sampler's program is a call of this function, jitted (``_model_fn``)."""
+  return model.apply(variables, *args, method=MDM.denoise)
+
+
+def _model_fn(model: MDM, variables, cfg, spec: tasks_lib.Task, procs: Processes, start: dict,
+              class_id, guidance):
   """The sampler's ``model_fn``: the network with the task's id, absent modalities fed fully
-  noised, and guidance against the task's dropped condition when ``guidance > 0``."""
-  cfg = bound.cfg
+  noised, and guidance against the task's dropped condition when ``guidance > 0``.
+
+  The network is a jitted function of its own, made afresh for each sampler: jax traces it once
+  and reuses that trace for every call with the same shapes (conditional and unconditional, the
+  sampler's loop body and its final step), which plain calls would trace one by one (2-4 times
+  per sampler; tracing is most of a short run's sampling cost). Being new for each sampler, it
+  never reuses a trace made under other flax contexts (axis rules, interceptors)."""
+  network = jax.jit(functools.partial(denoise_network, model))
   num, n_txt = start["tokens_T"].shape
   task_id = jnp.full((num,), TASK_IDS[spec.network_task], jnp.int32)
   null = jnp.full((num,), cfg.num_classes, jnp.int32)
@@ -203,7 +217,7 @@ def _model_fn(bound, spec: tasks_lib.Task, procs: Processes, start: dict, class_
     if text_absent:
       x, t_txt = all_mask, ones
     sigma, _ = procs.text_noise(t_txt)
-    return bound.denoise(z, t_img, x, t_txt, sigma, class_id, task_id)
+    return network(variables, z, t_img, x, t_txt, sigma, class_id, task_id)
 
   def model_fn(z, t_img, x, t_txt):
     eps, log_score = call(z, t_img, x, t_txt, class_id, start["text_absent"])

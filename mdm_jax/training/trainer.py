@@ -91,7 +91,10 @@ class Trainer:
     # Every dimension the mesh could not split as its rule asks: logged once, here, and
     # refused above the config's limit (the dry run prints the list).
     self.replications = []
-    self.abstract_state = sharding.abstract_sharded(self._init_state, self.rng, mesh,
+    # Jitted once, so that the shapes here and init_state's shardings and initialisation share
+    # one trace of the model's and the optimizer's init (each trace costs seconds).
+    self._init_fn = jax.jit(self._init_state)
+    self.abstract_state = sharding.abstract_sharded(self._init_fn, self.rng, mesh,
                                                     rules=self.rules, report=self.replications)
     if self.replications:
       logging.getLogger(__name__).warning(
@@ -134,7 +137,7 @@ class Trainer:
             "step": jnp.zeros((), jnp.int32), "rng": k_state}
 
   def init_state(self):
-    return sharding.init_sharded(self._init_state, self.rng, self.mesh, rules=self.rules)
+    return sharding.init_sharded(self._init_fn, self.rng, self.mesh, rules=self.rules)
 
   def mesh_context(self):
     """The mesh and this run's logical axis rules, current (for the jitted functions)."""
