@@ -140,7 +140,7 @@ def generate(model: MDM, variables, task: str, rng: jax.Array, *, num: int,
   class_id = labels if spec.uses_class and labels is not None else None
   guidance = {"class": sample_cfg.guidance, "caption": sample_cfg.caption_guidance}.get(
       spec.dropped, 0.0)
-  model_fn = _model_fn(model, variables, bound.cfg, spec, procs, start, class_id, guidance)
+  model_fn = _model_fn(model, variables, spec, procs, start, class_id, guidance)
   z0, tokens = samplers.joint_sample(
       model_fn, start["z_T"], start["tokens_T"], procs.image, procs.graph, procs.text_noise,
       k_sample, steps=sample_cfg.steps, image_solver=image_solver, text_method=text_method,
@@ -193,7 +193,7 @@ def denoise_network(model: MDM, variables, *args):
   return model.apply(variables, *args, method=MDM.denoise)
 
 
-def _model_fn(model: MDM, variables, cfg, spec: tasks_lib.Task, procs: Processes, start: dict,
+def _model_fn(model: MDM, variables, spec: tasks_lib.Task, procs: Processes, start: dict,
               class_id, guidance):
   """The sampler's ``model_fn``: the network with the task's id, absent modalities fed fully
   noised, and guidance against the task's dropped condition when ``guidance > 0``.
@@ -204,6 +204,7 @@ def _model_fn(model: MDM, variables, cfg, spec: tasks_lib.Task, procs: Processes
   per sampler; tracing is most of a short run's sampling cost). Being new for each sampler, it
   never reuses a trace made under other flax contexts (axis rules, interceptors)."""
   network = jax.jit(functools.partial(denoise_network, model))
+  cfg = model.cfg
   num, n_txt = start["tokens_T"].shape
   task_id = jnp.full((num,), TASK_IDS[spec.network_task], jnp.int32)
   null = jnp.full((num,), cfg.num_classes, jnp.int32)
