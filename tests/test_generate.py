@@ -10,6 +10,7 @@ import functools
 
 import flax.linen as nn
 import jax
+from jax.extend import core as jax_core
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -203,12 +204,12 @@ def _count_denoise_calls(fn, *args):
     for eqn in jaxpr.eqns:
       if eqn.params.get("name") == "denoise_network":
         n += 1
-      for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+      for sub in jax_core.jaxprs_in_params(eqn.params):
         n += calls(sub)
     return n
 
-  n_calls = calls(jax.make_jaxpr(fn)(*args).jaxpr)
-  return jax.jit(fn, compiler_options=FAST_COMPILE)(*args), n_calls
+  traced = jax.jit(fn).trace(*args)   # one trace: counted, then compiled
+  return traced.lower().compile(FAST_COMPILE)(*args), calls(traced.jaxpr.jaxpr)
 
 
 @pytest.mark.parametrize("task,guidance", [("class2img", 0.0), ("class2img", 1.5),
