@@ -265,6 +265,18 @@ def test_digest_sees_a_swap_and_every_dtype():
   # Hand formula for the plain word sum of a float32 leaf.
   words = np.asarray(x).view(np.uint32).astype(np.uint64).sum() % 2**32
   assert table["['f']"][0] == int(words)
+  # ... and of the position-weighted one, on a 2-D leaf (row-major positions).
+  m = np.random.default_rng(0).normal(size=(3, 5)).astype(np.float32)
+  u = m.view(np.uint32).astype(np.uint64).ravel()
+  weight = (np.arange(u.size, dtype=np.uint64) * 0x9E3779B1 + 1) % 2**32
+  got, _ = ckpt_lib.state_digests({"m": jnp.asarray(m)})
+  assert got["['m']"] == [int(u.sum() % 2**32), int((u * weight % 2**32).sum() % 2**32)]
+  # One non-finite element anywhere in a leaf names that leaf alone.
+  for bad_value in (np.nan, np.inf):
+    poisoned = m.copy()
+    poisoned[2, 3] = bad_value
+    _, bad = ckpt_lib.state_digests({"m": jnp.asarray(poisoned), "ok": jnp.asarray(m)})
+    assert bad == ["['m']"]
 
 
 @pytest.mark.parametrize("where", ["params", "opt_state", "ema"])
