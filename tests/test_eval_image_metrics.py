@@ -71,6 +71,31 @@ def test_frechet_distance_fewer_samples_than_dims_is_the_nonsingular_limit():
   np.testing.assert_allclose(got, limit, rtol=1e-5)
 
 
+def test_frechet_distance_to_features_fewer_samples_than_dims_against_sqrtm():
+  """A full-rank reference covariance against 6 samples in 10 dimensions (the n x n form) and
+  against 30 (the d x d form): scipy's sqrtm of the product (its ridge limit where singular,
+  which the ridge biases by ~sqrt(ridge) per missing direction), and the two-eigendecomposition
+  form on the covariance to round-off."""
+  rng = np.random.default_rng(7)
+  a = rng.normal(size=(10, 10))
+  mu1, sigma1 = rng.normal(size=10), a @ a.T / 10 + 0.1 * np.eye(10)
+  for n in (6, 30):
+    f2 = rng.normal(0.3, 1.5, size=(n, 10))
+    m2, s2 = np.mean(f2, axis=0), np.cov(f2, rowvar=False)
+    root = scipy.linalg.sqrtm(sigma1 @ (s2 + np.eye(10) * 1e-10)).real
+    want = np.sum((mu1 - m2) ** 2) + np.trace(sigma1) + np.trace(s2) - 2 * np.trace(root)
+    got = image_metrics.frechet_distance_to_features(mu1, sigma1, f2)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    np.testing.assert_allclose(got, image_metrics.frechet_distance(mu1, sigma1, m2, s2),
+                               rtol=1e-8)
+  with pytest.raises(ValueError, match="sigma1 has a negative eigenvalue"):
+    image_metrics.frechet_distance_to_features(mu1, -sigma1, f2[:6])
+  with pytest.raises(ValueError, match="means must be two vectors of one length"):
+    image_metrics.frechet_distance_to_features(mu1, sigma1, f2[:6, :9])
+  with pytest.raises(ValueError, match="covariances must be"):
+    image_metrics.frechet_distance_to_features(mu1, sigma1[:9, :9], f2[:6])
+
+
 def test_frechet_distance_rejects_a_matrix_that_is_not_a_covariance():
   with pytest.raises(ValueError, match="sigma1 has a negative eigenvalue"):
     image_metrics.frechet_distance(np.zeros(2), -np.eye(2), np.zeros(2), np.eye(2))

@@ -80,8 +80,7 @@ def reference_metrics(samples: np.ndarray, ref: reference_stats.ReferenceStats, 
   statistics, with InceptionV3 pool_3 features."""
   f_fake, logits = feature_extractor.extract_features(extractor, samples, batch)
   p, r = image_metrics.precision_recall(ref.features, f_fake, k=k)
-  return {"fid": image_metrics.frechet_distance(ref.mu, ref.sigma,
-                                                *image_metrics.gaussian_statistics(f_fake)),
+  return {"fid": image_metrics.frechet_distance_to_features(ref.mu, ref.sigma, f_fake),
           "inception_score": image_metrics.inception_score(np.asarray(jax.nn.softmax(logits))),
           "precision_inception": p, "recall_inception": r, "num_samples": int(len(samples)),
           "num_reference": ref.count}

@@ -14,6 +14,7 @@ from mdm_jax.evaluation.feature_extractor import extract_features
 from mdm_jax.evaluation.feature_extractor import FeatureExtractor
 from mdm_jax.evaluation.image_metrics import frechet_distance
 from mdm_jax.evaluation.image_metrics import frechet_distance_from_features
+from mdm_jax.evaluation.image_metrics import frechet_distance_to_features
 from mdm_jax.evaluation.image_metrics import gaussian_statistics
 from mdm_jax.evaluation.image_metrics import inception_score
 from mdm_jax.evaluation.image_metrics import precision_recall
