@@ -66,8 +66,11 @@ def test_train_on_prepared_folder_counts_conversions_and_truncations(image_folde
                     "--config.data.name=folder", f"--config.data.data_dir={out}",
                     "--config.data.channels=1", f"--config.data.max_text_len={max_text_len}",
                     "--config.total_steps=3", "--config.log_every=1",
-                    f"--config.batch_size={batch}")
-  assert proc.returncode == 0, proc.stderr[-3000:]
+                    f"--config.batch_size={batch}", "--kill_at_step=3")
+  # Stopped by its own SIGKILL after step 3's checkpoint: what is checked is the data's path
+  # into training; the final samples (a 2-class model's programs, compiled nowhere else) are
+  # skipped.
+  assert proc.returncode == -9, proc.stderr[-3000:]
   # Every caption is too long: the first batch truncates all of its captions, counted.
   assert re.search(rf"{batch} caption texts truncated to max_text_len so far \(of {batch} "
                    r"examples\)", proc.stderr), proc.stderr[-3000:]
