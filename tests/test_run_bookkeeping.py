@@ -129,9 +129,11 @@ def test_an_exception_in_the_loop_finishes_the_save_and_frees_the_workdir(tmp_pa
   from experiments import configs
   from experiments import train as train_lib
   config = configs.load("tiny")
-  # The notebook test's run (tiny, 6 steps, on this process's 8 devices): one train step compiled
-  # for both, whichever runs first (the run's compilation cache).
+  # The one-process oracle of tests/test_multiprocess.py (tiny, 6 steps, fsdp over 8 devices, as
+  # this process has): one train step compiled for both, whichever runs first (the run's
+  # compilation cache).
   config.total_steps, config.checkpoint_every, config.log_every = 6, 3, 1
+  config.mesh.data, config.mesh.fsdp = 1, 8
 
   def fails(*args, **kwargs):  # right after the last step's (asynchronous) save started
     raise RuntimeError("injected failure after the last save")
