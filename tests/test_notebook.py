@@ -18,9 +18,9 @@ def test_notebook_runs_on_cpu(tmp_path, monkeypatch):
   monkeypatch.setenv("MDM_NOTEBOOK_WORKDIR", str(tmp_path / "wd"))
   # The kernel is a process like the CLI subprocesses: one CPU device, their XLA_FLAGS (part of
   # the compilation cache's key), so it reads back the tiny run's programs they compiled.
-  for name, value in subproc.env().items():
-    if name in ("JAX_PLATFORMS", "XLA_FLAGS"):
-      monkeypatch.setenv(name, value)
+  cli_env = subproc.env()
+  for name in ("JAX_PLATFORMS", "XLA_FLAGS"):
+    monkeypatch.setenv(name, cli_env[name])
   nb = nbformat.read(NOTEBOOK, as_version=4)
   NotebookClient(nb, timeout=subproc.HANG_TIMEOUT_S, kernel_name="python3",
                  resources={"metadata": {"path": REPO}}).execute()
