@@ -218,7 +218,8 @@ def _model_fn(model: MDM, variables, spec: tasks_lib.Task, procs: Processes, sta
     if text_absent:
       x, t_txt = all_mask, ones
     sigma, _ = procs.text_noise(t_txt)
-    return network(variables, z, t_img, x, t_txt, sigma, class_id, task_id)
+    image_out, text_out = network(variables, z, t_img, x, t_txt, sigma, class_id, task_id)
+    return procs.image_eps(image_out, z, t_img), text_out
 
   def model_fn(z, t_img, x, t_txt):
     eps, log_score = call(z, t_img, x, t_txt, class_id, start["text_absent"])

@@ -178,8 +178,9 @@ def test_cfg_formula():
                                atol=1e-6)
 
 
-def _captured_model_fn(setup, task, guidance, monkeypatch, caption_guidance=None):
-  """generate's model_fn, caught where generate hands it to samplers.joint_sample."""
+def _captured_model_fn(setup, task, guidance, monkeypatch, caption_guidance=None, **loss):
+  """generate's model_fn (for a model trained with LossConfig(**loss)), caught where generate
+  hands it to samplers.joint_sample."""
   model, variables, inputs = setup
   caught = {}
 
@@ -188,7 +189,7 @@ def _captured_model_fn(setup, task, guidance, monkeypatch, caption_guidance=None
     return z_T, tokens_T
 
   monkeypatch.setattr(samplers, "joint_sample", fake_joint_sample)
-  generate(model, variables, task, key(0), num=NUM, procs=procs(model),
+  generate(model, variables, task, key(0), num=NUM, procs=procs(model, **loss),
            sample_cfg=SampleConfig(steps=2, guidance=guidance,
                                    caption_guidance=(guidance if caption_guidance is None
                                                      else caption_guidance)),
@@ -242,6 +243,55 @@ def test_guidance_combines_conditional_and_unconditional_calls(setup, denoise, t
   np.testing.assert_allclose(log_score, cond[1], rtol=1e-4, atol=1e-5)
   if guidance:
     assert np.max(np.abs(np.asarray(cond[0]) - np.asarray(uncond[0]))) > 1e-4
+
+
+def _linear_alpha_sigma(t):
+  """alpha(t), sigma(t) of the linear VP schedule (beta 0.1 -> 20), by hand."""
+  t = np.asarray(t, np.float64)
+  abar = np.exp(-(0.1 * t + 19.9 * t**2 / 2))
+  return np.sqrt(abar), np.sqrt(1 - abar)
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_a_v_head_read_as_eps_is_the_exact_denoiser_of_a_gaussian(schedule):
+  """Data x0 ~ N(0, s^2 I): the exact v prediction, read through Processes.image_eps, is the
+  exact eps prediction E[eps | z_t] = sigma z_t / (alpha^2 s^2 + sigma^2)."""
+  p = Processes.build(tiny_config(), LossConfig(image_target="v", schedule=schedule))
+  s = 0.7
+  rs = np.random.RandomState(0)
+  z = rs.randn(4, 16, 4)
+  t = np.asarray([0.02, 0.3, 0.7, 0.99])
+  a, sig = (np.asarray(f(jnp.asarray(t, jnp.float32)), np.float64)[:, None, None]
+            for f in (p.image.alpha, p.image.sigma))
+  denom = a**2 * s**2 + sig**2
+  eps_star, x0_star = sig * z / denom, a * s**2 * z / denom
+  v_star = a * eps_star - sig * x0_star
+  got = p.image_eps(jnp.asarray(v_star, jnp.float32), jnp.asarray(z, jnp.float32),
+                    jnp.asarray(t, jnp.float32))
+  np.testing.assert_allclose(got, eps_star, rtol=1e-4, atol=1e-5)
+  eps_head = Processes.build(tiny_config(), LossConfig(schedule=schedule))
+  assert eps_head.image_eps(v_star, z, t) is v_star   # an eps head's output is eps already
+
+
+def test_samplers_read_a_v_head_as_eps(setup, denoise, monkeypatch):
+  """A model trained with loss.image_target="v": the sampler's model_fn returns
+  sigma z + alpha v of the guided v output (alpha, sigma by hand), not v itself."""
+  _, _, inputs = setup
+  guidance = 1.5
+  model_fn = _captured_model_fn(setup, "class2img", guidance, monkeypatch, image_target="v")
+  rs = np.random.RandomState(1)
+  z = jnp.asarray(rs.randn(NUM, 16, 4), jnp.float32)
+  t_img = jnp.asarray([0.7, 0.05], jnp.float32)
+  x = jnp.full((NUM, TEXT_LEN), VOCAB, jnp.int32)
+  eps, _ = jax.jit(model_fn)(z, t_img, x, jnp.ones((NUM,)))
+  task_id = jnp.full((NUM,), TASKS.index("class2img"), jnp.int32)
+  null = jnp.full((NUM,), NUM_CLASSES, jnp.int32)
+  v_cond = np.asarray(denoise(z, t_img, x, jnp.ones((NUM,)), inputs["labels"], task_id)[0])
+  v_uncond = np.asarray(denoise(z, t_img, x, jnp.ones((NUM,)), null, task_id)[0])
+  a, sig = (c[:, None, None] for c in _linear_alpha_sigma(t_img))
+  want = sig * np.asarray(z) + a * ((1 + guidance) * v_cond - guidance * v_uncond)
+  np.testing.assert_allclose(eps, want, rtol=1e-4, atol=1e-5)
+  assert np.max(np.abs(want - ((1 + guidance) * v_cond - guidance * v_uncond))) > 0.1
 
 
 @pytest.mark.parametrize("task,guidance,caption_guidance", [("class2img", 0.0, 2.0),

@@ -1,7 +1,7 @@
 """The diffusion processes of one model, built once from its config and shared by the loss and
 the samplers: the image latents' VP schedule, the text noise, the absorbing graph, and how the
-network's text output is read (the absorbing log-score form, or x0 logits for the Markov
-ablation).
+network's outputs are read (the image output as eps or v; the text output as the absorbing
+log-score form, or x0 logits for the Markov ablation).
 
 Imports nothing from the models: ``Processes.build`` reads the fields it needs from the model
 and loss configs.
@@ -31,6 +31,8 @@ class Processes:
     text_noise: sigma(t) of the text's absorbing diffusion.
     graph: the absorbing graph over vocab + [MASK].
     text_score: the absorbing log-score form of the text head (``absorbing_log_score``).
+    image_target: what the image head predicts, the loss's target: "eps" or "v"
+      (``gaussian.dsm_loss``); the samplers read it back as eps (``image_eps``).
     objective: "score_entropy" (text output read as log-scores) or "markov" (as x0 logits,
       sampled with D3PM; images with DDPM).
   """
@@ -39,8 +41,12 @@ class Processes:
   graph: se.AbsorbingGraph
   text_score: str = "conditional"
   objective: str = "score_entropy"
+  image_target: str = "eps"
 
   def __post_init__(self):
+    if self.image_target not in gaussian.TARGETS:
+      raise ValueError(f"loss.image_target must be one of {gaussian.TARGETS}, got "
+                       f"{self.image_target!r}")
     if self.text_score not in TEXT_SCORES:
       raise ValueError(f"text_score must be one of {TEXT_SCORES}, got {self.text_score!r}")
     if self.objective not in OBJECTIVES:
@@ -49,18 +55,25 @@ class Processes:
   @classmethod
   def build(cls, model_cfg, loss_cfg) -> Processes:
     """From an ``MDMConfig`` (vocab_size, text_score) and a ``LossConfig`` (schedule,
-    noise_eps, objective)."""
+    noise_eps, objective, image_target)."""
     if loss_cfg.schedule not in SCHEDULES:
       raise ValueError(f"loss.schedule must be one of {SCHEDULES}, got {loss_cfg.schedule!r}")
     image = (gaussian.VPSchedule.linear() if loss_cfg.schedule == "linear"
              else gaussian.VPSchedule.cosine())
     return cls(image=image, text_noise=se.LogLinearNoise(eps=loss_cfg.noise_eps),
                graph=se.AbsorbingGraph(model_cfg.vocab_size), text_score=model_cfg.text_score,
-               objective=loss_cfg.objective)
+               objective=loss_cfg.objective, image_target=loss_cfg.image_target)
 
   @property
   def markov(self) -> bool:
     return self.objective == "markov"
+
+  def image_eps(self, out: jax.Array, z_t: jax.Array, t: jax.Array) -> jax.Array:
+    """The image head's output ``out`` at ``(z_t, t)`` read as the noise eps, what every image
+    sampler takes: itself for an eps head, ``sigma z_t + alpha v`` for a v head."""
+    if self.image_target == "v":
+      return gaussian.v_to_eps(self.image, out, z_t, t)
+    return out
 
 
 def absorbing_log_score(raw, sigma, ids_t, vocab_size, form="conditional"):

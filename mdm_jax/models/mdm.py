@@ -560,7 +560,10 @@ class MDM(nn.Module):
   # --- Denoiser ------------------------------------------------------------------------
   def denoise(self, z_img, t_img, ids_t, t_txt, sigma_txt, class_id, task_id,
               text_latents: Optional[jax.Array] = None):
-    """Noised unit-variance image latents + noised ids -> (eps, log_score).
+    """Noised unit-variance image latents + noised ids -> (image output, log_score).
+
+    The image output is the prediction of the loss's target (``loss.image_target``: the noise
+    eps, or v); ``Processes.image_eps`` reads it as eps for the samplers.
 
     The text input is the (unit-variance) VAE mean of ``ids_t``; pass ``text_latents`` to
     supply it directly (e.g. with gradients to the encoder).
