@@ -344,7 +344,7 @@ def test_evaluate_against_an_adm_reference_batch(workdir, tmp_path):
   from data import digits
   x, _ = digits.load("test")
   ref = tmp_path / "ref.npz"
-  np.savez(ref, arr_0=x[:16, ..., None])          # ADM's key, uint8 NHWC
+  np.savez(ref, arr_0=x[:8, ..., None])           # ADM's key, uint8 NHWC
   weights = tmp_path / "pt_inception.npz"
   _random_inception_weights(weights)
   proc = run_module("experiments.evaluate", f"--workdir={workdir}", "--per_class=1",
@@ -354,7 +354,7 @@ def test_evaluate_against_an_adm_reference_batch(workdir, tmp_path):
   result = json.loads((workdir / "eval.json").read_text())
   assert abs(result["fid"]) < 1e-3, result["fid"]
   assert result["precision_inception"] == 1.0 and result["recall_inception"] == 1.0
-  assert result["num_samples"] == result["num_reference"] == 16
+  assert result["num_samples"] == result["num_reference"] == 8
   assert np.isfinite(result["inception_score"]) and result["inception_score"] >= 1.0 - 1e-6
   assert "| fid |" in proc.stdout and "| caption_accuracy |" in proc.stdout
   # The digits metrics as before, plus the held-out captions' likelihood.
@@ -372,14 +372,14 @@ def test_evaluate_against_an_adm_reference_batch(workdir, tmp_path):
 
 
 def test_evaluate_against_a_dataset_split_caches_its_statistics(workdir, tmp_path):
-  """--ref_split: the split's own first 16 images scored against it give FID ~0; the statistics
+  """--ref_split: the split's own first 8 images scored against it give FID ~0; the statistics
   are cached in the workdir and read back (a tampered cache shows in the next FID: mu + 1 in
   each of the 2048 dimensions adds exactly 2048). Keys: tests/test_eval_reference_stats.py."""
   import json
   from data import digits
   x, _ = digits.load("test")
   samples = tmp_path / "samples.npz"
-  np.savez(samples, arr_0=x[:16, ..., None])
+  np.savez(samples, arr_0=x[:8, ..., None])
   weights = tmp_path / "pt_inception.npz"
   _random_inception_weights(weights)
   args = [f"--workdir={workdir}", "--tasks=", "--batch=4", "--ref_split=test",
@@ -391,16 +391,16 @@ def test_evaluate_against_a_dataset_split_caches_its_statistics(workdir, tmp_pat
     return json.loads((workdir / "eval.json").read_text())
 
   (workdir / "eval.json").unlink(missing_ok=True)   # else it keeps an earlier test's scores
-  first = evaluate("--ref_num=16")
-  assert abs(first["fid"]) < 1e-3 and first["num_reference"] == 16
+  first = evaluate("--ref_num=8")
+  assert abs(first["fid"]) < 1e-3 and first["num_reference"] == 8
   assert not first["reference_cached"] and "class_accuracy" not in first
   path = first["reference_cache"]
   with np.load(path) as data:
-    assert data["features"].shape == (16, 2048)
+    assert data["features"].shape == (8, 2048)
     tampered = dict(data)
   tampered["mu"] = tampered["mu"] + 1.0
   np.savez(path, **tampered)
-  second = evaluate("--ref_num=16")
+  second = evaluate("--ref_num=8")
   assert second["reference_cached"] and second["reference_cache"] == path
   np.testing.assert_allclose(second["fid"], first["fid"] + 2048.0, rtol=1e-6)
 
