@@ -224,11 +224,11 @@ def mdm_loss(model: MDM, batch: dict, rng: jax.Array, cfg: LossConfig,
                                 mc.mask_id)
   text_latents = model.encode_text(x_t)[0] * scale[1] if cfg.grad_to_encoder else None
 
-  eps_pred, text_out = model.denoise(z_img_t, t_img, x_t, t_txt, sigma, class_id, task,
-                                     text_latents=text_latents)
+  image_out, text_out = model.denoise(z_img_t, t_img, x_t, t_txt, sigma, class_id, task,
+                                      text_latents=text_latents)
 
-  img_per_ex = jnp.mean(gaussian.dsm_loss(eps_pred, z0_img, eps, t_img, procs.image,
-                                          target=cfg.image_target), axis=(1, 2))
+  img_per_ex = jnp.mean(gaussian.dsm_loss(image_out, z0_img, eps, t_img, procs.image,
+                                          target=procs.image_target), axis=(1, 2))
   txt_per_ex = (text_diffusion_loss(procs, text_out, sigma, dsigma, x_t, text0, generated)
                 if has_text else jnp.zeros_like(img_per_ex))
   return _total(cfg, task, rec_img, rec_txt, kl, img_per_ex, txt_per_ex)
