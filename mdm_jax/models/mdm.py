@@ -588,6 +588,6 @@ class MDM(nn.Module):
     logits = self.decode_text(mu_t)
     zeros = jnp.zeros((b,), jnp.float32)
     ints = jnp.zeros((b,), jnp.int32)
-    eps, log_score = self.denoise(mu_i, zeros, ids, zeros, zeros + 1.0, ints, ints,
-                                  text_latents=mu_t)
-    return recon_img, logits, eps, log_score
+    image_out, log_score = self.denoise(mu_i, zeros, ids, zeros, zeros + 1.0, ints, ints,
+                                        text_latents=mu_t)
+    return recon_img, logits, image_out, log_score
