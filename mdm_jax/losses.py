@@ -18,7 +18,8 @@ denoising score matching (eps or v target). Text diffusion: SEDD absorbing diffu
 denoising score entropy weighted by the noise rate (``objective="score_entropy"``), or the
 paper's "Markov chain" ablation (``objective="markov"``): the text head's output is read as
 x0-logits and trained on the absorbing chain's variational bound (image side unchanged: the
-eps loss is DDPM's simple loss; the ablation samples images with DDPM).
+eps loss is DDPM's simple loss; the ablation samples images with DDPM). A VQA answer's first
+token is always masked, its term weighted by the probability of that (``mask_answers``).
 
 By default the diffusion terms see ``stop_gradient`` latents (``grad_to_encoder=False``):
 the VAE is trained only by its reconstruction and KL terms, which keeps the latent space from
@@ -56,6 +57,8 @@ class LossConfig:
     grad_to_encoder: let the diffusion losses' gradients reach the VAE encoder.
     t_min: smallest diffusion time sampled (both modalities).
     image_weight, text_weight: weights of the two diffusion terms.
+    mask_answer: VQA's first answer token is always [MASK], its loss weighted by the probability
+      that the forward process masks it (``mask_answers``).
     schedule: "linear" or "cosine" VP schedule. noise_eps: log-linear text noise eps (both
       read through ``diffusion.processes.Processes.build``).
   """
@@ -68,6 +71,7 @@ class LossConfig:
   t_min: float = 1e-3
   image_weight: float = 1.0
   text_weight: float = 1.0
+  mask_answer: bool = True
   schedule: str = "linear"
   noise_eps: float = 1e-3
 
@@ -168,17 +172,48 @@ def corrupt_text(procs: Processes, key, text0, sigma, prompt_len, text_absent, m
   return x_t, generated
 
 
+def mask_answers(procs: Processes, task, x_t, prompt_len, sigma):
+  """Integrate the answer's mask indicator out of the prompted task's text loss.
+
+  A VQA answer is one word, the one token of the example that the image decides. Drawn like
+  every other position, it is masked with probability 1 - e^-sigma (about t) and its loss then
+  weighted by about 1/t: in a batch a few answers carry large weights and most none, a noisy
+  signal for the token the question is about (on the digits run, the yes/no questions were then
+  learnt on some seeds only: docs/findings.md). Masking it always and weighting its loss by that
+  probability gives the same expected loss for that token (its other inputs, the image, the
+  question and the other positions' masks, are drawn independently of its own mask) with every
+  answer of every batch counting. Only the first answer token: forcing more would change the
+  contexts the later ones are trained in. The other generated positions (the end of text,
+  padding, a longer answer's rest) keep their own masks and weight 1; they are always trained
+  with the first answer token masked.
+
+  Args:
+    task: (b,) task ids; x_t: (b, T) noised ids; prompt_len: (b,) clean prompt lengths (the first
+      answer token sits at ``prompt_len``); sigma: (b,) total text noise.
+  Returns:
+    (x_t with every prompted example's first answer token [MASK], (b, T) float32 loss weights).
+  """
+  prompted = per_task(task, lambda s: s.text == tasks_lib.PROMPT)
+  first = prompted[:, None] & (jnp.arange(x_t.shape[1])[None, :] == prompt_len[:, None])
+  weight = jnp.where(first, -jnp.expm1(-sigma)[:, None], 1.0)
+  return jnp.where(first, procs.graph.mask_id, x_t), weight
+
+
 def _text_loss_fn(procs: Processes):
   """The per-token text loss of the objective: score entropy, or the absorbing chain's ELBO for
   the Markov ablation (the same signature; both are bounds on -log p integrated over t)."""
   return markov.absorbing_elbo_loss if procs.markov else score_entropy.score_entropy_loss
 
 
-def text_diffusion_loss(procs: Processes, text_out, sigma, dsigma, x_t, text0, generated):
+def text_diffusion_loss(procs: Processes, text_out, sigma, dsigma, x_t, text0, generated,
+                        weight=None):
   """(b,) per-example text diffusion loss over the generated positions, mean over all T:
-  score entropy, or the absorbing chain's bound for the Markov ablation."""
+  score entropy, or the absorbing chain's bound for the Markov ablation; ``weight`` (b, T)
+  scales each position's term (``mask_answers``)."""
   per_tok = _text_loss_fn(procs)(text_out, sigma[:, None], dsigma[:, None], x_t, text0,
                                  procs.graph, mask=generated)
+  if weight is not None:
+    per_tok = per_tok * weight
   return jnp.sum(per_tok, axis=1) / text0.shape[1]
 
 
@@ -222,6 +257,9 @@ def mdm_loss(model: MDM, batch: dict, rng: jax.Array, cfg: LossConfig,
   sigma, dsigma = procs.text_noise(t_txt)
   x_t, generated = corrupt_text(procs, keys[7], text0, sigma, prompt_len, text_absent,
                                 mc.mask_id)
+  tok_weight = None
+  if cfg.mask_answer:
+    x_t, tok_weight = mask_answers(procs, task, x_t, prompt_len, sigma)
   text_latents = model.encode_text(x_t)[0] * scale[1] if cfg.grad_to_encoder else None
 
   image_out, text_out = model.denoise(z_img_t, t_img, x_t, t_txt, sigma, class_id, task,
@@ -229,8 +267,8 @@ def mdm_loss(model: MDM, batch: dict, rng: jax.Array, cfg: LossConfig,
 
   img_per_ex = jnp.mean(gaussian.dsm_loss(image_out, z0_img, eps, t_img, procs.image,
                                           target=procs.image_target), axis=(1, 2))
-  txt_per_ex = (text_diffusion_loss(procs, text_out, sigma, dsigma, x_t, text0, generated)
-                if has_text else jnp.zeros_like(img_per_ex))
+  txt_per_ex = (text_diffusion_loss(procs, text_out, sigma, dsigma, x_t, text0, generated,
+                                    tok_weight) if has_text else jnp.zeros_like(img_per_ex))
   return _total(cfg, task, rec_img, rec_txt, kl, img_per_ex, txt_per_ex)
 
 

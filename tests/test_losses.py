@@ -13,7 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mdm_jax.losses import LossConfig, mdm_loss
+from mdm_jax.diffusion import score_entropy
+from mdm_jax.diffusion.processes import Processes
+from mdm_jax.losses import LossConfig, mask_answers, mdm_loss
 from mdm_jax.models.mdm import MDM, TASKS, Denoiser
 from mdm_jax.models.vae import UnifiedVAE, kl_to_standard_normal
 from tiny_mdm import (FAST_COMPILE, NUM_CLASSES, TEXT_LEN, VOCAB, key, randomize_zero_kernels,
@@ -135,8 +137,9 @@ def check_task_table(denoise_args, batch):
       np.testing.assert_array_equal(x_t[i], text0)  # caption clean
     else:
       assert np.all((x_t[i] == text0) | (x_t[i] == VOCAB))  # absorbing noise only
-      if task == "vqa":
+      if task == "vqa":  # the question clean, the answer's first token always masked
         np.testing.assert_array_equal(x_t[i, :QUESTION_LEN], text0[:QUESTION_LEN])
+        assert x_t[i, QUESTION_LEN] == VOCAB
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -212,6 +215,8 @@ def test_task_table_and_every_term(run_loss, task):
                + r * (np.log(r) - 1))
     generated = np.arange(TEXT_LEN)[None] >= (QUESTION_LEN if task == "vqa" else 0)
     per_tok = np.where((x_t == mask_id) & generated, dsig * per_tok, 0.0)
+    if task == "vqa":  # the answer's term times the probability that it is masked
+      per_tok[:, QUESTION_LEN] *= 1.0 - np.exp(-sig[:, 0])
     want_txt = np.mean(per_tok.sum(1) / TEXT_LEN)
   np.testing.assert_allclose(terms["diff_txt"], want_txt, rtol=1e-4, atol=1e-7)
   assert (terms["diff_txt"] > 0) == (task not in ("class2img", "t2i"))
@@ -228,6 +233,46 @@ def test_task_table_and_every_term(run_loss, task):
   grads = out["grads"]
   assert all(np.all(g == 0) for g in jax.tree.leaves(grads["vae"]))
   assert any(np.any(g != 0) for g in jax.tree.leaves(grads["denoiser"]))
+
+
+def test_mask_answers_integrates_out_the_answers_mask():
+  """The always-masked, weighted answer term is the mean of the drawn one over the forward
+  process's masks: the oracle is the absorbing transition sampled many times."""
+  cfg = tiny_config()
+  procs = Processes.build(cfg, LossConfig())
+  rs = np.random.RandomState(0)
+  b, draws = 5, 40_000
+  text0 = jnp.asarray(rs.randint(0, VOCAB, (b, TEXT_LEN)), jnp.int32)
+  prompt_len = jnp.asarray([1, 2, 3, 0, 4], jnp.int32)
+  task = jnp.asarray([TASKS.index("vqa")] * 3 + [TASKS.index("caption"), TASKS.index("vqa")])
+  t = jnp.asarray([0.2, 0.5, 0.9, 0.5, 0.05], jnp.float32)
+  sigma, dsigma = procs.text_noise(t)
+  log_score = jnp.asarray(rs.randn(b, TEXT_LEN, VOCAB + 1), jnp.float32)  # fixed, any x_t
+  generated = jnp.arange(TEXT_LEN)[None] >= prompt_len[:, None]
+  answer = np.arange(TEXT_LEN)[None] == np.asarray(prompt_len)[:, None]
+
+  @jax.jit
+  def drawn(k):
+    x_t = procs.graph.sample_transition(k, text0, sigma[:, None])
+    x_t = jnp.where(generated, x_t, text0)
+    return score_entropy.score_entropy_loss(log_score, sigma[:, None], dsigma[:, None], x_t,
+                                            text0, procs.graph, mask=generated)
+
+  per_draw = np.asarray(jax.lax.map(drawn, jax.random.split(key(1), draws)))  # (draws, b, T)
+  x_t, weight = mask_answers(procs, task, text0, prompt_len, sigma)
+  x_t, weight = np.asarray(x_t), np.asarray(weight)
+  vqa = np.asarray(task) == TASKS.index("vqa")
+  # Prompted examples' answers are [MASK], nothing else changes; weights 1 elsewhere.
+  np.testing.assert_array_equal(x_t, np.where(answer & vqa[:, None], VOCAB, text0))
+  np.testing.assert_array_equal(weight[~(answer & vqa[:, None])], 1.0)
+  forced = np.asarray(score_entropy.score_entropy_loss(
+      log_score, sigma[:, None], dsigma[:, None], jnp.asarray(x_t), text0, procs.graph,
+      mask=generated)) * weight
+  for i in np.where(vqa)[0]:
+    a = int(prompt_len[i])
+    samples = per_draw[:, i, a]
+    se = samples.std() / np.sqrt(draws)
+    assert abs(forced[i, a] - samples.mean()) < 4 * se + 1e-6, (i, forced[i, a], samples.mean())
 
 
 def test_condition_dropout_drops_class_and_caption(run_loss):
