@@ -161,6 +161,23 @@ def test_saved_config_without_text_score_reopens_with_the_form_it_trained_with()
   assert upgrade_saved_config(new).model.text_score == "conditional"
 
 
+def test_saved_config_without_mask_answer_reads_back_with_the_answer_drawn():
+  """A run saved before ``loss.mask_answer`` trained with the VQA answer drawn like every other
+  position: its config reads back with the field off, so resuming it under today's default is a
+  drift the resume names (not a silent change of objective), and with the field off it is none."""
+  from experiments.workdir import upgrade_saved_config
+  from mdm_jax.training import config_drift
+  new = configs.load("digits")
+  assert new.loss.mask_answer
+  old = new.to_dict()
+  del old["loss"]["mask_answer"]
+  upgraded = upgrade_saved_config(ml_collections.ConfigDict(old))
+  assert upgraded.loss.mask_answer is False
+  assert config_drift.compare(upgraded, new)   # a resumed old run would change its objective
+  new.loss.mask_answer = False
+  assert not config_drift.compare(upgraded, new)
+
+
 def test_saved_config_from_before_clips_resumes_without_a_drift():
   """A config saved before the model took clips has no frames/tubelet/time_orders: it trained on
   one-frame inputs, which is what today's defaults build, so resuming it is no config change."""

@@ -17,11 +17,12 @@ from experiments.configs import digits
 
 def get_config():
   c = digits.get_config()
+  c.total_steps = 1800
   c.batch_size = 32
   c.data.update(dict(name="moving_digits", image_size=16, max_text_len=16))
   c.model.update(dict(frames=8, tubelet=2, patch_size=4, latent_dim=8, chunk_size=32))
-  # The measured video run's image objective and task mixture, which the digits run has since
-  # left: the eps target at full weight, sampled at guidance 3 (the v target meets no video
+  # The measured video run's steps, image objective and task mixture, which the digits run has
+  # since left: the eps target at full weight, sampled at guidance 3 (the v target meets no video
   # target either: docs/results.md, "The v target on clips"), text-to-clip weighted 1.5.
   c.loss.update(dict(image_target="eps", image_weight=1.0,
                      task_weights=(0.5, 1.5, 1.0, 1.5, 0.25, 0.25)))
