@@ -18,7 +18,6 @@ from experiments.configs import digits
 def get_config():
   c = digits.get_config()
   c.total_steps = 1800
-  c.batch_size = 32
   c.data.update(dict(name="moving_digits", image_size=16, max_text_len=16))
   c.model.update(dict(frames=8, tubelet=2, patch_size=4, latent_dim=8, chunk_size=32))
   # The measured video run's steps, image objective and task mixture, which the digits run has
