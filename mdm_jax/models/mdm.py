@@ -40,7 +40,8 @@ ids.
 The backbone is a stack of ``n_layers`` residual blocks run with ``nn.scan`` (and ``nn.remat``) so
 compile time does not grow with depth; ``scan_unroll`` layers run per iteration of that scan
 (``n_layers``: the whole stack unrolled, with the same stacked parameters: XLA:CPU then skips the
-loop's per-layer copies of the stashed activations, a fifth of a small model's step). Layer ``l``
+loop's per-layer copies of the stashed activations, a fifth of a small model's step; the
+samplers run the scan rolled, where unrolling only lengthens the compile). Layer ``l``
 permutes image tokens into scan order ``l mod 4`` and text tokens into ``l mod 2`` (``scan_order``;
 reversed-text layers scan the text before the image, so information flows both ways between
 modalities), runs its Mamba-2 mixer, and permutes back. A clip's tokens use clip order ``l mod 6``
@@ -129,6 +130,7 @@ class MDMConfig:
   remat: bool = True
   scan_layers: bool = True
   scan_unroll: int = 1              # layers per iteration of the layer scan; n_layers: unrolled
+                                    # (the train step's; the samplers run it rolled)
 
   def __post_init__(self):
     if self.backbone not in ("mamba2", "transformer"):
