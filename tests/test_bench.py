@@ -58,6 +58,7 @@ def test_model_bench_skips_a_step_over_the_memory_budget(bench_flags, capsys):
   FLAGS.image_tokens = ["16"]
   FLAGS.max_gib = 1e-6
   FLAGS.model_batch = jax.device_count()  # the conftest's 8 CPU devices split the batch
+  FLAGS.d_model, FLAGS.n_layers = 32, 1   # steps are compiled, never run: the smallest model
   # One backbone per call (each is one compile): the Transformer on images, Mamba-2 on clips.
   FLAGS.backbones = ["transformer"]
   bench.bench_model()
