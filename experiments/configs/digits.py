@@ -4,7 +4,7 @@ Every task trains together (class-to-image, text-to-image, captioning, VQA, join
 captions and VQA pairs made from the labels through varied templates; a BPE tokenizer is trained
 on the fly and saved in the workdir. Budgeted for a 2-core CPU: on one whose
 `python -m experiments.bench ssd --impl=xla --lengths=16384` takes about 210 ms it finishes with
-its samples in 4-4.5 minutes including compilation (docs/results.md has the measured runs and
+its samples in 3.5-4 minutes including compilation (docs/results.md has the measured runs and
 their quality). Lists only what it changes from ``base``.
 """
 from experiments.configs import base
