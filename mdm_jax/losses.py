@@ -195,7 +195,7 @@ def mask_answers(procs: Processes, task, x_t, prompt_len, sigma):
   """
   prompted = per_task(task, lambda s: s.text == tasks_lib.PROMPT)
   first = prompted[:, None] & (jnp.arange(x_t.shape[1])[None, :] == prompt_len[:, None])
-  weight = jnp.where(first, -jnp.expm1(-sigma)[:, None], 1.0)
+  weight = jnp.where(first, procs.graph.mask_chance(sigma)[:, None], 1.0)
   return jnp.where(first, procs.graph.mask_id, x_t), weight
 
 

@@ -149,11 +149,16 @@ class AbsorbingGraph(_Graph):
     """Row i of expm(sigma Q): ``p(x_t = i | x_s = y)`` over y (..., dim)."""
     sigma = broadcast_to_tokens(sigma, i)[..., None]
     edge = jnp.exp(-sigma) * jax.nn.one_hot(i, self.dim)
-    return edge + jnp.where((i == self.mask_id)[..., None], -jnp.expm1(-sigma), 0.0)
+    return edge + jnp.where((i == self.mask_id)[..., None], self.mask_chance(sigma), 0.0)
+
+  @staticmethod
+  def mask_chance(sigma):
+    """1 - exp(-sigma): the probability that a token is MASK after total noise sigma."""
+    return -jnp.expm1(-sigma)
 
   def sample_transition(self, rng: jax.Array, x0: jnp.ndarray, sigma) -> jnp.ndarray:
     """Each token independently becomes MASK with probability 1 - exp(-sigma)."""
-    move_chance = -jnp.expm1(-broadcast_to_tokens(sigma, x0))
+    move_chance = self.mask_chance(broadcast_to_tokens(sigma, x0))
     move = jax.random.uniform(rng, x0.shape) < move_chance
     return jnp.where(move, self.mask_id, x0).astype(x0.dtype)
 
