@@ -57,7 +57,7 @@ def upgrade_saved_config(config):
     config.sample.joint_order = "together"
   if "caption_guidance" not in config.sample:  # one weight guided the class and the caption
     config.sample.caption_guidance = config.sample.guidance
-  if "loss" in config and "mask_answer" not in config.loss:  # the answer drawn like the rest
+  if "mask_answer" not in config.loss:  # the answer drawn like the rest
     config.loss.mask_answer = False
   for key, value in (("frames", 1), ("tubelet", 1), ("time_orders", True)):
     if key not in config.model:  # before clips, every visual input was one frame
