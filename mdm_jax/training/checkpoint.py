@@ -49,6 +49,7 @@ grain is imported lazily, so this module imports without the data stack.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -100,17 +101,19 @@ class _NoOrbaxTracebacks(logging.Filter):
 # and writes a part); below this many bytes per slice the first replica writes the array whole,
 # as orbax does for every array on GPU. The files are the same either way.
 MIN_REPLICA_SLICE_BYTES = 1 << 20
-_array_handler_registered = False
 
 
+class _DropOverrideWarning(logging.Filter):
+  def filter(self, record):
+    return "Type handler registry" not in record.getMessage()
+
+
+@functools.cache
 def _register_array_handler() -> None:
   """Once per process: orbax's jax.Array handler with `MIN_REPLICA_SLICE_BYTES`, its defaults
   otherwise (the per-array metadata store too, which typed PRNG keys need to restore).
   `register_type_handler` is orbax's public way to configure it; StandardSave reads the global
   registry, so there is no per-manager one to pass."""
-  global _array_handler_registered
-  if _array_handler_registered:
-    return
   # The store orbax's default handler is built with; orbax exports no public name for it.
   from orbax.checkpoint._src.metadata import array_metadata_store
   handler = ocp.type_handlers.ArrayHandler(
@@ -123,12 +126,6 @@ def _register_array_handler() -> None:
     ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
   finally:
     absl_logger.removeFilter(quiet)
-  _array_handler_registered = True
-
-
-class _DropOverrideWarning(logging.Filter):
-  def filter(self, record):
-    return "Type handler registry" not in record.getMessage()
 
 
 def _root_os_error(e: BaseException) -> OSError | None:
