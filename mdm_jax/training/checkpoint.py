@@ -96,7 +96,7 @@ class _NoOrbaxTracebacks(logging.Filter):
 # Orbax writes a replicated array "replica-parallel": each replica writes one slice of it, and
 # each slice is an eager `lax.slice_in_dim` on that replica's device, so a process's first save
 # compiles one small XLA program per array shape and device (the tiny test config on 8 CPU
-# devices: 192 programs, 11.7 -> 9.3-10.1 s of CPU for a whole training run whose other programs
+# devices: 192 programs, 11.7 -> 9.7-10.2 s of CPU for a whole training run whose other programs
 # come from the compilation cache). Splitting pays only for large arrays (each host then copies
 # and writes a part); below this many bytes per slice the first replica writes the array whole,
 # as orbax does for every array on GPU. The files are the same either way.
