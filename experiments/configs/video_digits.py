@@ -15,8 +15,8 @@ tokens: 1.86x), so 2400 steps fit in the budget of twice the digits run's traini
 its loop, measured side by side), and reading a clip's digit needs those steps; at equal steps
 whole-frame tokens draw the digit twice as often as 8x8-pixel ones and read it as often
 (docs/results.md, "Whole-frame tubelets"). Lists only what it changes from ``digits`` (whose v
-target and unguided sampler it keeps): the clip data and tubelets, the steps, and a task mixture
-that weights text-to-clip 1.5.
+target and unguided class sampler it keeps): the clip data and tubelets, the steps, a task
+mixture that weights text-to-clip 1.5, and no caption guidance.
 """
 from experiments.configs import digits
 
@@ -28,4 +28,7 @@ def get_config():
   c.model.update(dict(frames=8, tubelet=2, patch_size=16, latent_dim=32, chunk_size=32))
   # Task order: class2img, t2i, caption, vqa, joint, text (class2img and t2i are on clips).
   c.loss.task_weights = (0.5, 1.5, 1.0, 1.5, 0.25, 0.25)
+  # Text-to-clip unguided: the digits run's caption guidance (6) makes clips that read as another
+  # digit (text-to-video reads as the caption's digit 0.41-0.50 at 6, 0.74-0.85 at 1).
+  c.sample.caption_guidance = 1.0
   return c
