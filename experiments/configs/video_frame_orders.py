@@ -4,7 +4,8 @@ after frame, so a pixel's neighbours in time are a whole frame of tokens apart.
 
 It keeps a 2x2 grid of tokens per frame (tubelets of 8x8 pixels over 2 frames, 32 latent
 channels, 1500 steps): on ``video_digits``'s whole-frame tokens every order runs along time, and
-the two schedules would be the same."""
+the two schedules would be the same. Everything else, the sampler included, is
+``video_digits``'s."""
 from experiments.configs import video_digits
 
 
