@@ -43,8 +43,10 @@ classifier on each frame, the ink's centre-of-mass motion) gets, in place of the
                            predict / interpolate (default)  predict_direction_accuracy,
                                                             interpolate_... likewise
 
-VQA answers are decoded greedily (``--vqa_temperature=0``), as VQA benchmarks decode;
-``vqa_accuracy_sampled`` scores answers sampled at the config's ``sample.text_temperature``.
+Captions and VQA answers are decoded greedily (``--caption_temperature=0``,
+``--vqa_temperature=0``), as captioning and VQA benchmarks decode; ``caption_accuracy_sampled``
+and ``vqa_accuracy_sampled`` score captions and answers sampled at the config's
+``sample.text_temperature`` (the temperature of the joint and text tasks).
 
 Any dataset, against an ADM reference batch (ADM's protocol: ``experiments.sample
 --format=adm`` writes the samples)::
@@ -99,6 +101,8 @@ def define_flags():
   flags.DEFINE_float("caption_cfg", None, "Override sample.caption_guidance (on the caption).")
   flags.DEFINE_enum("joint_order", None, list(JOINT_ORDERS), "Override sample.joint_order (how "
                     "joint samples are drawn).")
+  flags.DEFINE_float("caption_temperature", 0.0,
+                     "Text temperature of the captions (0: greedy).")
   flags.DEFINE_float("vqa_temperature", 0.0, "Text temperature of the VQA answers (0: greedy).")
   flags.DEFINE_integer("text_draws", 16, "Monte-Carlo draws per caption of the text bound.")
   flags.DEFINE_string("ref_batch", None, "An ADM reference batch .npz (arr_0 uint8 NHWC, and "
@@ -123,9 +127,9 @@ def define_flags():
 
 
 def evaluate(workdir: str, *, per_class=30, num_heldout=None, batch=100, overrides=None,
-             tasks=EVAL_TASKS, write=True, vqa_temperature=0.0, text_draws=16, ref_batch=None,
-             ref_split=None, ref_num=None, inception_weights=None, samples=None, out_dir=None,
-             show=None, evaluators=EVALUATORS) -> dict:
+             tasks=EVAL_TASKS, write=True, caption_temperature=0.0, vqa_temperature=0.0,
+             text_draws=16, ref_batch=None, ref_split=None, ref_num=None, inception_weights=None,
+             samples=None, out_dir=None, show=None, evaluators=EVALUATORS) -> dict:
   """Samples what ``tasks`` need from ``workdir``'s checkpoint and scores them with every one
   of ``evaluators`` that applies (``experiments.evaluators``; the module docstring lists the
   metrics). Every option, input file and the output folder, then every chosen evaluator's
@@ -133,7 +137,8 @@ def evaluate(workdir: str, *, per_class=30, num_heldout=None, batch=100, overrid
   CLI's table) runs before anything is written; ``write`` merges the results into
   ``out_dir/eval.json`` (default: the workdir's). Returns the results."""
   options = Options(per_class=per_class, num_heldout=num_heldout, batch=batch,
-                    tasks=tuple(tasks), vqa_temperature=vqa_temperature, text_draws=text_draws,
+                    tasks=tuple(tasks), caption_temperature=caption_temperature,
+                    vqa_temperature=vqa_temperature, text_draws=text_draws,
                     ref_batch=ref_batch, ref_split=ref_split, ref_num=ref_num,
                     inception_weights=inception_weights, samples=samples)
   check_options(options)
@@ -173,8 +178,9 @@ def check_options(o: Options) -> None:
   for name in ("per_class", "batch", "text_draws", "num_heldout"):
     if getattr(o, name) is not None and getattr(o, name) < 1:
       bad(f"--{name}={getattr(o, name)} must be >= 1")
-  if o.vqa_temperature < 0:
-    bad(f"--vqa_temperature={o.vqa_temperature} must be >= 0 (0: greedy)")
+  for name in ("caption_temperature", "vqa_temperature"):
+    if getattr(o, name) < 0:
+      bad(f"--{name}={getattr(o, name)} must be >= 0 (0: greedy)")
   if o.ref_batch is not None and o.ref_split is not None:
     bad("pass one reference: --ref_batch (an ADM .npz) or --ref_split (a split of the run's "
         "dataset), not both")
@@ -286,7 +292,8 @@ def main(argv):
                                 joint_order=FLAGS.joint_order)
   try:
     evaluate(FLAGS.workdir, per_class=FLAGS.per_class, num_heldout=FLAGS.num_heldout,
-             batch=FLAGS.batch, overrides=overrides, vqa_temperature=FLAGS.vqa_temperature,
+             batch=FLAGS.batch, overrides=overrides,
+             caption_temperature=FLAGS.caption_temperature, vqa_temperature=FLAGS.vqa_temperature,
              ref_batch=FLAGS.ref_batch, ref_split=FLAGS.ref_split, ref_num=FLAGS.ref_num,
              tasks=tuple(FLAGS.tasks), inception_weights=FLAGS.inception_weights,
              samples=FLAGS.samples, text_draws=FLAGS.text_draws, out_dir=FLAGS.out_dir,

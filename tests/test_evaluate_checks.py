@@ -25,6 +25,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     (dict(batch=0), "--batch=0 must be >= 1"),
     (dict(text_draws=0), "--text_draws=0 must be >= 1"),
     (dict(num_heldout=0), "--num_heldout=0 must be >= 1"),
+    (dict(caption_temperature=-0.5), "--caption_temperature=-0.5 must be >= 0"),
     (dict(vqa_temperature=-1.0), "--vqa_temperature=-1.0 must be >= 0"),
     (dict(ref_batch="r.npz", ref_split="test", inception_weights="w.npz"), "not both"),
     (dict(ref_split="test"), "--inception_weights goes with --ref_batch or --ref_split"),

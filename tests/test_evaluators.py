@@ -218,20 +218,23 @@ def test_joint_consistency():
 
 # ----------------------------------------------------------------------------- text tasks
 class TextPipe(Pipe):
-  """caption / vqa: the image's class word, except for the indices in `wrong`; text_nll:
-  the given bounds."""
+  """caption / vqa: the image's class word, except for the indices in `wrong` and, sampled at
+  a temperature above 0, those in `wrong_sampled`; text_nll: the given bounds. `temperatures`:
+  each call's text temperature."""
 
-  def __init__(self, rng, heldout, wrong=(), nll=None):
+  def __init__(self, rng, heldout, wrong=(), nll=None, wrong_sampled=()):
     super().__init__(rng, wrong)
     self.heldout, self.nll, self.temperatures = heldout, nll, []
+    self.wrong_sampled = set(wrong_sampled)
 
   def tokens(self, task, n, sample_cfg):
     tok = Tokenizer()
-    words = [DIGITS[(e["label"] + (i in self.wrong)) % 10] for i, e in enumerate(self.heldout)]
-    if task == "caption":   # the first reference, or a caption of the wrong digit
-      return np.stack([tok.ids(e["captions"][0] if i not in self.wrong else f"a {w} digit")
-                       for i, (e, w) in enumerate(zip(self.heldout, words))])
     self.temperatures.append(sample_cfg.text_temperature)
+    wrong = self.wrong | (self.wrong_sampled if sample_cfg.text_temperature > 0 else set())
+    words = [DIGITS[(e["label"] + (i in wrong)) % 10] for i, e in enumerate(self.heldout)]
+    if task == "caption":   # the first reference, or a caption of the wrong digit
+      return np.stack([tok.ids(e["captions"][0] if i not in wrong else f"a {w} digit")
+                       for i, (e, w) in enumerate(zip(self.heldout, words))])
     return np.stack([tok.ids(f"a a {w}") for w in words])   # the answer after the prompt
 
   def text_nll(self, texts, num_draws, seed):
@@ -243,16 +246,29 @@ def test_captions():
   rng = np.random.default_rng(4)
   heldout = [dict(e, captions=[f"a {DIGITS[e['label']]} digit a digit"])   # BLEU-4: >= 4 words
              for e in heldout_examples(5, rng)]
-  ctx = context(heldout=heldout)
+  ctx = context(heldout=heldout)            # greedy captions; the config samples at 1.0
   ctx.heldout_images = np.stack([e["image"] for e in heldout])
   ctx.pipe = TextPipe(rng, heldout)
   out = ev.Captions()(ctx)                  # every caption is its first reference
   assert out["bleu4"] == pytest.approx(1.0) and out["caption_accuracy"] == 1.0
-  ctx.pipe = TextPipe(rng, heldout, wrong=(1, 3))
-  assert ev.Captions()(ctx)["caption_accuracy"] == pytest.approx(3 / 5)
+  assert out["caption_temperature"] == 0.0 and ctx.pipe.temperatures == [0.0, 1.0]
+  ctx.pipe = TextPipe(rng, heldout, wrong=(1, 3), wrong_sampled=(0,))
+  out = ev.Captions()(ctx)
+  assert out["caption_accuracy"] == pytest.approx(3 / 5)
+  assert out["caption_accuracy_sampled"] == pytest.approx(2 / 5)
+  assert out["caption_examples"][0]["text"] == heldout[0]["captions"][0]   # the greedy ones
+  # Decoded at the config's own temperature: one pass, no sampled score beside it.
+  at_config = context(heldout=heldout, caption_temperature=1.0)
+  at_config.heldout_images = ctx.heldout_images
+  at_config.pipe = TextPipe(rng, heldout, wrong_sampled=(0,))
+  out = ev.Captions()(at_config)
+  assert out["caption_accuracy"] == pytest.approx(4 / 5) and "caption_accuracy_sampled" not in out
+  assert at_config.pipe.temperatures == [1.0]
   no_reader = context(reader=False, heldout=heldout)
-  no_reader.heldout_images, no_reader.pipe = ctx.heldout_images, ctx.pipe
-  assert "caption_accuracy" not in ev.Captions()(no_reader)
+  no_reader.heldout_images, no_reader.pipe = ctx.heldout_images, TextPipe(rng, heldout)
+  out = ev.Captions()(no_reader)
+  assert "caption_accuracy" not in out and "caption_accuracy_sampled" not in out
+  assert no_reader.pipe.temperatures == [0.0]     # no accuracy to compare: one pass
 
 
 @pytest.mark.parametrize("vqa_temperature,sampled", [(0.0, True), (1.0, False)])
@@ -457,7 +473,7 @@ def test_captions_of_clips_name_the_digit_and_the_direction(clip_readers):
   ctx = clip_context(4)
 
   class CaptionPipe:
-    def generate(self, task, n, *, seed, images):
+    def generate(self, task, n, *, seed, images, sample_cfg):
       texts = ["zero moving up", "one moving up", "two drifts left", "three moving up"]
       return None, np.stack([Tokenizer2.ids(t) for t in texts])
 
@@ -475,6 +491,7 @@ def test_captions_of_clips_name_the_digit_and_the_direction(clip_readers):
   out = ev.Captions()(ctx)       # truth: zero up, one down, two left, three right
   assert (out["caption_accuracy"], out["caption_digit_accuracy"],
           out["caption_direction_accuracy"]) == (2 / 4, 1.0, 2 / 4)
+  assert out["caption_accuracy_sampled"] == 2 / 4    # the same captions at the config's 1.0
 
 
 def test_frame_prediction_error_on_the_generated_frames(clip_readers):

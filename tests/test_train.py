@@ -379,8 +379,10 @@ def test_evaluate(cli_outputs, runs):
     result = json.load(f)
   assert result["step"] == 6
   # 2 per class x 10 classes, and 10 held-out images: accuracies are counts over those.
-  assert result["vqa_temperature"] == 0.0   # greedy answers, and sampled ones beside them
-  for key, n in (("class_accuracy", 20), ("caption_accuracy", 10), ("vqa_accuracy", 10),
+  # Greedy captions and answers, and sampled ones beside them.
+  assert result["caption_temperature"] == 0.0 and result["vqa_temperature"] == 0.0
+  for key, n in (("class_accuracy", 20), ("caption_accuracy", 10),
+                 ("caption_accuracy_sampled", 10), ("vqa_accuracy", 10),
                  ("vqa_accuracy_sampled", 10), ("t2i_accuracy", 10),
                  ("t2i_accuracy_templates", 100), ("joint_consistency", 20)):
     assert 0.0 <= result[key] <= 1.0

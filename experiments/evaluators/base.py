@@ -39,6 +39,7 @@ class Options:
   num_heldout: int | None = None
   batch: int = 100
   tasks: tuple[str, ...] = EVAL_TASKS
+  caption_temperature: float = 0.0
   vqa_temperature: float = 0.0
   text_draws: int = 16
   ref_batch: str | None = None

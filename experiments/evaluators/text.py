@@ -12,9 +12,11 @@ from mdm_jax.evaluation import perplexity, text_metrics, vqa
 
 
 class Captions(Evaluator):
-  """One caption per held-out image: ``bleu4`` and ``cider_d`` against the image's reference
+  """One caption per held-out image, decoded at --caption_temperature (0: greedy, as
+  captioning benchmarks decode): ``bleu4`` and ``cider_d`` against the image's reference
   captions; with a class reader, ``caption_accuracy``: the fraction that name the image's class
-  and no other; ``caption_examples``: the first 10.
+  and no other; ``caption_examples``: the first 10; ``caption_accuracy_sampled``: the accuracy
+  of captions sampled at the config's ``sample.text_temperature`` when it differs.
 
   A clip model's held-out clips, with a clip reader: ``caption_accuracy`` is the fraction that
   name both the clip's class and its direction (the one its reference caption names) and no
@@ -24,23 +26,39 @@ class Captions(Evaluator):
   def applies(self, ctx):
     return ctx.trained("caption") and ctx.has_captions
 
-  def __call__(self, ctx):
+  def _captions(self, ctx, temperature):
+    sample_cfg = dataclasses.replace(ctx.run.trainer.sample_cfg, text_temperature=temperature)
+    _, tokens = ctx.pipe.generate("caption", len(ctx.heldout), seed=SEED, sample_cfg=sample_cfg,
+                                  images=ctx.heldout_images)
+    return [ctx.tokenizer.decode(t) for t in tokens]
+
+  def _accuracy(self, ctx, captions):
+    """{caption_accuracy[, caption_digit_accuracy, caption_direction_accuracy]}; {} without a
+    reader."""
     heldout = ctx.heldout
-    _, tokens = ctx.pipe.generate("caption", len(heldout), seed=SEED, images=ctx.heldout_images)
-    captions = [ctx.tokenizer.decode(t) for t in tokens]
-    refs = [e["captions"] for e in heldout]
-    out = {"bleu4": text_metrics.corpus_bleu(captions, refs),
-           "cider_d": text_metrics.cider_d(captions, refs)[0]}
-    if ctx.has_reader:
-      out["caption_accuracy"] = float(np.mean(
-          [ctx.reader.text_class(c) == e["label"] for c, e in zip(captions, heldout)]))
     if ctx.has_clip_reader:
       reader = ctx.clip_reader
       named = reader.text_agreement(
           captions, [e["label"] for e in heldout],
           [reader.text_direction(e["captions"][0]) for e in heldout])
-      out.update(caption_accuracy=named["both"], caption_digit_accuracy=named["digit"],
-                 caption_direction_accuracy=named["direction"])
+      return dict(caption_accuracy=named["both"], caption_digit_accuracy=named["digit"],
+                  caption_direction_accuracy=named["direction"])
+    if ctx.has_reader:
+      return {"caption_accuracy": float(np.mean(
+          [ctx.reader.text_class(c) == e["label"] for c, e in zip(captions, heldout)]))}
+    return {}
+
+  def __call__(self, ctx):
+    heldout, temperature = ctx.heldout, ctx.options.caption_temperature
+    captions = self._captions(ctx, temperature)
+    refs = [e["captions"] for e in heldout]
+    out = {"bleu4": text_metrics.corpus_bleu(captions, refs),
+           "cider_d": text_metrics.cider_d(captions, refs)[0],
+           "caption_temperature": float(temperature), **self._accuracy(ctx, captions)}
+    sampled = ctx.run.trainer.sample_cfg.text_temperature
+    if "caption_accuracy" in out and sampled != temperature:
+      out["caption_accuracy_sampled"] = self._accuracy(
+          ctx, self._captions(ctx, sampled))["caption_accuracy"]
     out["caption_examples"] = [{"label": e["label"], "text": c}
                                for e, c in list(zip(heldout, captions))[:10]]
     return out
