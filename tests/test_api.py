@@ -323,8 +323,16 @@ def test_sample_refuses_bad_values_before_compiling(workdir, tmp_path, flag, mat
   assert not os.path.exists(tmp_path / "x.shards")
 
 
+@pytest.fixture(scope="module")
+def inception_weights(tmp_path_factory):
+  """An .npz of InceptionV3 weights in PyTorch's state_dict layout, random (ADM's keys and
+  shapes; 95 MB, written once for the tests that read it)."""
+  path = tmp_path_factory.mktemp("inception") / "pt_inception.npz"
+  _random_inception_weights(path)
+  return path
+
+
 def _random_inception_weights(path):
-  """InceptionV3 weights in PyTorch's state_dict layout, random (ADM's keys and shapes)."""
   from mdm_jax.evaluation import inception
   rng = np.random.default_rng(0)
   out = {}
@@ -338,18 +346,16 @@ def _random_inception_weights(path):
   np.savez(path, **out)
 
 
-def test_evaluate_against_an_adm_reference_batch(workdir, tmp_path):
+def test_evaluate_against_an_adm_reference_batch(workdir, tmp_path, inception_weights):
   """The reference batch scored against itself: FID ~0, precision = recall = 1."""
   import json
   from data import digits
   x, _ = digits.load("test")
   ref = tmp_path / "ref.npz"
   np.savez(ref, arr_0=x[:8, ..., None])           # ADM's key, uint8 NHWC
-  weights = tmp_path / "pt_inception.npz"
-  _random_inception_weights(weights)
   proc = run_module("experiments.evaluate", f"--workdir={workdir}", "--per_class=1",
                     "--num_heldout=4", "--batch=4", f"--steps={STEPS}", f"--ref_batch={ref}",
-                    f"--inception_weights={weights}", f"--samples={ref}")
+                    f"--inception_weights={inception_weights}", f"--samples={ref}")
   assert proc.returncode == 0, proc.stderr[-3000:]
   result = json.loads((workdir / "eval.json").read_text())
   assert abs(result["fid"]) < 1e-3, result["fid"]
@@ -371,7 +377,8 @@ def test_evaluate_against_an_adm_reference_batch(workdir, tmp_path):
   assert len(result["joint_examples"]) == 10
 
 
-def test_evaluate_against_a_dataset_split_caches_its_statistics(workdir, tmp_path):
+def test_evaluate_against_a_dataset_split_caches_its_statistics(workdir, tmp_path,
+                                                               inception_weights):
   """--ref_split: the split's own first 8 images scored against it give FID ~0; the statistics
   are cached in the workdir and read back (a tampered cache shows in the next FID: mu + 1 in
   each of the 2048 dimensions adds exactly 2048). Keys: tests/test_eval_reference_stats.py."""
@@ -380,10 +387,8 @@ def test_evaluate_against_a_dataset_split_caches_its_statistics(workdir, tmp_pat
   x, _ = digits.load("test")
   samples = tmp_path / "samples.npz"
   np.savez(samples, arr_0=x[:8, ..., None])
-  weights = tmp_path / "pt_inception.npz"
-  _random_inception_weights(weights)
   args = [f"--workdir={workdir}", "--tasks=", "--batch=4", "--ref_split=test",
-          f"--inception_weights={weights}", f"--samples={samples}"]
+          f"--inception_weights={inception_weights}", f"--samples={samples}"]
 
   def evaluate(*extra):
     proc = run_module("experiments.evaluate", *args, *extra)
@@ -423,13 +428,13 @@ def no_sampling(monkeypatch):
     (dict(tasks=(), ref_split="test", ref_num=4, samples="SAMPLES", out_dir="FILE/out"),
      "cannot write to .*FILE/out .*--out_dir="),
 ])
-def test_evaluate_refuses_before_sampling(workdir, tmp_path, no_sampling, kwargs, match):
+def test_evaluate_refuses_before_sampling(workdir, tmp_path, no_sampling, inception_weights,
+                                          kwargs, match):
   from experiments import evaluate as ev
-  weights, samples = tmp_path / "w.npz", tmp_path / "s.npz"
+  samples = tmp_path / "s.npz"
   if "samples" in kwargs:
-    _random_inception_weights(weights)
     np.savez(samples, arr_0=np.zeros((8, *SIZE), np.uint8))
-    kwargs = dict(kwargs, samples=str(samples), inception_weights=str(weights))
+    kwargs = dict(kwargs, samples=str(samples), inception_weights=str(inception_weights))
   if "out_dir" in kwargs:
     (tmp_path / "FILE").write_text("")   # no folder can be made under a file, even by root
     kwargs["out_dir"] = str(tmp_path / kwargs["out_dir"])
