@@ -41,8 +41,10 @@ LABELS = {"digits": "MDM (full: selection, 4 directions, score entropy)",
 # (eval.json key, column header), in table order.
 COLUMNS = (("fid_digits", "FID (digits features)"), ("class_accuracy", "class acc."),
            ("t2i_accuracy", "t2i acc."), ("joint_consistency", "joint consist."),
-           ("caption_accuracy", "caption acc."), ("vqa_accuracy", "VQA acc. (greedy)"),
-           ("vqa_accuracy_sampled", "VQA acc. (sampled)"), ("cider_d", "CIDEr-D"))
+           ("caption_accuracy", "caption acc. (greedy)"),
+           ("caption_accuracy_sampled", "caption acc. (sampled)"),
+           ("vqa_accuracy", "VQA acc. (greedy)"), ("vqa_accuracy_sampled", "VQA acc. (sampled)"),
+           ("cider_d", "CIDEr-D"))
 METRICS = tuple(key for key, _ in COLUMNS)
 
 
