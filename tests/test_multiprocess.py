@@ -1,11 +1,11 @@
 """Real multi-process training on one machine: 2 processes x 2 CPU devices, joined by
 `jax.distributed` on 127.0.0.1 (gloo collectives), through `python -m experiments.train`.
 
-Oracle: the same command as one process with 4 devices, its 6 steps uninterrupted (it stops
+Oracle: the same command as one process with 8 devices, its 6 steps uninterrupted (it stops
 itself after step 6's checkpoint, before the final samples). One workdir goes through
 a chain of faults, each run resuming the last one's checkpoint with the same command:
   killed     2 processes, SIGKILLed at step 3 (both, after the step-3 checkpoint);
-  one        1 process (4 devices): resumes the 2-process checkpoint (parameters, EMA and
+  one        1 process (8 devices): resumes the 2-process checkpoint (parameters, EMA and
              optimizer state resharded, data position mapped), SIGTERMed after step 4: saves 4;
   preempted  2 processes: resume the 1-process checkpoint; process 1 alone gets SIGTERM (a
              preemption notice reaching one host first) before its first step: both agree on
@@ -40,13 +40,19 @@ import pytest
 import subproc
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# fsdp=4: parameters, optimizer state and batch are split over both processes' devices, two
-# local devices each (a host with several chips). 2 x 4 devices check the same with a third more
-# CPU (gloo's 8 ranks), for nothing the test asserts.
 RUN = ["--config=tiny", "--config.total_steps=6", "--config.checkpoint_every=3",
-       "--config.log_every=1", "--config.mesh.data=1", "--config.mesh.fsdp=4"]
+       "--config.log_every=1", "--config.mesh.data=1"]
+# 2 processes: fsdp=4, parameters, optimizer state and batch split over both processes' devices,
+# two local devices each (a host with several chips). 2 x 4 devices check the same with a quarter
+# more CPU (gloo's 8 ranks), for nothing the test asserts.
+TWO_PROCESSES = [*RUN, "--config.mesh.fsdp=4"]
+# 1 process (the oracle, `one`): fsdp=8 over 8 devices, the test workers' layout, so that the
+# in-process run of tests/test_run_bookkeeping.py reads the oracle's train step back (or the
+# oracle reads its). Every resume of the chain reshards between the two layouts (the mesh is a
+# setting: the config-drift check logs it and goes on).
+ONE_PROCESS = [*RUN, "--config.mesh.fsdp=8"]
 NOT_LOSS_TERMS = ("step", "steps_per_s")
-# All jobs together: ~5 min on 2 idle cores. A bound against hangs, not a speed check.
+# All jobs together: ~1.5 min on 2 idle cores. A bound against hangs, not a speed check.
 TIMEOUT_S = 2 * subproc.HANG_TIMEOUT_S
 
 
@@ -119,22 +125,24 @@ def runs(tmp_path_factory):
     deadline = time.time() + TIMEOUT_S
     # The oracle's losses are all it is for: killed by its own SIGKILL after step 6's
     # checkpoint, it skips the final samples (programs no other run of the chain compiles).
-    ref = job("ref", "experiments.train", [*RUN, f"--workdir={ref_dir}", "--kill_at_step=6"],
-              num_processes=1, devices=4)
+    ref = job("ref", "experiments.train",
+              [*ONE_PROCESS, f"--workdir={ref_dir}", "--kill_at_step=6"], num_processes=1,
+              devices=8)
     killed = job("killed", "experiments.train",
-                 [*RUN, f"--workdir={mp_dir}", "--kill_at_step=3"])
+                 [*TWO_PROCESSES, f"--workdir={mp_dir}", "--kill_at_step=3"])
     killed_rc = killed.wait(deadline)
     killed_metrics = _metrics(mp_dir) if os.path.exists(mp_dir / "metrics.jsonl") else []
     files = lambda step: sorted(os.listdir(mp_dir / "checkpoints" / str(step) / "data_iter"))
     killed_files = files(3) if killed_rc == [-9, -9] else None
     ref_rc = ref.wait(deadline)  # before `one`, which finds its compiled executables
-    one = job("one", "experiments.train", [*RUN, f"--workdir={mp_dir}", "--signal_at_step=4"],
-              num_processes=1, devices=4)
+    one = job("one", "experiments.train",
+              [*ONE_PROCESS, f"--workdir={mp_dir}", "--signal_at_step=4"], num_processes=1,
+              devices=8)
     # evaluate refuses 2 processes at start-up, before it reads the workdir: it runs alongside.
     evaluate = job("evaluate", "experiments.evaluate", [f"--workdir={mp_dir}"])
     one_rc = one.wait(deadline)
     one_files = files(4) if one_rc == [0] else None
-    preempted = job("preempted", "experiments.train", [*RUN, f"--workdir={mp_dir}"])
+    preempted = job("preempted", "experiments.train", [*TWO_PROCESSES, f"--workdir={mp_dir}"])
     # After the restore, before the first step's compile (tens of seconds): process 1 alone.
     preempted.wait_for_line(1, "Resumed from the checkpoint at step 4", deadline)
     preempted.procs[1].send_signal(signal.SIGTERM)
@@ -142,7 +150,7 @@ def runs(tmp_path_factory):
     preempted_rc = preempted.wait(deadline)
     preempted_exit = time.time()
     preempted_seconds = preempted_exit - signalled
-    resumed = job("resumed", "experiments.train", [*RUN, f"--workdir={mp_dir}"])
+    resumed = job("resumed", "experiments.train", [*TWO_PROCESSES, f"--workdir={mp_dir}"])
     resumed_rc = resumed.wait(deadline)
     out = root / "out"
     sample = job("sample", "experiments.sample",
